@@ -1,0 +1,74 @@
+"""One hierarchy of errors; each maps to one AudD error code (api-contract.md §4)."""
+
+from __future__ import annotations
+
+
+class SongscanError(Exception):
+    """Base of every error songscan reports to a caller. `code` is the AudD error code."""
+
+    code: int = 100
+    default_message = "unexpected server error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidParameters(SongscanError):
+    code = 50
+    default_message = "contradicting or invalid parameters"
+
+
+class FingerprintFailed(SongscanError):
+    code = 300
+    default_message = "fingerprinting failed: the audio is too short or silent"
+
+
+class MediaTooLarge(SongscanError):
+    code = 400
+    default_message = "the media is too big for this endpoint"
+
+
+class DecodeFailed(SongscanError):
+    code = 500
+    default_message = "the media cannot be decoded as audio"
+
+
+class UrlFailed(SongscanError):
+    code = 600
+    default_message = "the URL is malformed, unreachable, not allowed, or yields no media"
+
+
+class NoMedia(SongscanError):
+    code = 700
+    default_message = "no url, file or audio was sent"
+
+
+class UnknownToken(SongscanError):
+    code = 900
+    default_message = "the api_token is unknown, revoked or malformed"
+
+
+class MissingToken(SongscanError):
+    code = 901
+    default_message = "no api_token was sent"
+
+
+class QuotaExceeded(SongscanError):
+    code = 902
+    default_message = "the request quota of this account is used up"
+
+
+class NotEntitled(SongscanError):
+    code = 904
+    default_message = "this method or option is not available to this token"
+
+
+class NotFound(SongscanError):
+    """A catalog entry or other named thing does not exist (CLI and admin use)."""
+
+    code = 50
+    default_message = "not found"
