@@ -1,0 +1,96 @@
+"""Every tunable of the recognition engine, in one place.
+
+Units are in the names: `_hz`, `_s` (seconds), `_ms`, `_frames` (STFT hops), `_bins` (FFT bins),
+`_steps` (log-frequency steps of `log_step`, i.e. 1 % each by default).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class FingerprintConfig:
+    sample_rate_hz: int = 8000
+    n_fft: int = 1024
+    hop: int = 256
+    min_freq_hz: float = 120.0
+    max_freq_hz: float = 3700.0
+    # Peak picking: a peak is the maximum of its neighbourhood and stands above the local level.
+    peak_time_radius_frames: int = 4
+    peak_freq_radius_bins: int = 12
+    # Density: the strongest peaks per second survive (reference vs query side).
+    ref_peaks_per_s: float = 14.0
+    query_peaks_per_s: float = 28.0
+    # Pairing (target zone): anchor -> the next `fanout` peaks within these bounds.
+    ref_fanout: int = 4
+    query_fanout: int = 10
+    max_dt_frames: int = 63
+    max_df_steps: int = 100
+    # Hash frequencies are quantised on a log scale: a speed change (pitch and tempo together)
+    # by a factor a shifts every quantised frequency by log(a)/log(1 + log_step) steps and keeps
+    # their differences, so a query can be re-hashed for a few candidate speeds without a new FFT.
+    log_step: float = 0.01
+
+    @property
+    def frame_s(self) -> float:
+        return self.hop / self.sample_rate_hz
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.sample_rate_hz / self.hop
+
+    def frames_to_s(self, frames: float) -> float:
+        return frames * self.hop / self.sample_rate_hz
+
+    def s_to_samples(self, seconds: float) -> int:
+        return round(seconds * self.sample_rate_hz)
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    # A candidate needs this many distinct query anchors with time-aligned hits. Set from the
+    # benchmark: music that is not in the catalog reaches about 10 (shared drum loops, motifs).
+    min_aligned_hits: int = 12
+    # Offsets within this many frames of the best one count as aligned (timing jitter).
+    offset_tolerance_frames: int = 1
+    # Hits at which the score reaches 100.
+    full_score_hits: int = 40
+    # Speeds tried when nothing matches at the nominal speed (radio plays songs a few % fast),
+    # as steps of FingerprintConfig.log_step: +-3 % with the default 1 % step.
+    speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3)
+    max_candidates: int = 3
+    # A second song in the same chunk must reach this share of the best song's hits.
+    secondary_min_share: float = 0.25
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    chunk_s: float = 12.0
+    # A final chunk shorter than this is not recognised (nor billed).
+    min_final_chunk_s: float = 3.0
+    standard_max_s: float = 25.0
+    workers: int = 0  # 0: one per core
+    # Parallel scans split the file into segments of at least this many chunks.
+    min_chunks_per_segment: int = 25
+    # Decoding restarts this early before a segment so that decoder and resampler settle.
+    preroll_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+
+    def with_workers(self, workers: int) -> EngineConfig:
+        return replace(self, scan=replace(self.scan, workers=workers))
+
+
+DEFAULT = EngineConfig()
+
+
+def speed_factor(step: int, log_step: float = DEFAULT.fingerprint.log_step) -> float:
+    """The playback speed that shifts quantised frequencies by `step` log steps."""
+    return math.exp(step * math.log1p(log_step))

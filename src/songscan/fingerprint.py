@@ -1,0 +1,200 @@
+"""Audio block -> landmark hashes.
+
+spectrogram (Hann STFT, log magnitude) -> peaks (local maxima, strongest per second, refined
+to sub-bin / sub-frame precision) -> pairs (anchor + the next few peaks in a target zone) ->
+32-bit hashes carrying the anchor frame.
+
+Hash layout (23 bits used): `q1 << 14 | (dq + 128) << 6 | dt`, where `q1` is the anchor's
+frequency on a log scale (`log_step` per step above `min_freq_hz`), `dq` the log-frequency
+step from anchor to target and `dt` the frames between them. A speed change by a factor
+`a` (pitch and tempo together) shifts every `q` by `log(a) / log(1 + log_step)` and scales
+every `dt` by `1 / a`, so `hashes(peaks, speed_step=k)` re-hashes a query as if played at
+the k-th candidate speed, with no new FFT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+from scipy.ndimage import maximum_filter1d
+
+from .config import FingerprintConfig, speed_factor
+
+DT_BITS = 6
+DQ_BITS = 8
+DQ_BIAS = 1 << (DQ_BITS - 1)
+Q_SHIFT = DT_BITS + DQ_BITS
+Q_BITS = 9
+HASH_BITS = Q_SHIFT + Q_BITS
+_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Spectral peaks, sorted by time. Times in frames, frequencies in Hz (both refined)."""
+
+    time_frames: np.ndarray  # float32
+    freq_hz: np.ndarray  # float32
+    strength: np.ndarray  # float32, log magnitude
+
+    def __len__(self) -> int:
+        return int(self.time_frames.shape[0])
+
+
+@dataclass(frozen=True)
+class Hashes:
+    """Landmark hashes with the frame of their anchor, and the frame their target lies at."""
+
+    hashes: np.ndarray  # uint32
+    anchor_frames: np.ndarray  # float32, in the query's own (unscaled) frames
+    end_frames: np.ndarray  # float32, target peak's frame
+
+    def __len__(self) -> int:
+        return int(self.hashes.shape[0])
+
+
+def _window(n_fft: int) -> np.ndarray:
+    return np.hanning(n_fft + 2)[1:-1].astype(np.float32)
+
+
+def spectrogram(samples: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
+    """Log-magnitude STFT, shape (frames, bins) over [min_freq_hz, max_freq_hz], float32."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.shape[0] < cfg.n_fft:
+        return np.zeros((0, 0), dtype=np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(samples, cfg.n_fft)[:: cfg.hop]
+    spectrum = scipy.fft.rfft(frames * _window(cfg.n_fft), axis=1)
+    lo, hi = _bin_range(cfg)
+    power = spectrum[:, lo:hi]
+    magnitude = np.abs(power).astype(np.float32, copy=False)
+    return np.log(magnitude + _EPS)
+
+
+def _bin_range(cfg: FingerprintConfig) -> tuple[int, int]:
+    bin_hz = cfg.sample_rate_hz / cfg.n_fft
+    lo = max(1, math.floor(cfg.min_freq_hz / bin_hz))
+    hi = min(cfg.n_fft // 2, math.ceil(cfg.max_freq_hz / bin_hz) + 1)
+    return lo, hi
+
+
+def find_peaks(spec: np.ndarray, cfg: FingerprintConfig, peaks_per_s: float) -> Peaks:
+    """The strongest local maxima, at most `peaks_per_s` per second of audio on average."""
+    n_frames = spec.shape[0]
+    if n_frames < 3 or spec.shape[1] < 3:
+        return _no_peaks()
+    local_max = maximum_filter1d(spec, 2 * cfg.peak_time_radius_frames + 1, axis=0)
+    local_max = maximum_filter1d(local_max, 2 * cfg.peak_freq_radius_bins + 1, axis=1)
+    is_peak = spec == local_max
+    # Edges cannot be refined (and are often artefacts of the window): leave them out.
+    is_peak[0, :] = is_peak[-1, :] = False
+    is_peak[:, 0] = is_peak[:, -1] = False
+    # A peak must stand above the level of its frame (silence and flat noise have none).
+    frame_level = np.median(spec, axis=1, keepdims=True)
+    is_peak &= spec > frame_level + 1.0
+    t, f = np.nonzero(is_peak)
+    if t.shape[0] == 0:
+        return _no_peaks()
+    strength = spec[t, f]
+    keep = _strongest_per_block(t, strength, cfg, peaks_per_s)
+    t, f, strength = t[keep], f[keep], strength[keep]
+    dt = _parabolic(spec[t - 1, f], strength, spec[t + 1, f])
+    df = _parabolic(spec[t, f - 1], strength, spec[t, f + 1])
+    lo, _ = _bin_range(cfg)
+    bin_hz = cfg.sample_rate_hz / cfg.n_fft
+    order = np.argsort(t, kind="stable")
+    return Peaks(
+        time_frames=(t + dt)[order].astype(np.float32),
+        freq_hz=((f + lo + df) * bin_hz)[order].astype(np.float32),
+        strength=strength[order],
+    )
+
+
+def _no_peaks() -> Peaks:
+    empty = np.zeros(0, dtype=np.float32)
+    return Peaks(empty, empty, empty)
+
+
+def _parabolic(left: np.ndarray, centre: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Offset (in [-0.5, 0.5]) of the vertex of the parabola through three samples."""
+    denom = left - 2 * centre + right
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = 0.5 * (left - right) / denom
+    return np.clip(np.nan_to_num(offset, nan=0.0, posinf=0.0, neginf=0.0), -0.5, 0.5)
+
+
+def _strongest_per_block(
+    t: np.ndarray, strength: np.ndarray, cfg: FingerprintConfig, peaks_per_s: float
+) -> np.ndarray:
+    """Indices of the strongest peaks in each block of about a second."""
+    block_frames = max(1, round(cfg.frames_per_s))
+    per_block = max(1, round(peaks_per_s * block_frames / cfg.frames_per_s))
+    block = t // block_frames
+    order = np.lexsort((-strength, block))
+    sorted_block = block[order]
+    starts = np.searchsorted(sorted_block, sorted_block, side="left")
+    rank = np.arange(order.shape[0]) - starts
+    return np.sort(order[rank < per_block])
+
+
+def log_freq_steps(freq_hz: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
+    """Continuous log-frequency position of each frequency, in `log_step` steps."""
+    return np.log(np.maximum(freq_hz, 1.0) / cfg.min_freq_hz) / math.log1p(cfg.log_step)
+
+
+def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+    """Pair every peak with the next `fanout` peaks of its target zone and hash the pairs.
+
+    `speed_step` k re-hashes the peaks as if the audio were slowed down by speed_factor(k),
+    i.e. as they would be in a reference that the query plays `speed_factor(k)` times as fast.
+    """
+    n = len(peaks)
+    if n < 2:
+        return _no_hashes()
+    factor = speed_factor(speed_step, cfg.log_step)
+    q = log_freq_steps(peaks.freq_hz, cfg) - speed_step
+    t = peaks.time_frames
+    # Candidate targets: the next `width` peaks in time order (enough to find `fanout` valid).
+    width = min(n - 1, 4 * fanout)
+    idx = np.arange(n)[:, None] + np.arange(1, width + 1)[None, :]
+    valid = idx < n
+    idx = np.minimum(idx, n - 1)
+    dt = (t[idx] - t[:, None]) * factor
+    dq = q[idx] - q[:, None]
+    dt_q = np.rint(dt)
+    dq_q = np.rint(dq)
+    valid &= (dt_q >= 1) & (dt_q <= cfg.max_dt_frames) & (np.abs(dq_q) <= cfg.max_df_steps)
+    valid &= np.cumsum(valid, axis=1) <= fanout
+    anchor, slot = np.nonzero(valid)
+    q1 = np.rint(q[anchor])
+    ok = (q1 >= 0) & (q1 < (1 << Q_BITS))
+    anchor, slot, q1 = anchor[ok], slot[ok], q1[ok]
+    h = (
+        (q1.astype(np.uint32) << Q_SHIFT)
+        | ((dq_q[anchor, slot] + DQ_BIAS).astype(np.uint32) << DT_BITS)
+        | dt_q[anchor, slot].astype(np.uint32)
+    )
+    return Hashes(
+        hashes=h,
+        anchor_frames=t[anchor],
+        end_frames=t[idx[anchor, slot]],
+    )
+
+
+def _no_hashes() -> Hashes:
+    return Hashes(
+        np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+    )
+
+
+def reference_hashes(samples: np.ndarray, cfg: FingerprintConfig) -> Hashes:
+    """Hashes to index for a reference track."""
+    peaks = find_peaks(spectrogram(samples, cfg), cfg, cfg.ref_peaks_per_s)
+    return hashes(peaks, cfg, cfg.ref_fanout)
+
+
+def query_peaks(samples: np.ndarray, cfg: FingerprintConfig) -> Peaks:
+    """The (denser) peaks of a query; hash them with `hashes(..., cfg.query_fanout, step)`."""
+    return find_peaks(spectrogram(samples, cfg), cfg, cfg.query_peaks_per_s)

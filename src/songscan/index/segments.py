@@ -1,0 +1,257 @@
+"""The embedded posting index: immutable sorted segments, memory-mapped, with a JSON manifest.
+
+Layout of `DIR` (by default `DATA/index`):
+    manifest.json              {"generation": n, "segments": [{"name": ..., "postings": n}, ...]}
+    NAME.hashes.npy            uint32 hashes, sorted
+    NAME.postings.npy          uint64 postings, in hash order
+    NAME.directory.npy         (large segments only) uint64 start of each hash value's run
+    writer.lock                flock held by the one writer while it changes anything
+
+Crash safety: a segment's files are written, fsynced and renamed into place before the manifest
+that names them is atomically replaced (write, fsync, rename, fsync dir). A crash leaves either
+the old or the new manifest; files no manifest names are removed by the next writer.
+Readers re-read the manifest when its generation changes and keep the segments they mapped
+(unlinked files stay readable while mapped), so they run while a writer adds or compacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..fingerprint import HASH_BITS
+from . import unpack_postings
+
+# Segments at least this large carry a directory (one offset per possible hash value) so that
+# a lookup is two array reads instead of two binary searches.
+DIRECTORY_MIN_POSTINGS = 1 << 22
+# Small segments are merged once there are more than this many.
+MAX_SEGMENTS = 8
+
+
+@dataclass
+class _Segment:
+    name: str
+    hashes: np.ndarray
+    postings: np.ndarray
+    directory: np.ndarray | None
+
+    def find(self, sorted_queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[lo, hi) of each (sorted) query hash in this segment."""
+        if self.directory is not None:
+            q = sorted_queries.astype(np.int64)
+            return self.directory[q].astype(np.int64), self.directory[q + 1].astype(np.int64)
+        lo = np.searchsorted(self.hashes, sorted_queries, side="left")
+        hi = np.searchsorted(self.hashes, sorted_queries, side="right")
+        return lo, hi
+
+
+class SegmentIndex:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._manifest_path = self.dir / "manifest.json"
+        self._generation = -1
+        self._manifest_mtime: int | None = None
+        self._segments: list[_Segment] = []
+        self._refresh()
+
+    # ---- reading ----------------------------------------------------------------------------
+    def _read_manifest(self) -> dict:
+        try:
+            with self._manifest_path.open("rb") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return {"generation": 0, "segments": []}
+
+    def _refresh(self) -> None:
+        try:
+            mtime = self._manifest_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime == self._manifest_mtime and self._generation >= 0:
+            return
+        for _attempt in range(5):
+            manifest = self._read_manifest()
+            if manifest["generation"] == self._generation:
+                self._manifest_mtime = mtime
+                return
+            try:
+                segments = [self._open_segment(s["name"]) for s in manifest["segments"]]
+            except FileNotFoundError:
+                continue  # compacted away between reading the manifest and opening: read again
+            self._segments = segments
+            self._generation = manifest["generation"]
+            self._manifest_mtime = mtime
+            return
+        raise RuntimeError("the index manifest keeps changing; cannot open a consistent view")
+
+    def _open_segment(self, name: str) -> _Segment:
+        hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
+        postings = np.load(self.dir / f"{name}.postings.npy", mmap_mode="r")
+        directory_path = self.dir / f"{name}.directory.npy"
+        directory = np.load(directory_path, mmap_mode="r") if directory_path.exists() else None
+        return _Segment(name, hashes, postings, directory)
+
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._refresh()
+        hashes = np.asarray(hashes, dtype=np.uint32)
+        order = np.argsort(hashes, kind="stable")
+        sorted_queries = hashes[order]
+        query_parts: list[np.ndarray] = []
+        posting_parts: list[np.ndarray] = []
+        for segment in self._segments:
+            if segment.hashes.shape[0] == 0:
+                continue
+            lo, hi = segment.find(sorted_queries)
+            counts = hi - lo
+            total = int(counts.sum())
+            if total == 0:
+                continue
+            run_start = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+            positions = run_start + np.arange(total)
+            query_parts.append(np.repeat(order, counts))
+            posting_parts.append(np.asarray(segment.postings[positions]))
+        if not query_parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+        return np.concatenate(query_parts), np.concatenate(posting_parts)
+
+    def posting_count(self) -> int:
+        self._refresh()
+        return int(sum(s.hashes.shape[0] for s in self._segments))
+
+    def segment_count(self) -> int:
+        self._refresh()
+        return len(self._segments)
+
+    def size_bytes(self) -> int:
+        self._refresh()
+        total = 0
+        for segment in self._segments:
+            for kind in ("hashes", "postings", "directory"):
+                path = self.dir / f"{segment.name}.{kind}.npy"
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size
+        return total
+
+    def close(self) -> None:
+        self._segments = []
+        self._generation = -1
+
+    # ---- writing ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[dict]:
+        with (self.dir / "writer.lock").open("a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                manifest = self._read_manifest()
+                self._remove_orphans(manifest)
+                yield manifest
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def add(self, hashes: np.ndarray, postings: np.ndarray) -> None:
+        hashes = np.asarray(hashes, dtype=np.uint32)
+        postings = np.asarray(postings, dtype=np.uint64)
+        if hashes.shape != postings.shape:
+            raise ValueError("hashes and postings differ in length")
+        if hashes.shape[0] == 0:
+            return
+        with self._writer() as manifest:
+            name = self._write_segment(hashes, postings)
+            manifest["segments"].append({"name": name, "postings": int(hashes.shape[0])})
+            self._commit(manifest)
+            if len(manifest["segments"]) > MAX_SEGMENTS:
+                self._merge_smallest(manifest, live_tracks=None)
+        self._refresh()
+
+    def compact(self, live_tracks: np.ndarray | None) -> None:
+        """Merge every segment into one; with `live_tracks`, drop other tracks' postings."""
+        with self._writer() as manifest:
+            if manifest["segments"]:
+                self._merge(manifest, list(manifest["segments"]), live_tracks)
+        self._refresh()
+
+    def _merge_smallest(self, manifest: dict, live_tracks: np.ndarray | None) -> None:
+        by_size = sorted(manifest["segments"], key=lambda s: s["postings"])
+        # Merge the smaller half: each posting is rewritten O(log n) times as the index grows.
+        self._merge(manifest, by_size[: max(2, len(by_size) // 2 + 1)], live_tracks)
+
+    def _merge(self, manifest: dict, chosen: list[dict], live_tracks: np.ndarray | None) -> None:
+        parts = [self._open_segment(s["name"]) for s in chosen]
+        hashes = np.concatenate([np.asarray(p.hashes) for p in parts])
+        postings = np.concatenate([np.asarray(p.postings) for p in parts])
+        if live_tracks is not None:
+            tracks, _ = unpack_postings(postings)
+            keep = np.isin(tracks, live_tracks)
+            hashes, postings = hashes[keep], postings[keep]
+        names = {s["name"] for s in chosen}
+        remaining = [s for s in manifest["segments"] if s["name"] not in names]
+        if hashes.shape[0]:
+            name = self._write_segment(hashes, postings)
+            remaining.append({"name": name, "postings": int(hashes.shape[0])})
+        manifest["segments"] = remaining
+        self._commit(manifest)
+        for name in names:
+            self._unlink_segment(name)
+
+    def _write_segment(self, hashes: np.ndarray, postings: np.ndarray) -> str:
+        order = np.argsort(hashes, kind="stable")
+        hashes, postings = hashes[order], postings[order]
+        name = f"seg-{uuid.uuid4().hex[:12]}"
+        files = {"hashes": hashes, "postings": postings}
+        if hashes.shape[0] >= DIRECTORY_MIN_POSTINGS:
+            files["directory"] = np.searchsorted(
+                hashes, np.arange((1 << HASH_BITS) + 1, dtype=np.int64)
+            ).astype(np.uint64)
+        for kind, array in files.items():
+            _write_durably(self.dir / f"{name}.{kind}.npy", array)
+        return name
+
+    def _commit(self, manifest: dict) -> None:
+        manifest["generation"] = int(manifest["generation"]) + 1
+        tmp = self.dir / f"manifest.json.{uuid.uuid4().hex[:8]}.tmp"
+        with tmp.open("w") as fh:
+            json.dump(manifest, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._manifest_path)
+        _fsync_dir(self.dir)
+
+    def _unlink_segment(self, name: str) -> None:
+        for kind in ("hashes", "postings", "directory"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / f"{name}.{kind}.npy").unlink()
+
+    def _remove_orphans(self, manifest: dict) -> None:
+        named = {s["name"] for s in manifest["segments"]}
+        for path in self.dir.iterdir():
+            stem = path.name.split(".", 1)[0]
+            if path.name.endswith(".tmp") or (stem.startswith("seg-") and stem not in named):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+def _write_durably(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

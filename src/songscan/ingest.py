@@ -1,0 +1,119 @@
+"""Adding reference tracks: decode + fingerprint on all cores, write in batches."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .catalog import Catalog, FingerprintedTrack, Track, TrackMetadata, metadata_from_tags
+from .config import EngineConfig
+from .errors import DecodeFailed, FingerprintFailed, SongscanError
+from .fingerprint import reference_hashes
+from .media import decode_all
+
+# A segment is written once a batch holds this many postings (or the input ends).
+BATCH_POSTINGS = 2_000_000
+
+
+@dataclass
+class IngestItem:
+    path: Path
+    metadata: TrackMetadata | None = None  # overrides what the tags say
+    audio_id: int | None = None
+    owner: str = ""
+
+
+@dataclass
+class IngestOutcome:
+    item: IngestItem
+    track: Track | None
+    error: SongscanError | None
+    audio_s: float = 0.0
+
+
+def fingerprint_file(item: IngestItem, cfg: EngineConfig) -> FingerprintedTrack:
+    """Decode and fingerprint one reference file (runs in a worker process)."""
+    samples = decode_all(item.path, cfg.fingerprint.sample_rate_hz)
+    duration_s = samples.shape[0] / cfg.fingerprint.sample_rate_hz
+    found = reference_hashes(samples, cfg.fingerprint)
+    if len(found) == 0:
+        raise FingerprintFailed("no fingerprint: the audio is too short or silent")
+    metadata = metadata_from_tags(item.path)
+    if item.metadata is not None:
+        metadata = metadata.merged(item.metadata)
+    return FingerprintedTrack(
+        metadata=metadata,
+        hashes=found.hashes,
+        frames=found.anchor_frames.round().astype("uint32"),
+        duration_s=duration_s,
+        audio_id=item.audio_id,
+        owner=item.owner,
+        source=str(item.path),
+    )
+
+
+def _work(args: tuple[IngestItem, EngineConfig]) -> FingerprintedTrack | SongscanError:
+    item, cfg = args
+    try:
+        return fingerprint_file(item, cfg)
+    except SongscanError as exc:
+        return exc
+    except Exception as exc:  # a worker must report, never die, on one bad file
+        return DecodeFailed(f"cannot read {item.path.name}: {type(exc).__name__}")
+
+
+def ingest(
+    catalog: Catalog,
+    items: Iterable[IngestItem],
+    cfg: EngineConfig,
+    *,
+    workers: int = 0,
+    on_done: Callable[[IngestOutcome], None] | None = None,
+) -> list[IngestOutcome]:
+    """Fingerprint `items` (in parallel) and add them to `catalog` in batches, in input order."""
+    items = list(items)
+    outcomes: list[IngestOutcome] = []
+    batch: list[tuple[IngestItem, FingerprintedTrack]] = []
+    batch_postings = 0
+
+    def flush() -> None:
+        nonlocal batch, batch_postings
+        tracks = catalog.add([fp for _, fp in batch])
+        for (item, fp), track in zip(batch, tracks, strict=True):
+            outcome = IngestOutcome(item, track, None, fp.duration_s)
+            outcomes.append(outcome)
+            if on_done:
+                on_done(outcome)
+        batch, batch_postings = [], 0
+
+    for item, result in zip(items, _fingerprints(items, cfg, workers), strict=True):
+        if isinstance(result, SongscanError):
+            outcome = IngestOutcome(item, None, result)
+            outcomes.append(outcome)
+            if on_done:
+                on_done(outcome)
+            continue
+        batch.append((item, result))
+        batch_postings += result.hashes.shape[0]
+        if batch_postings >= BATCH_POSTINGS:
+            flush()
+    if batch:
+        flush()
+    return outcomes
+
+
+def _fingerprints(
+    items: list[IngestItem], cfg: EngineConfig, workers: int
+) -> Iterator[FingerprintedTrack | SongscanError]:
+    n = workers or os.cpu_count() or 1
+    if n <= 1 or len(items) <= 1:
+        for item in items:
+            yield _work((item, cfg))
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(n, len(items)), mp_context=ctx) as pool:
+        yield from pool.map(_work, [(item, cfg) for item in items], chunksize=1)

@@ -1,0 +1,150 @@
+"""Query hashes + postings -> scored matches with song position and in-chunk extent.
+
+Per candidate track, hits vote for the offset between reference and query frames; a song that
+plays in the query piles its hits on one offset, random hits spread out. A match needs
+`min_aligned_hits` distinct query anchors on its best offset (within +-`offset_tolerance_frames`);
+anything less is no
+match, never a best guess. When nothing matches at the nominal speed, the query is re-hashed for
+the configured speed steps (the same peaks, no new FFT) and the best of those is taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import EngineConfig, speed_factor
+from .fingerprint import Peaks, hashes, query_peaks
+from .index import PostingIndex, unpack_postings
+
+
+@dataclass(frozen=True)
+class Match:
+    track_id: int
+    aligned_hits: int
+    score: int  # 0-100
+    speed: float  # how much faster than the reference the query plays
+    # Reference frame that plays at query frame 0 (may be negative: the song starts later).
+    offset_frames: int
+    # Extent of the aligned hits, in query frames.
+    start_frame: float
+    end_frame: float
+
+
+def match_samples(
+    samples: np.ndarray, index: PostingIndex, live_ids: np.ndarray, cfg: EngineConfig
+) -> list[Match]:
+    """Matches for one query (a chunk or a clip), best first; [] when nothing plays."""
+    return match_peaks(query_peaks(samples, cfg.fingerprint), index, live_ids, cfg)
+
+
+def match_peaks(
+    peaks: Peaks, index: PostingIndex, live_ids: np.ndarray, cfg: EngineConfig
+) -> list[Match]:
+    if len(peaks) < 2 or live_ids.shape[0] == 0:
+        return []
+    found = _match_steps(peaks, (0,), index, live_ids, cfg)
+    if not found and cfg.match.speed_steps:
+        found = _match_steps(peaks, cfg.match.speed_steps, index, live_ids, cfg)
+    return found
+
+
+def _match_steps(
+    peaks: Peaks,
+    steps: tuple[int, ...],
+    index: PostingIndex,
+    live_ids: np.ndarray,
+    cfg: EngineConfig,
+) -> list[Match]:
+    fp, mc = cfg.fingerprint, cfg.match
+    per_step = [hashes(peaks, fp, fp.query_fanout, step) for step in steps]
+    all_hashes = np.concatenate([h.hashes for h in per_step])
+    if all_hashes.shape[0] == 0:
+        return []
+    query_idx, postings = index.lookup(all_hashes)
+    if query_idx.shape[0] == 0:
+        return []
+    tracks, ref_frames = unpack_postings(postings)
+    live = _is_live(tracks, live_ids)
+    query_idx, tracks, ref_frames = query_idx[live], tracks[live], ref_frames[live]
+    # Which step, and the query's anchor/end frames, of every hit.
+    bounds = np.cumsum([0] + [len(h) for h in per_step])
+    step_of = np.searchsorted(bounds, query_idx, side="right") - 1
+    anchors = np.concatenate([h.anchor_frames for h in per_step])[query_idx]
+    ends = np.concatenate([h.end_frames for h in per_step])[query_idx]
+    factors = np.array([speed_factor(s, fp.log_step) for s in steps])[step_of]
+    offsets = np.rint(ref_frames - anchors * factors).astype(np.int64)
+
+    # Cheap prefilter: a track (and step) needs min_aligned_hits hits in total to be a candidate.
+    group = tracks * len(steps) + step_of
+    _uniq, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
+    keep = counts[inverse] >= mc.min_aligned_hits
+    if not keep.any():
+        return []
+    group, offsets, anchors, ends = group[keep], offsets[keep], anchors[keep], ends[keep]
+
+    # Offset histogram per (track, step), counting each query anchor once per offset (a
+    # repeated motif must not vote twice); aligned hits = hits within +-tolerance of an offset.
+    tol = mc.offset_tolerance_frames
+    base = offsets.min() - tol
+    span = int(offsets.max() - base) + tol + 1
+    key = group * span + (offsets - base)
+    anchor_slot = np.rint(anchors).astype(np.int64)
+    n_slots = int(anchor_slot.max()) + 1
+    distinct = np.unique(key * n_slots + anchor_slot) // n_slots
+    key_u, key_counts = np.unique(distinct, return_counts=True)
+    aligned = key_counts.copy()
+    for shift in range(1, tol + 1):
+        for direction in (-1, 1):
+            neighbour = key_u + direction * shift
+            pos = np.searchsorted(key_u, neighbour)
+            pos_ok = np.minimum(pos, key_u.shape[0] - 1)
+            hit = key_u[pos_ok] == neighbour
+            aligned += np.where(hit, key_counts[pos_ok], 0)
+    group_u = key_u // span
+    # Best offset per group: sort by (group, -aligned), keep the first of each group.
+    order = np.lexsort((-aligned, group_u))
+    first = np.ones(order.shape[0], dtype=bool)
+    first[1:] = group_u[order][1:] != group_u[order][:-1]
+    best = order[first]
+    best = best[aligned[best] >= mc.min_aligned_hits]
+    if best.shape[0] == 0:
+        return []
+    # One entry per track: its best step.
+    best = best[np.argsort(-aligned[best], kind="stable")]
+    seen: set[int] = set()
+    results: list[Match] = []
+    top_hits = int(aligned[best[0]])
+    for b in best:
+        g = int(group_u[b])
+        track_id, step_i = divmod(g, len(steps))
+        if track_id in seen:
+            continue
+        hits = int(aligned[b])
+        if results and hits < mc.secondary_min_share * top_hits:
+            break
+        seen.add(track_id)
+        offset = int(key_u[b] % span + base)
+        mine = (group == g) & (np.abs(offsets - offset) <= tol)
+        factor = speed_factor(steps[step_i], fp.log_step)
+        results.append(
+            Match(
+                track_id=track_id,
+                aligned_hits=hits,
+                score=min(100, round(100 * hits / mc.full_score_hits)),
+                speed=factor,
+                offset_frames=offset,
+                start_frame=float(anchors[mine].min()),
+                end_frame=float(ends[mine].max()),
+            )
+        )
+        if len(results) >= mc.max_candidates:
+            break
+    return results
+
+
+def _is_live(tracks: np.ndarray, live_ids: np.ndarray) -> np.ndarray:
+    pos = np.searchsorted(live_ids, tracks)
+    pos = np.minimum(pos, live_ids.shape[0] - 1)
+    return live_ids[pos] == tracks

@@ -1,0 +1,271 @@
+"""Media in, mono float32 PCM at the engine's rate out, streamed in bounded blocks.
+
+Anything FFmpeg reads (audio or video containers) is decoded through PyAV, downmixed and
+resampled by libswresample. Positions are exact: output sample `n` of a decode that starts at
+`start_s` is at file time `start_s + n / sample_rate`, whatever the seek landed on, and two
+decodes that overlap produce the same samples where they overlap (after a short pre-roll), so a
+file can be split between processes with results identical to one pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+
+from .errors import DecodeFailed
+
+# Decoders that fail on the first packets of a damaged file keep going; so do we, up to a point.
+_MAX_DECODE_ERRORS = 50
+_SETTLE_FRAMES = 4
+_MAX_SETTLE_FRAMES = 500
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    duration_s: float | None
+    sample_rate_hz: int
+    channels: int
+    codec: str
+    container: str
+
+
+def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
+    p = Path(path)
+    if not p.is_file():
+        raise DecodeFailed(f"no such file: {p.name}")
+    if p.stat().st_size == 0:
+        raise DecodeFailed("the file is empty")
+    try:
+        container = av.open(str(p), mode="r", metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise DecodeFailed(f"not a media file FFmpeg can read ({_reason(exc)})") from None
+    if not isinstance(container, av.container.InputContainer):  # pragma: no cover
+        container.close()
+        raise DecodeFailed("not a readable media file")
+    if not container.streams.audio:
+        container.close()
+        raise DecodeFailed("the media has no audio stream")
+    stream = container.streams.audio[0]
+    if not stream.codec_context or (stream.codec_context.channels or 0) < 1:
+        container.close()
+        raise DecodeFailed("the audio stream has no channels")
+    return container
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(":")[0].strip() or type(exc).__name__
+
+
+def sample_index(seconds: float, sample_rate_hz: int) -> int:
+    """The first output sample at or after `seconds` (the one time -> sample conversion)."""
+    return math.ceil(seconds * sample_rate_hz - 1e-6)
+
+
+def probe(path: str | os.PathLike[str]) -> MediaInfo:
+    """What the file holds, without decoding it. Raises DecodeFailed if it holds no audio."""
+    with _open(path) as container:
+        stream = container.streams.audio[0]
+        duration: float | None = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        return MediaInfo(
+            duration_s=duration,
+            sample_rate_hz=stream.codec_context.sample_rate or 0,
+            channels=stream.codec_context.channels or 0,
+            codec=stream.codec_context.name,
+            container=container.format.name,
+        )
+
+
+def decode(
+    path: str | os.PathLike[str],
+    sample_rate_hz: int,
+    *,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    preroll_s: float = 2.0,
+) -> Iterator[np.ndarray]:
+    """Yield mono float32 blocks at `sample_rate_hz` covering [start_s, end_s) of the file.
+
+    Seeks when `start_s` is past the pre-roll, then decodes from `preroll_s` before `start_s`
+    so that the decoder and resampler state match a decode from the top of the file.
+    Raises DecodeFailed when the audio cannot be decoded at all.
+    """
+    with _open(path) as container:
+        stream = container.streams.audio[0]
+        time_base = stream.time_base or Fraction(1, stream.codec_context.sample_rate or 1)
+        origin = stream.start_time if stream.start_time is not None else 0
+        first_sample = sample_index(start_s, sample_rate_hz)
+        end_sample = None if end_s is None else sample_index(end_s, sample_rate_hz)
+        settle_frames = 0
+        if start_s > preroll_s:
+            target = origin + int((start_s - preroll_s) / time_base)
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                # The first frames after a seek may carry approximate timestamps (decoder
+                # priming): anchor the timeline on a later one.
+                settle_frames = _SETTLE_FRAMES
+            except av.error.FFmpegError:
+                container.seek(0, stream=stream)
+        yield from _resampled(
+            container,
+            stream,
+            sample_rate_hz,
+            time_base,
+            origin,
+            first_sample,
+            end_sample,
+            settle_frames,
+        )
+
+
+def _resampled(
+    container: av.container.InputContainer,
+    stream: av.AudioStream,
+    rate: int,
+    time_base: Fraction,
+    origin: int,
+    first_sample: int,
+    end_sample: int | None,
+    settle_frames: int,
+) -> Iterator[np.ndarray]:
+    resampler: av.AudioResampler | None = None
+    position: int | None = None  # output sample index (file timeline) of the next resampled sample
+    errors = 0
+    decoded_any = False
+    history: list[tuple[int, int]] = []
+    for frame in _frames(container, stream):
+        decoded_any = True
+        if settle_frames:
+            # Some decoders (Vorbis after a block-size change) stamp frames inexactly: after a
+            # seek, anchor the timeline on a frame whose timestamp agrees with the two before.
+            if frame.pts is not None:
+                position_in = _frame_position(frame, time_base, origin, frame.sample_rate)
+                history.append((position_in, frame.samples))
+            settle_frames -= 1
+            if settle_frames > 0 or not _consistent(history[-3:]):
+                settle_frames = max(settle_frames, 1)
+                if len(history) > _MAX_SETTLE_FRAMES:
+                    raise DecodeFailed("the media's timestamps are inconsistent") from None
+                continue
+            settle_frames = 0
+        if resampler is None:
+            in_rate = frame.sample_rate
+            # Start the resampler on an input sample that falls on the output grid, so that
+            # every decode of this file, wherever it starts, samples the same instants.
+            period = in_rate // math.gcd(in_rate, rate)
+            in_pos = _frame_position(frame, time_base, origin, in_rate)
+            skip = (-in_pos) % period
+            if skip >= frame.samples:
+                continue
+            if skip:
+                frame = _drop_leading(frame, skip)
+                in_pos += skip
+            position = in_pos * rate // in_rate
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        try:
+            outputs = resampler.resample(frame)
+        except av.error.FFmpegError:
+            errors += 1
+            if errors > _MAX_DECODE_ERRORS:
+                raise DecodeFailed("the audio stream is damaged") from None
+            continue
+        yield from _trimmed(outputs, position, first_sample, end_sample)
+        assert position is not None
+        position += sum(o.samples for o in outputs)
+        if end_sample is not None and position >= end_sample:
+            return
+    if not decoded_any:
+        raise DecodeFailed("no audio could be decoded from the media")
+    if resampler is not None and position is not None:
+        yield from _trimmed(resampler.resample(None), position, first_sample, end_sample)
+
+
+def _frames(
+    container: av.container.InputContainer, stream: av.AudioStream
+) -> Iterator[av.AudioFrame]:
+    """Decoded frames; damaged packets are skipped, a file that never decodes is an error."""
+    errors = 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError:
+            errors += 1
+            if errors > _MAX_DECODE_ERRORS:
+                raise DecodeFailed("the media is damaged beyond decoding") from None
+            continue
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            errors += 1
+            if errors > _MAX_DECODE_ERRORS:
+                raise DecodeFailed("the audio stream is damaged") from None
+            continue
+        yield from frames
+
+
+def _consistent(history: list[tuple[int, int]]) -> bool:
+    """Whether each frame starts where the one before ended (positions in input samples)."""
+    if len(history) < 3:
+        return False
+    return all(b[0] == a[0] + a[1] for a, b in itertools.pairwise(history))
+
+
+def _frame_position(frame: av.AudioFrame, time_base: Fraction, origin: int, in_rate: int) -> int:
+    if frame.pts is None:
+        return 0
+    return round((frame.pts - origin) * time_base * in_rate)
+
+
+def _drop_leading(frame: av.AudioFrame, n: int) -> av.AudioFrame:
+    planes = frame.to_ndarray()
+    layout = frame.layout.name
+    fmt = frame.format.name
+    trimmed = (
+        planes[:, n:] if frame.format.is_planar else planes[:, n * len(frame.layout.channels) :]
+    )
+    out = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(trimmed),  # type: ignore[arg-type]
+        format=fmt,
+        layout=layout,
+    )
+    out.sample_rate = frame.sample_rate
+    return out
+
+
+def _trimmed(
+    outputs: list[av.AudioFrame], position: int | None, first: int, end: int | None
+) -> Iterator[np.ndarray]:
+    assert position is not None
+    for out in outputs:
+        samples = out.to_ndarray().reshape(-1)
+        lo, hi = position, position + samples.shape[0]
+        position = hi
+        if hi <= first or (end is not None and lo >= end):
+            continue
+        a = max(first - lo, 0)
+        b = samples.shape[0] if end is None else min(end - lo, samples.shape[0])
+        yield samples[a:b]
+
+
+def decode_all(path: str | os.PathLike[str], sample_rate_hz: int, **kwargs: float) -> np.ndarray:
+    """The whole (bounded) range as one array: for short clips and reference tracks only."""
+    blocks = list(decode(path, sample_rate_hz, **kwargs))
+    if not blocks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(blocks)

@@ -1,0 +1,244 @@
+"""The pipeline for a whole file: chunk plan -> decode runs -> fingerprint -> match.
+
+One function, `scan_file`, serves the CLI and the HTTP API. A long file is cut into runs of
+consecutive chunks; runs are decoded and matched on all cores by a process pool, and results
+come back in file order. Each run decodes only its own stretch of the file (seeking, with a
+pre-roll that makes its samples identical to a decode from the top), so the result does not
+depend on how the file is split or how many processes work on it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, Track
+from .chunks import Chunk, PlanParams, chunk_plan, runs
+from .config import DEFAULT, EngineConfig
+from .errors import DecodeFailed, FingerprintFailed
+from .matcher import Match, match_samples
+from .media import decode, probe, sample_index
+
+
+@dataclass(frozen=True)
+class SongMatch:
+    track: Track
+    score: int
+    aligned_hits: int
+    speed: float
+    timecode_ms: int  # song position at the chunk's (or clip's) start, clamped at 0
+    position_ms: int  # the same, unclamped: negative when the song starts inside the chunk
+    start_offset_ms: int  # where the matched fragment begins, inside the chunk
+    end_offset_ms: int  # where it ends, inside the chunk
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    chunk: Chunk
+    songs: list[SongMatch]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    chunks: list[ChunkResult]  # every recognised chunk, in file order, matched or not
+    duration_s: float
+    execution_time_s: float
+
+    @property
+    def billable_chunks(self) -> int:
+        """1 request per recognised 12-second chunk."""
+        return len(self.chunks)
+
+    @property
+    def matched(self) -> list[ChunkResult]:
+        return [c for c in self.chunks if c.songs]
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def plan_for(path: str | os.PathLike[str], params: PlanParams, cfg: EngineConfig) -> list[Chunk]:
+    """The chunks a scan of this file would recognise (and bill), without decoding it."""
+    return chunk_plan(_duration(path), params, cfg.scan)
+
+
+def _duration(path: str | os.PathLike[str]) -> float:
+    info = probe(path)
+    if info.duration_s is None or info.duration_s <= 0:
+        raise DecodeFailed("the media's duration is unknown or zero")
+    return info.duration_s
+
+
+def scan_file(
+    path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    params: PlanParams = PlanParams(),  # noqa: B008 - frozen, immutable default
+    cfg: EngineConfig = DEFAULT,
+    *,
+    progress: ProgressFn | None = None,
+) -> ScanResult:
+    """Recognise the planned chunks of a file against the catalog in `data_dir`."""
+    started = time.perf_counter()
+    duration_s = _duration(path)
+    plan = chunk_plan(duration_s, params, cfg.scan)
+    units = runs(plan, cfg.scan.min_chunks_per_segment)
+    catalog = _catalog(Path(data_dir))
+    results: list[ChunkResult] = []
+    done = 0
+    for unit_result in _run_units(Path(path), Path(data_dir), units, cfg):
+        for chunk, matches in unit_result:
+            results.append(ChunkResult(chunk, _songs(matches, chunk, catalog, cfg)))
+        done += len(unit_result)
+        if progress:
+            progress(done, len(plan))
+    return ScanResult(results, duration_s, time.perf_counter() - started)
+
+
+def recognize_clip(
+    path: str | os.PathLike[str], data_dir: str | os.PathLike[str], cfg: EngineConfig = DEFAULT
+) -> list[SongMatch]:
+    """Standard recognition: the first `standard_max_s` seconds of a clip, best match first."""
+    rate = cfg.fingerprint.sample_rate_hz
+    blocks = list(decode(path, rate, end_s=cfg.scan.standard_max_s))
+    samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    if samples.shape[0] < cfg.fingerprint.n_fft * 4:
+        raise FingerprintFailed("the audio is too short to fingerprint")
+    catalog = _catalog(Path(data_dir))
+    matches = match_samples(samples, catalog.index, catalog.live_ids(), cfg)
+    clip = Chunk(0, 0.0, samples.shape[0] / rate)
+    return _songs(matches, clip, catalog, cfg)
+
+
+def _songs(
+    matches: list[Match], chunk: Chunk, catalog: Catalog, cfg: EngineConfig
+) -> list[SongMatch]:
+    fp = cfg.fingerprint
+    out = []
+    chunk_ms = round(chunk.duration_s * 1000)
+    for m in matches:
+        try:
+            track = catalog.track(m.track_id)
+        except KeyError:  # removed between lookup and now
+            continue
+        start_ms = round(fp.frames_to_s(m.start_frame) * 1000)
+        end_ms = round(fp.frames_to_s(m.end_frame) * 1000 + fp.n_fft / fp.sample_rate_hz * 500)
+        out.append(
+            SongMatch(
+                track=track,
+                score=m.score,
+                aligned_hits=m.aligned_hits,
+                speed=m.speed,
+                timecode_ms=max(0, round(fp.frames_to_s(m.offset_frames) * 1000)),
+                position_ms=round(fp.frames_to_s(m.offset_frames) * 1000),
+                start_offset_ms=max(0, min(start_ms, chunk_ms)),
+                end_offset_ms=max(0, min(end_ms, chunk_ms)),
+            )
+        )
+    return out
+
+
+# ---- work units -------------------------------------------------------------------------------
+UnitResult = list[tuple[Chunk, list[Match]]]
+
+
+def chunk_audio(
+    path: Path, unit: list[Chunk], cfg: EngineConfig
+) -> Iterator[tuple[Chunk, np.ndarray]]:
+    """The samples of each chunk of a run, decoding the run's stretch of the file once."""
+    rate = cfg.fingerprint.sample_rate_hz
+    first = sample_index(unit[0].start_s, rate)
+    bounds = [
+        (sample_index(c.start_s, rate) - first, sample_index(c.end_s, rate) - first) for c in unit
+    ]
+    pending: list[np.ndarray] = []
+    have = 0  # samples in `pending`
+    consumed = 0  # samples of the run before pending[0]
+    k = 0
+    for block in decode(
+        path, rate, start_s=unit[0].start_s, end_s=unit[-1].end_s, preroll_s=cfg.scan.preroll_s
+    ):
+        pending.append(block)
+        have += block.shape[0]
+        while k < len(unit) and consumed + have >= bounds[k][1]:
+            buf = np.concatenate(pending)
+            lo, hi = bounds[k][0] - consumed, bounds[k][1] - consumed
+            yield unit[k], buf[lo:hi]
+            k += 1
+            keep_from = hi if k >= len(unit) else bounds[k][0] - consumed
+            pending = [buf[keep_from:]]
+            consumed += keep_from
+            have = pending[0].shape[0]
+    if k < len(unit):  # the file ended early (duration was an estimate): the remainder
+        buf = np.concatenate(pending) if pending else np.zeros(0, dtype=np.float32)
+        while k < len(unit):
+            lo = bounds[k][0] - consumed
+            samples = buf[max(lo, 0) :]
+            if samples.shape[0] / rate >= cfg.scan.min_final_chunk_s:
+                chunk = unit[k]
+                yield (
+                    Chunk(chunk.index, chunk.start_s, chunk.start_s + samples.shape[0] / rate),
+                    samples,
+                )
+            k += 1
+            buf = buf[:0]
+
+
+def scan_unit(path: Path, catalog: Catalog, unit: list[Chunk], cfg: EngineConfig) -> UnitResult:
+    live = catalog.live_ids()
+    return [
+        (chunk, match_samples(samples, catalog.index, live, cfg))
+        for chunk, samples in chunk_audio(path, unit, cfg)
+    ]
+
+
+_catalogs: dict[Path, Catalog] = {}
+
+
+def _catalog(data_dir: Path) -> Catalog:
+    """One open catalog per data directory per process (workers keep theirs between units)."""
+    if data_dir not in _catalogs:
+        _catalogs[data_dir] = Catalog(data_dir)
+    return _catalogs[data_dir]
+
+
+def _worker_unit(args: tuple[Path, Path, list[Chunk], EngineConfig]) -> UnitResult:
+    path, data_dir, unit, cfg = args
+    return scan_unit(path, _catalog(data_dir), unit, cfg)
+
+
+def _run_units(
+    path: Path, data_dir: Path, units: list[list[Chunk]], cfg: EngineConfig
+) -> Iterator[UnitResult]:
+    workers = cfg.scan.workers or os.cpu_count() or 1
+    if workers <= 1 or len(units) <= 1:
+        catalog = _catalog(data_dir)
+        for unit in units:
+            yield scan_unit(path, catalog, unit, cfg)
+        return
+    pool = _pool(min(workers, len(units)))
+    yield from pool.map(_worker_unit, [(path, data_dir, unit, cfg) for unit in units], chunksize=1)
+
+
+_pools: dict[int, Executor] = {}
+
+
+def _pool(workers: int) -> Executor:
+    """A process pool kept for the life of the process (a server scans many files)."""
+    if workers not in _pools:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["songscan.scan"])
+        _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return _pools[workers]
+
+
+def shutdown_pools() -> None:
+    for pool in _pools.values():
+        pool.shutdown(cancel_futures=True)
+    _pools.clear()
