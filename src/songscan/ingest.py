@@ -16,7 +16,7 @@ from .fingerprint import reference_hashes
 from .media import decode_all
 
 # A segment is written once a batch holds this many postings (or the input ends).
-BATCH_POSTINGS = 2_000_000
+BATCH_POSTINGS = int(os.environ.get("SONGSCAN_INGEST_BATCH_POSTINGS", 2_000_000))
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""songscan benchmark tools (test-recording generator, accuracy and throughput runs)."""

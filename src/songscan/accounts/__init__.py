@@ -1,0 +1,1 @@
+"""songscan accounts: tokens, plans, the usage ledger, quotas, payments."""

@@ -1,0 +1,91 @@
+"""The database: which one, its engine, and bringing its schema up to date with Alembic.
+
+SQLite in the data directory unless `SONGSCAN_DATABASE_URL` (or an explicit URL) names another,
+e.g. `postgresql+psycopg://user:pass@host/db`. Migrations run at startup, under a lock, so
+several processes starting together do not race.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VERSION_TABLE = "accounts_alembic_version"
+SQLITE_FILE = "accounts.db"
+READ_ONLY = "songscan_read_only"  # execution option: a transaction that only reads
+_PG_MIGRATION_LOCK = 0x50_4E_47_53  # any constant: pg_advisory_xact_lock key for migrations
+
+
+def database_url(data_dir: Path | None, explicit: str | None = None) -> str:
+    """The explicit URL, else `$SONGSCAN_DATABASE_URL`, else SQLite in the data directory."""
+    chosen = explicit or os.environ.get("SONGSCAN_DATABASE_URL")
+    if chosen:
+        return chosen
+    if data_dir is None:
+        from songscan.settings import data_dir as default_data_dir
+
+        data_dir = default_data_dir()
+    return f"sqlite:///{data_dir / SQLITE_FILE}"
+
+
+def _prepare_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" below open every transaction; WAL lets readers run
+        # alongside the one writer.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock up front: a read-then-write transaction can then never
+        # fail half-way with SQLITE_BUSY; concurrent writers wait (busy timeout) instead.
+        # Read-only transactions (READ_ONLY option) stay deferred and run beside the writer.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 60, "check_same_thread": False},
+            pool_size=8,
+            max_overflow=8,
+            pool_timeout=120,
+        )
+        _prepare_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=20, pool_timeout=120, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the accounts schema to `revision` (head by default), in one transaction."""
+    config = alembic_config()
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)

@@ -1,0 +1,139 @@
+"""The accounts tables. Every change of what an account may spend is a row of `ledger_entries`.
+
+`accounts.balance` is a cache of `sum(ledger_entries.delta)` for that account, changed only in
+the same transaction that writes the ledger row; its conditional UPDATE is what makes a
+reservation atomic on both SQLite and PostgreSQL. Schema changes go through Alembic
+(`migrations/versions`); a test checks that the migrations and these models agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored datetime is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AccountRow(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hint: Mapped[str] = mapped_column(String(16))  # the masked token, for display
+    plan: Mapped[str] = mapped_column(String(64))
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    period: Mapped[str] = mapped_column(String(7), default="")  # YYYY-MM of the last monthly grant
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False)  # the public `test` token
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LedgerEntry(Base):
+    """One credit (delta > 0) or debit (delta < 0). Usage rows also carry the request's record.
+
+    kind: bonus (the free requests of a new account), grant (a plan's monthly requests),
+    expire (unused monthly requests at the month's end), overage (debt beyond zero forgiven at
+    the month's end, to be invoiced), purchase (Stripe), transfer (bank transfer), adjust
+    (admin credit), usage (a request: delta is -reserved while pending, -used once settled).
+    """
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("account_id", "kind", "reference", name="uq_ledger_reference"),
+        Index("ix_ledger_account_day", "account_id", "day"),
+        Index("ix_ledger_account_kind", "account_id", "kind", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    day: Mapped[date] = mapped_column(Date)  # UTC day of created_at, for per-day usage
+    kind: Mapped[str] = mapped_column(String(16))
+    delta: Mapped[int] = mapped_column(BigInteger)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    method: Mapped[str | None] = mapped_column(String(32))
+    chunks: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str | None] = mapped_column(String(32))
+    reference: Mapped[str | None] = mapped_column(String(255))  # payment / transfer reference
+    note: Mapped[str | None] = mapped_column(String(255))
+
+
+class WebSession(Base):
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Checkout(Base):
+    """A Stripe Checkout Session this server created; webhooks credit only what is known here."""
+
+    __tablename__ = "checkouts"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # pack | plan
+    item: Mapped[str] = mapped_column(String(64))  # the pack or plan name
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | paid
+    subscription_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StripeEvent(Base):
+    """Stripe event ids already handled: a retried delivery changes nothing."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PublicTokenUsage(Base):
+    """Requests made with the public `test` token, per client address and UTC day."""
+
+    __tablename__ = "test_token_usage"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    client_addr: Mapped[str] = mapped_column(String(64), primary_key=True)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ServerSecret(Base):
+    """Secrets the server makes for itself (the CSRF signing key), shared by all its processes."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))

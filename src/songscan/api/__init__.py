@@ -1,0 +1,1 @@
+"""songscan over HTTP: the AudD-compatible API and the accounts dashboard."""

@@ -1,0 +1,36 @@
+"""The FastAPI application: `create_app(data_dir, config)`.
+
+Mounts the accounts pages (dashboard, sign-up, log-in, Stripe webhook). The recognition routes
+are added here by the API module. `app.state.accounts` is the accounts service and
+`app.state.payments` the payments side, both shared by every route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from songscan.accounts.payments import Payments
+from songscan.accounts.service import Accounts
+from songscan.api import dashboard
+
+
+def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
+    accounts = Accounts.open(data_dir, config)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        accounts.close()
+
+    app = FastAPI(title="songscan", lifespan=lifespan)
+    app.state.data_dir = data_dir
+    app.state.config = config
+    app.state.accounts = accounts
+    app.state.payments = Payments(accounts, config)
+    app.include_router(dashboard.router)
+    return app

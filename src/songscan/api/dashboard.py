@@ -1,0 +1,303 @@
+"""The web side of accounts: sign-up, log-in, the dashboard, buying requests, Stripe's webhook.
+
+Server-rendered pages (Jinja2). A log-in is a session cookie (HttpOnly, SameSite=Lax) whose
+hash is stored in the database. Every form carries a CSRF token that must equal the signed
+`songscan_csrf` cookie (double submit, signed with a server secret). A new or rotated API
+token is rendered once, in the response to the POST that made it, never stored or redirected.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from songscan.accounts import tokens
+from songscan.accounts.payments import Payments, PaymentsUnavailable, WebhookRejected
+from songscan.accounts.service import Account, Accounts, LoginRefused, SignupRefused
+from songscan.errors import InvalidParameters
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "songscan_session"
+CSRF_COOKIE = "songscan_csrf"
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+router = APIRouter()
+
+
+def _accounts(request: Request) -> Accounts:
+    accounts: Accounts = request.app.state.accounts
+    return accounts
+
+
+def _payments(request: Request) -> Payments:
+    payments: Payments = request.app.state.payments
+    return payments
+
+
+# -- CSRF -----------------------------------------------------------------------------------
+
+
+def _csrf_key(request: Request) -> str:
+    key: str | None = getattr(request.app.state, "csrf_key", None)
+    if key is None:
+        key = _accounts(request).server_secret("csrf")
+        request.app.state.csrf_key = key
+    return key
+
+
+def _valid_csrf_value(request: Request, value: str | None) -> bool:
+    if not value or "." not in value:
+        return False
+    nonce, signature = value.rsplit(".", 1)
+    return tokens.same(signature, tokens.sign(_csrf_key(request), nonce))
+
+
+def _csrf_value(request: Request) -> str:
+    cookie = request.cookies.get(CSRF_COOKIE)
+    if _valid_csrf_value(request, cookie):
+        assert cookie is not None
+        return cookie
+    nonce = secrets.token_urlsafe(16)
+    return f"{nonce}.{tokens.sign(_csrf_key(request), nonce)}"
+
+
+async def _form(request: Request) -> dict[str, str] | None:
+    """The posted form when its CSRF token matches the cookie; None when it does not."""
+    form = await request.form()
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    cookie = request.cookies.get(CSRF_COOKIE)
+    sent = fields.get("csrf")
+    if not cookie or not sent or not tokens.same(cookie, sent):
+        return None
+    return fields if _valid_csrf_value(request, cookie) else None
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _render(
+    request: Request, template: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    csrf = _csrf_value(request)
+    response = templates.TemplateResponse(
+        request,
+        template,
+        {"csrf": csrf, "secure": _accounts(request).config.secure_cookies, **context},
+        status_code=status_code,
+    )
+    response.set_cookie(
+        CSRF_COOKIE,
+        csrf,
+        httponly=True,
+        samesite="lax",
+        secure=_accounts(request).config.secure_cookies,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def _csrf_failed(request: Request) -> HTMLResponse:
+    return _render(
+        request,
+        "message.html",
+        status_code=403,
+        title="Form expired",
+        message="This form has expired or did not come from this site. Reload and try again.",
+    )
+
+
+def _start_session(request: Request, response: Response, account: Account) -> None:
+    accounts = _accounts(request)
+    session_id = accounts.start_session(account.id)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        max_age=accounts.config.session_days * 86400,
+        httponly=True,
+        samesite="lax",
+        secure=accounts.config.secure_cookies,
+    )
+
+
+def _current(request: Request) -> Account | None:
+    return _accounts(request).session_account(request.cookies.get(SESSION_COOKIE))
+
+
+@dataclass(frozen=True)
+class ChartBar:
+    day: str
+    requests: int
+    x: float
+    y: float
+    height: float
+
+
+def usage_chart(
+    usage_by_day: list[tuple[Any, int]], width: int = 600, height: int = 120
+) -> list[ChartBar]:
+    """Bars of an inline SVG chart of requests per day (no JavaScript needed)."""
+    top = max((n for _, n in usage_by_day), default=0) or 1
+    step = width / max(1, len(usage_by_day))
+    bars = []
+    for i, (day, n) in enumerate(usage_by_day):
+        bar_height = round(n / top * (height - 10), 1) if n else 0.0
+        bars.append(ChartBar(str(day), n, round(i * step, 1), height - bar_height, bar_height))
+    return bars
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+@router.get("/signup", response_class=HTMLResponse)
+def signup_page(request: Request) -> HTMLResponse:
+    return _render(request, "signup.html", error=None, email="")
+
+
+@router.post("/signup", response_class=HTMLResponse)
+async def signup(request: Request) -> HTMLResponse:
+    form = await _form(request)
+    if form is None:
+        return _csrf_failed(request)
+    email = form.get("email", "")
+    password = form.get("password", "")
+    accounts = _accounts(request)
+    try:
+        made = accounts.create_account(email, password)
+    except SignupRefused as exc:
+        return _render(request, "signup.html", 400, error=exc.message, email=email)
+    log.info("signup: account %s (%s)", made.account.id, made.account.token_hint)
+    response = _render(request, "token.html", token=made.token, new_account=True)
+    _start_session(request, response, made.account)
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request) -> HTMLResponse:
+    return _render(request, "login.html", error=None, email="")
+
+
+@router.post("/login", response_model=None)
+async def login(request: Request) -> Response:
+    form = await _form(request)
+    if form is None:
+        return _csrf_failed(request)
+    email = form.get("email", "")
+    try:
+        account = _accounts(request).login(email, form.get("password", ""))
+    except LoginRefused as exc:
+        return _render(request, "login.html", 400, error=exc.message, email=email)
+    response = RedirectResponse("/dashboard", status_code=303)
+    _start_session(request, response, account)
+    return response
+
+
+@router.post("/logout", response_model=None)
+async def logout(request: Request) -> Response:
+    form = await _form(request)
+    if form is None:
+        return _csrf_failed(request)
+    _accounts(request).end_session(request.cookies.get(SESSION_COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/dashboard", response_model=None, name="dashboard")
+def dashboard(request: Request, paid: str | None = None) -> Response:
+    account = _current(request)
+    if account is None:
+        return RedirectResponse("/login", status_code=303)
+    return _dashboard_page(
+        request, account, notice="Thank you: your payment is being credited." if paid else None
+    )
+
+
+def _dashboard_page(
+    request: Request,
+    account: Account,
+    notice: str | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    status = _accounts(request).status(account.id)
+    payments = _payments(request)
+    return _render(
+        request,
+        "dashboard.html",
+        status_code=status_code,
+        status=status,
+        chart=usage_chart(status.usage_by_day),
+        packs=list(payments.config.packs.values()),
+        plans=[_accounts(request).plans[name] for name in payments.purchasable_plans()],
+        currency=payments.config.currency.upper(),
+        payments_enabled=payments.enabled,
+        notice=notice,
+        error=error,
+    )
+
+
+@router.post("/dashboard/token", response_model=None)
+async def rotate_token(request: Request) -> Response:
+    form = await _form(request)
+    if form is None:
+        return _csrf_failed(request)
+    account = _current(request)
+    if account is None:
+        return RedirectResponse("/login", status_code=303)
+    made = _accounts(request).rotate_token(account.id)
+    log.info("token rotated: account %s (%s)", account.id, made.account.token_hint)
+    return _render(request, "token.html", token=made.token, new_account=False)
+
+
+@router.post("/dashboard/buy", response_model=None)
+async def buy(request: Request) -> Response:
+    form = await _form(request)
+    if form is None:
+        return _csrf_failed(request)
+    account = _current(request)
+    if account is None:
+        return RedirectResponse("/login", status_code=303)
+    dashboard_url = str(request.url_for("dashboard"))
+    try:
+        url = _payments(request).start_checkout(
+            account,
+            form.get("kind", ""),
+            form.get("item", ""),
+            success_url=f"{dashboard_url}?paid=1",
+            cancel_url=dashboard_url,
+        )
+    except (PaymentsUnavailable, InvalidParameters) as exc:
+        return _dashboard_page(request, account, error=exc.message, status_code=400)
+    except Exception:  # Stripe unreachable or refusing: say so, never a traceback
+        log.exception("checkout failed for account %s", account.id)
+        return _dashboard_page(
+            request,
+            account,
+            error="the payment page could not be opened; try again later",
+            status_code=502,
+        )
+    return RedirectResponse(url, status_code=303)
+
+
+@router.post("/stripe/webhook", response_model=None)
+async def stripe_webhook(request: Request) -> Response:
+    payload = await request.body()
+    try:
+        outcome = _payments(request).handle_webhook(
+            payload, request.headers.get("Stripe-Signature")
+        )
+    except WebhookRejected as exc:
+        log.warning("stripe webhook rejected: %s", exc.message)
+        return JSONResponse({"error": exc.message}, status_code=400)
+    log.info("stripe webhook: %s", outcome)
+    return JSONResponse({"received": True, "outcome": outcome})

@@ -1,0 +1,198 @@
+"""`songscan accounts …`: the admin commands for accounts, tokens, plans and credits.
+
+ACCOUNT is an account id or an e-mail address. Commands that make a token print it as their
+last line (and only there): it is never shown again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from songscan import settings
+from songscan.accounts.service import Accounts
+from songscan.errors import SongscanError
+
+accounts_app = typer.Typer(
+    help="Manage accounts: create, list, show, credit, set-plan, disable, rotate-token.",
+    no_args_is_help=True,
+)
+
+AccountArg = Annotated[str, typer.Argument(help="account id or e-mail address")]
+
+
+def _open(ctx: typer.Context) -> Accounts:
+    data: Path = (ctx.obj or {}).get("data_dir") or settings.data_dir()
+    return Accounts.open(data, settings.load_config(data))
+
+
+def _fail(exc: SongscanError) -> typer.Exit:
+    typer.echo(f"error: {exc.message}", err=True)
+    return typer.Exit(code=1)
+
+
+@accounts_app.command()
+def create(
+    ctx: typer.Context,
+    email: Annotated[str | None, typer.Option(help="e-mail address (for the dashboard)")] = None,
+    plan: Annotated[str | None, typer.Option(help="plan name (default: the default plan)")] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(help="password for the dashboard log-in (default: none, no log-in)"),
+    ] = None,
+) -> None:
+    """Create an account; prints its new API token as the last line."""
+    accounts = _open(ctx)
+    try:
+        made = accounts.create_account(email, password, plan)
+    except SongscanError as exc:
+        raise _fail(exc) from exc
+    finally:
+        accounts.close()
+    typer.echo(
+        f"created account {made.account.id} ({made.account.email or 'no e-mail'}), "
+        f"plan {made.account.plan}"
+    )
+    typer.echo(made.token)
+
+
+@accounts_app.command("list")
+def list_accounts(ctx: typer.Context) -> None:
+    """Every account: id, e-mail, plan, requests left, state, masked token."""
+    accounts = _open(ctx)
+    try:
+        rows = accounts.list_accounts()
+    finally:
+        accounts.close()
+    typer.echo(f"{'id':>5}  {'email':<32} {'plan':<12} {'left':>10}  {'state':<8} token")
+    for account, balance in rows:
+        state = "disabled" if account.disabled else ("test" if account.is_test else "active")
+        email = account.email or ("(public test token)" if account.is_test else "-")
+        typer.echo(
+            f"{account.id:>5}  {email:<32} {account.plan:<12} {balance:>10}  {state:<8} "
+            f"{account.token_hint}"
+        )
+
+
+@accounts_app.command()
+def show(ctx: typer.Context, account: AccountArg) -> None:
+    """One account: plan, requests left, entitlements, recent credits and requests."""
+    accounts = _open(ctx)
+    try:
+        found = accounts.find(account)
+        status = accounts.status(found.id, recent=10)
+    except SongscanError as exc:
+        raise _fail(exc) from exc
+    finally:
+        accounts.close()
+    ent = status.plan.entitlements
+    typer.echo(f"account    {found.id}")
+    typer.echo(f"email      {found.email or '-'}")
+    typer.echo(f"token      {found.token_hint}")
+    typer.echo(f"state      {'disabled' if found.disabled else 'active'}")
+    typer.echo(f"created    {found.created_at:%Y-%m-%d %H:%M} UTC")
+    typer.echo(f"plan       {status.plan.name} ({status.plan.monthly_requests} a month)")
+    typer.echo(f"left       {status.remaining} (overage allowed: {status.overage_left})")
+    typer.echo(
+        f"entitled   metadata={ent.enterprise_metadata} catalog={ent.custom_catalog} "
+        f"url={ent.enterprise_url_input} max_file={ent.max_file_bytes // (1024 * 1024)} MB "
+        f"rate={ent.rate_limit_per_s}/s"
+    )
+    typer.echo("credits:")
+    for line in status.credits:
+        typer.echo(
+            f"  {line.time:%Y-%m-%d %H:%M}  {line.kind:<9} {line.delta:>+10}  "
+            f"{line.reference or ''}  {line.note or ''}".rstrip()
+        )
+    typer.echo("recent requests:")
+    for record in status.recent:
+        typer.echo(
+            f"  {record.time:%Y-%m-%d %H:%M:%S}  {record.method:<11} chunks={record.chunks} "
+            f"cost={record.cost} {record.status}"
+        )
+
+
+@accounts_app.command()
+def credit(
+    ctx: typer.Context,
+    account: AccountArg,
+    requests: Annotated[int, typer.Argument(help="how many requests to add")],
+    reference: Annotated[
+        str | None,
+        typer.Option(help="payment reference (a bank transfer's); credited once per account"),
+    ] = None,
+    kind: Annotated[str, typer.Option(help="transfer (bank transfer) or adjust")] = "",
+    note: Annotated[str | None, typer.Option(help="free text kept in the ledger")] = None,
+) -> None:
+    """Add requests to an account, e.g. for a bank transfer: --reference is recorded."""
+    chosen = kind or ("transfer" if reference else "adjust")
+    if chosen not in ("transfer", "adjust"):
+        typer.echo("error: --kind must be transfer or adjust", err=True)
+        raise typer.Exit(code=1)
+    if chosen == "transfer" and not reference:
+        typer.echo("error: a bank transfer needs --reference", err=True)
+        raise typer.Exit(code=1)
+    accounts = _open(ctx)
+    try:
+        found = accounts.find(account)
+        done = accounts.credit(found.id, requests, kind=chosen, reference=reference, note=note)
+        left = accounts.remaining(found)
+    except SongscanError as exc:
+        raise _fail(exc) from exc
+    finally:
+        accounts.close()
+    if not done:
+        typer.echo(f"error: reference {reference!r} was already credited to this account", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"credited {requests} requests to account {found.id}; {left} left")
+
+
+@accounts_app.command("set-plan")
+def set_plan(
+    ctx: typer.Context,
+    account: AccountArg,
+    plan: Annotated[str, typer.Argument(help="plan name")],
+) -> None:
+    """Move an account to another plan (its monthly requests are granted at once)."""
+    accounts = _open(ctx)
+    try:
+        found = accounts.set_plan(accounts.find(account).id, plan)
+        left = accounts.remaining(found)
+    except SongscanError as exc:
+        raise _fail(exc) from exc
+    finally:
+        accounts.close()
+    typer.echo(f"account {found.id} is on plan {found.plan}; {left} left")
+
+
+@accounts_app.command()
+def disable(
+    ctx: typer.Context,
+    account: AccountArg,
+    enable: Annotated[bool, typer.Option("--enable", help="enable it again instead")] = False,
+) -> None:
+    """Disable an account: its token and log-in stop working at once (--enable undoes it)."""
+    accounts = _open(ctx)
+    try:
+        found = accounts.set_disabled(accounts.find(account).id, not enable)
+    except SongscanError as exc:
+        raise _fail(exc) from exc
+    finally:
+        accounts.close()
+    typer.echo(f"account {found.id} is {'disabled' if found.disabled else 'enabled'}")
+
+
+@accounts_app.command("rotate-token")
+def rotate_token(ctx: typer.Context, account: AccountArg) -> None:
+    """Give an account a new token (the old one stops working); prints it as the last line."""
+    accounts = _open(ctx)
+    try:
+        made = accounts.rotate_token(accounts.find(account).id)
+    except SongscanError as exc:
+        raise _fail(exc) from exc
+    finally:
+        accounts.close()
+    typer.echo(f"new token for account {made.account.id}; the old one no longer works")
+    typer.echo(made.token)

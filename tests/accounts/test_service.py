@@ -1,0 +1,305 @@
+"""Accounts, tokens, metering and log-in, through the real service on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select, text, update
+
+from songscan.accounts.db import VERSION_TABLE
+from songscan.accounts.models import AccountRow, Base, LedgerEntry
+from songscan.accounts.ratelimit import RateLimited
+from songscan.accounts.service import Accounts, LoginRefused, SignupRefused, mask_token
+from songscan.errors import InvalidParameters, MissingToken, QuotaExceeded, UnknownToken
+
+PASSWORD = "tuning-fork-42"
+
+
+def count_accounts(accounts: Accounts) -> int:
+    with accounts.engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(AccountRow)) or 0)
+
+
+def test_migrations_match_the_models(accounts: Accounts) -> None:
+    with accounts.engine.connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), Base.metadata
+        )
+    assert diff == []
+
+
+def test_migrations_run_twice_without_harm(database_url: str, config: dict[str, Any]) -> None:
+    first = Accounts(database_url, config)
+    made = first.create_account("kept@example.org", PASSWORD)
+    first.close()
+    second = Accounts(database_url, config)  # upgrades again at startup: a no-op
+    assert second.authenticate(made.token, "127.0.0.1").email == "kept@example.org"
+    second.close()
+
+
+def test_signup_gives_a_token_and_300_free_requests(accounts: Accounts) -> None:
+    made = accounts.create_account("Someone@Example.org ", PASSWORD)
+    assert made.account.email == "someone@example.org"
+    assert made.account.plan == "trial"
+    assert len(made.token) >= 32 and int(made.token, 16).bit_length() > 128 - 16
+    account = accounts.authenticate(made.token, "127.0.0.1")
+    assert account.id == made.account.id
+    assert accounts.remaining(account) == 300
+    assert made.account.token_hint == mask_token(made.token)
+    assert made.token not in made.account.token_hint
+
+
+def test_the_token_is_stored_only_as_a_hash(accounts: Accounts) -> None:
+    made = accounts.create_account("hash@example.org", PASSWORD)
+    with accounts.engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            for row in conn.execute(select(table)).all():
+                assert made.token not in repr(tuple(row)), table.name
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "message"),
+    [
+        ("not-an-address", PASSWORD, "valid e-mail"),
+        ("weak@example.org", "short", "at least 10 characters"),
+        ("weak@example.org", "aaaaaaaaaaaa", "5 different characters"),
+        ("weak@example.org", "password123", "too common"),
+        ("lettersonly@example.org", "lettersonly", "e-mail"),
+    ],
+)
+def test_bad_signups_are_refused_and_change_nothing(
+    accounts: Accounts, email: str, password: str, message: str
+) -> None:
+    before = count_accounts(accounts)
+    with pytest.raises(SignupRefused, match=message):
+        accounts.create_account(email, password)
+    assert count_accounts(accounts) == before
+
+
+def test_duplicate_email_is_refused(accounts: Accounts) -> None:
+    accounts.create_account("twice@example.org", PASSWORD)
+    before = count_accounts(accounts)
+    with pytest.raises(SignupRefused, match="already exists"):
+        accounts.create_account("TWICE@example.org", "another-password-9")
+    assert count_accounts(accounts) == before
+
+
+def test_missing_unknown_and_malformed_tokens(accounts: Accounts) -> None:
+    with pytest.raises(MissingToken):
+        accounts.authenticate(None, "127.0.0.1")
+    with pytest.raises(MissingToken):
+        accounts.authenticate("  ", "127.0.0.1")
+    with pytest.raises(UnknownToken):
+        accounts.authenticate("0" * 40, "127.0.0.1")
+    with pytest.raises(UnknownToken):
+        accounts.authenticate("x" * 10_000, "127.0.0.1")
+
+
+def test_rotation_invalidates_the_old_token_at_once(accounts: Accounts) -> None:
+    made = accounts.create_account("rotate@example.org", PASSWORD)
+    rotated = accounts.rotate_token(made.account.id)
+    assert rotated.token != made.token
+    with pytest.raises(UnknownToken):
+        accounts.authenticate(made.token, "127.0.0.1")
+    assert accounts.authenticate(rotated.token, "127.0.0.1").id == made.account.id
+    assert accounts.account(made.account.id).token_hint == mask_token(rotated.token)
+
+
+def test_disabled_account_is_refused_everywhere(accounts: Accounts) -> None:
+    made = accounts.create_account("off@example.org", PASSWORD)
+    account = accounts.authenticate(made.token, "127.0.0.1")
+    accounts.set_disabled(made.account.id)
+    with pytest.raises(UnknownToken, match="disabled"):
+        accounts.authenticate(made.token, "127.0.0.1")
+    with pytest.raises(UnknownToken, match="disabled"):
+        accounts.reserve(account, 1, "recognize")  # authenticated before it was disabled
+    with pytest.raises(LoginRefused, match="disabled"):
+        accounts.login("off@example.org", PASSWORD)
+    accounts.set_disabled(made.account.id, False)
+    assert accounts.authenticate(made.token, "127.0.0.1").id == made.account.id
+
+
+def test_mask_token() -> None:
+    assert mask_token("abcdef0123456789yz") == "ab***yz"
+    assert mask_token("short") == "***"
+    assert mask_token(None) == ""
+
+
+def test_reserve_and_settle_bill_exactly_what_was_used(accounts: Accounts) -> None:
+    made = accounts.create_account("meter@example.org", PASSWORD)
+    account = made.account
+    scan = accounts.reserve(account, 10, "enterprise")
+    assert accounts.remaining(account) == 290  # held while the scan runs
+    accounts.settle(scan, 7, "success", chunks=7)
+    assert accounts.remaining(account) == 293
+    failed = accounts.reserve(account, 1, "recognize")
+    accounts.settle(failed, 0, "error 500", chunks=0)  # no work done: nothing billed
+    assert accounts.remaining(account) == 293
+    with pytest.raises(ValueError, match="already settled"):
+        accounts.settle(failed, 0, "error 500", chunks=0)
+    with pytest.raises(ValueError):
+        accounts.settle(accounts.reserve(account, 2, "enterprise"), 3, "success", chunks=3)
+    total, balance = accounts.ledger_total(account.id)
+    assert total == balance
+    recent = accounts.status(account.id).recent
+    assert [(r.method, r.cost, r.status) for r in recent[1:]] == [
+        ("recognize", 0, "error 500"),
+        ("enterprise", 7, "success"),
+    ]
+    assert recent[0].status == "pending"  # the one left unsettled above
+
+
+def test_a_scan_larger_than_what_is_left_is_refused_up_front(accounts: Accounts) -> None:
+    made = accounts.create_account("scan@example.org", PASSWORD)
+    big = accounts.reserve(made.account, 295, "enterprise")
+    accounts.settle(big, 295, "success", chunks=295)
+    with pytest.raises(QuotaExceeded) as refused:
+        accounts.reserve(made.account, 12, "enterprise")
+    assert refused.value.code == 902
+    assert refused.value.message == "this scan needs 12 requests (12-second chunks); 5 are left"
+    assert accounts.remaining(made.account) == 5  # nothing taken
+    for _ in range(5):
+        accounts.settle(accounts.reserve(made.account, 1, "recognize"), 1, "success", 1)
+    with pytest.raises(QuotaExceeded, match="used up"):
+        accounts.reserve(made.account, 1, "recognize")
+
+
+def test_enterprise_plan_runs_on_overage(accounts: Accounts) -> None:
+    made = accounts.create_account(plan="enterprise")
+    left = accounts.remaining(made.account)
+    assert left == 300 + 100_000
+    scan = accounts.reserve(made.account, left + 50, "enterprise")
+    accounts.settle(scan, left + 50, "success", chunks=left + 50)
+    status = accounts.status(made.account.id)
+    assert status.remaining == -50
+    assert status.overage_left == 1_000_000 - 50
+
+
+def test_month_roll_over_expires_unused_monthly_requests(accounts: Accounts) -> None:
+    made = accounts.create_account("monthly@example.org", PASSWORD)
+    accounts.set_plan(made.account.id, "startup")
+    account = accounts.account(made.account.id)
+    assert accounts.remaining(account) == 300 + 10_000
+    accounts.settle(accounts.reserve(account, 100, "enterprise"), 100, "success", 100)
+    with accounts.engine.begin() as conn:  # pretend the month changed
+        conn.execute(update(AccountRow).where(AccountRow.id == account.id).values(period="2000-01"))
+    # 9,900 unused monthly requests expire, 10,000 new ones come; the free 300 stay.
+    assert accounts.remaining(account) == 300 + 10_000
+    kinds = [line.kind for line in accounts.status(account.id).credits]
+    assert kinds[:3] == ["grant", "expire", "grant"]
+    total, balance = accounts.ledger_total(account.id)
+    assert total == balance
+
+
+def test_public_test_token_has_a_daily_allowance_per_address(accounts: Accounts) -> None:
+    one = accounts.authenticate("test", "10.0.0.1")
+    assert one.is_test and accounts.remaining(one) == 10
+    for _ in range(9):
+        accounts.settle(accounts.reserve(one, 1, "recognize"), 1, "success", 1)
+    failed = accounts.reserve(one, 1, "recognize")
+    accounts.settle(failed, 0, "error 300", 0)  # refunded: still one left
+    accounts.settle(accounts.reserve(one, 1, "recognize"), 1, "success", 1)
+    with pytest.raises(QuotaExceeded, match="10 requests a day per address"):
+        accounts.reserve(one, 1, "recognize")
+    other = accounts.authenticate("test", "10.0.0.2")
+    assert accounts.remaining(other) == 10
+
+
+def test_public_test_token_is_off_by_default(database_url: str) -> None:
+    service = Accounts(database_url, {})
+    with pytest.raises(UnknownToken, match="not enabled"):
+        service.authenticate("test", "127.0.0.1")
+    service.close()
+
+
+def test_login_and_the_attempt_limit(accounts: Accounts) -> None:
+    made = accounts.create_account("login@example.org", PASSWORD)
+    assert accounts.login("LOGIN@example.org", PASSWORD).id == made.account.id
+    with pytest.raises(LoginRefused, match="wrong e-mail address or password"):
+        accounts.login("nobody@example.org", PASSWORD)
+    for _ in range(5):
+        with pytest.raises(LoginRefused, match="wrong"):
+            accounts.login("login@example.org", "not-the-password")
+    with pytest.raises(LoginRefused, match="too many failed log-ins"):
+        accounts.login("login@example.org", PASSWORD)  # locked, even with the right password
+    with accounts.engine.begin() as conn:  # the lock-out ends
+        conn.execute(text("UPDATE accounts SET locked_until = NULL"))
+    assert accounts.login("login@example.org", PASSWORD).id == made.account.id
+
+
+def test_sessions(accounts: Accounts) -> None:
+    made = accounts.create_account("session@example.org", PASSWORD)
+    session_id = accounts.start_session(made.account.id)
+    assert accounts.session_account(session_id) == made.account
+    assert accounts.session_account("forged") is None
+    accounts.end_session(session_id)
+    assert accounts.session_account(session_id) is None
+
+
+def test_bank_transfer_is_credited_once(accounts: Accounts) -> None:
+    made = accounts.create_account("bank@example.org", PASSWORD)
+    assert accounts.credit(made.account.id, 5000, kind="transfer", reference="SEPA-2024-17")
+    assert not accounts.credit(made.account.id, 5000, kind="transfer", reference="SEPA-2024-17")
+    assert accounts.remaining(made.account) == 5300
+    with pytest.raises(InvalidParameters):
+        accounts.credit(made.account.id, -5, reference="negative")
+    with accounts.engine.connect() as conn:
+        rows = conn.execute(
+            select(LedgerEntry.delta).where(
+                LedgerEntry.account_id == made.account.id, LedgerEntry.kind == "transfer"
+            )
+        ).all()
+    assert [r.delta for r in rows] == [5000]
+
+
+def test_entitlements_follow_the_plan(accounts: Accounts) -> None:
+    made = accounts.create_account(plan="trial")
+    trial = accounts.entitlements(made.account)
+    assert not (trial.enterprise_metadata or trial.custom_catalog)
+    enterprise = accounts.entitlements(accounts.set_plan(made.account.id, "enterprise"))
+    assert enterprise.enterprise_metadata and enterprise.custom_catalog
+    assert enterprise.enterprise_url_input
+    assert enterprise.max_file_bytes > trial.max_file_bytes
+
+
+def test_rate_limit_per_plan(database_url: str) -> None:
+    service = Accounts(
+        database_url,
+        {"accounts": {"test_token": True}, "plans": {"trial": {"rate_limit_per_s": 0.001}}},
+    )
+    try:
+        account = service.create_account().account
+        service.check_rate(account)
+        with pytest.raises(RateLimited) as limited:
+            service.check_rate(account)  # one per 1000 s: the second is refused
+        assert limited.value.http_status == 429
+        assert int(limited.value.retry_after_header) > 900
+        service.check_rate(service.create_account().account)  # per account
+        service.check_rate(service.authenticate("test", "10.0.0.1"))
+        service.check_rate(service.authenticate("test", "10.0.0.2"))  # per address for `test`
+        with pytest.raises(RateLimited):
+            service.check_rate(service.authenticate("test", "10.0.0.1"))
+    finally:
+        service.close()
+
+
+def test_reservations_abandoned_by_a_dead_server_are_released(accounts: Accounts) -> None:
+    account = accounts.create_account().account
+    accounts.reserve(account, 40, "enterprise")  # never settled: the server died
+    fresh = accounts.reserve(account, 10, "enterprise")
+    assert accounts.remaining(account) == 250
+    with accounts.engine.begin() as conn:
+        conn.execute(
+            update(LedgerEntry)
+            .where(LedgerEntry.reserved == 40)
+            .values(created_at=datetime.now(UTC) - timedelta(hours=3))
+        )
+    assert accounts.release_stale(timedelta(hours=1)) == 1
+    assert accounts.remaining(account) == 290  # the 40 are back, the fresh 10 still held
+    accounts.settle(fresh, 10, "success", chunks=10)
+    statuses = [r.status for r in accounts.status(account.id).recent]
+    assert statuses == ["success", "abandoned"]

@@ -1,0 +1,215 @@
+"""The accounts pages over real HTTP (uvicorn on loopback): forms, CSRF, sessions, payments."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from songscan.accounts.models import AccountRow, StripeEvent
+from tests.accounts.conftest import WEBHOOK_SECRET, Site
+from tests.servers import checkout_completed_event, stripe_signature
+
+PASSWORD = "tuning-fork-42"
+
+
+def csrf_of(client: httpx.Client, path: str) -> str:
+    page = client.get(path)
+    assert page.status_code == 200
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found
+    return found.group(1)
+
+
+def signup(client: httpx.Client, email: str, password: str = PASSWORD) -> httpx.Response:
+    csrf = csrf_of(client, "/signup")
+    return client.post("/signup", data={"csrf": csrf, "email": email, "password": password})
+
+
+def token_of(page: httpx.Response) -> str:
+    found = re.search(r'data-testid="token" type="text" readonly value="([0-9a-f]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def count_accounts(site: Site) -> int:
+    with site.accounts.engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(AccountRow)) or 0)
+
+
+def post_webhook(site: Site, payload: str, signature: str | None) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    with site.client() as client:
+        return client.post("/stripe/webhook", content=payload, headers=headers)
+
+
+def test_signup_shows_the_token_once_then_only_masked(site: Site) -> None:
+    with site.client() as client:
+        page = signup(client, "web@example.org")
+        assert page.status_code == 200
+        assert page.headers["cache-control"] == "no-store"
+        token = token_of(page)
+        account = site.accounts.authenticate(token, "127.0.0.1")
+        assert account.email == "web@example.org"
+        dashboard = client.get("/dashboard")
+        assert dashboard.status_code == 200
+        assert token not in dashboard.text
+        assert f"{token[:2]}***{token[-2:]}" in dashboard.text
+        assert 'data-testid="remaining">300<' in dashboard.text
+
+
+def test_forms_without_the_csrf_token_are_refused(site: Site) -> None:
+    before = count_accounts(site)
+    with site.client() as client:
+        client.get("/signup")  # has the cookie, but the form below does not carry the token
+        refused = client.post(
+            "/signup", data={"csrf": "forged.value", "email": "x@example.org", "password": PASSWORD}
+        )
+        assert refused.status_code == 403
+    with site.client() as stranger:  # no cookie at all, as from another site
+        refused = stranger.post("/signup", data={"email": "y@example.org", "password": PASSWORD})
+        assert refused.status_code == 403
+    assert count_accounts(site) == before
+
+
+def test_bad_signups_say_why_and_change_nothing(site: Site) -> None:
+    with site.client() as client:
+        signup(client, "dup@example.org")
+    before = count_accounts(site)
+    with site.client() as client:
+        duplicate = signup(client, "dup@example.org")
+        assert duplicate.status_code == 400
+        assert "already exists" in duplicate.text
+        weak = signup(client, "weak@example.org", "short")
+        assert weak.status_code == 400
+        assert "at least 10 characters" in weak.text
+    assert count_accounts(site) == before
+
+
+def test_login_logout_and_the_attempt_limit(site: Site) -> None:
+    with site.client() as client:
+        signup(client, "person@example.org")
+    with site.client() as client:
+        assert client.get("/dashboard").headers["location"] == "/login"
+        csrf = csrf_of(client, "/login")
+        for _ in range(5):
+            wrong = client.post(
+                "/login",
+                data={"csrf": csrf, "email": "person@example.org", "password": "nope-nope-1"},
+            )
+            assert wrong.status_code == 400
+            assert "wrong e-mail address or password" in wrong.text
+        locked = client.post(
+            "/login", data={"csrf": csrf, "email": "person@example.org", "password": PASSWORD}
+        )
+        assert "too many failed log-ins" in locked.text
+        assert client.get("/dashboard").status_code == 303
+    with site.accounts.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE accounts SET locked_until = NULL")
+    with site.client() as client:
+        csrf = csrf_of(client, "/login")
+        ok = client.post(
+            "/login", data={"csrf": csrf, "email": "person@example.org", "password": PASSWORD}
+        )
+        assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
+        assert client.get("/dashboard").status_code == 200
+        assert client.post("/logout", data={"csrf": csrf}).status_code == 303
+        assert client.get("/dashboard").status_code == 303
+
+
+def test_rotating_the_token_on_the_dashboard(site: Site) -> None:
+    with site.client() as client:
+        old = token_of(signup(client, "rot@example.org"))
+        csrf = csrf_of(client, "/dashboard")
+        new = token_of(client.post("/dashboard/token", data={"csrf": csrf}))
+    assert new != old
+    with pytest.raises(Exception, match="unknown"):
+        site.accounts.authenticate(old, "127.0.0.1")
+    assert site.accounts.authenticate(new, "127.0.0.1").email == "rot@example.org"
+
+
+def buy(client: httpx.Client, kind: str, item: str) -> httpx.Response:
+    csrf = csrf_of(client, "/dashboard")
+    return client.post("/dashboard/buy", data={"csrf": csrf, "kind": kind, "item": item})
+
+
+def test_checkout_then_a_signed_webhook_credits_once(site: Site) -> None:
+    with site.client() as client:
+        token = token_of(signup(client, "buyer@example.org"))
+        redirect = buy(client, "pack", "10k")
+    assert redirect.status_code == 303
+    assert redirect.headers["location"].startswith(f"{site.stripe.base_url}/pay/cs_test_")
+    sent = site.stripe.created[-1]
+    assert sent["mode"] == ["payment"]
+    assert sent["line_items[0][price_data][unit_amount]"] == ["2000"]
+    assert sent["customer_email"] == ["buyer@example.org"]
+    session_id = redirect.headers["location"].rsplit("/", 1)[1]
+    account = site.accounts.authenticate(token, "127.0.0.1")
+    assert site.accounts.remaining(account) == 300  # nothing until Stripe says it is paid
+
+    event = checkout_completed_event(session_id)
+    done = post_webhook(site, event, stripe_signature(event, WEBHOOK_SECRET))
+    assert done.status_code == 200 and done.json()["outcome"] == "credited 10000 requests"
+    assert site.accounts.remaining(account) == 10_300
+    # Stripe retries the same event: nothing changes.
+    again = post_webhook(site, event, stripe_signature(event, WEBHOOK_SECRET))
+    assert again.status_code == 200 and again.json()["outcome"] == "already handled"
+    # Another event for the same checkout session (e.g. async_payment_succeeded): still once.
+    other = checkout_completed_event(session_id)
+    assert post_webhook(site, other, stripe_signature(other, WEBHOOK_SECRET)).json() == {
+        "received": True,
+        "outcome": "already credited",
+    }
+    assert site.accounts.remaining(account) == 10_300
+
+
+def test_forged_stale_and_unknown_webhooks_change_nothing(site: Site) -> None:
+    with site.client() as client:
+        token = token_of(signup(client, "victim@example.org"))
+        session_id = buy(client, "pack", "100k").headers["location"].rsplit("/", 1)[1]
+    account = site.accounts.authenticate(token, "127.0.0.1")
+    event = checkout_completed_event(session_id)
+    forged = post_webhook(site, event, stripe_signature(event, "whsec_not_the_secret"))
+    assert forged.status_code == 400 and "signature" in forged.json()["error"]
+    assert post_webhook(site, event, None).status_code == 400
+    tampered = event.replace("paid", "paid ")
+    assert post_webhook(site, tampered, stripe_signature(event, WEBHOOK_SECRET)).status_code == 400
+    stale = stripe_signature(event, WEBHOOK_SECRET, timestamp=int(time.time()) - 3600)
+    assert post_webhook(site, event, stale).status_code == 400  # a replay from an hour ago
+    unknown = checkout_completed_event("cs_test_made_up_elsewhere")
+    outcome = post_webhook(site, unknown, stripe_signature(unknown, WEBHOOK_SECRET)).json()
+    assert outcome["outcome"] == "unknown checkout"
+    assert site.accounts.remaining(account) == 300
+    with site.accounts.engine.connect() as conn:  # rejected events are not even recorded
+        assert conn.scalar(select(func.count()).select_from(StripeEvent)) == 1
+
+
+def test_subscribing_to_a_plan_and_cancelling(site: Site) -> None:
+    with site.client() as client:
+        token = token_of(signup(client, "sub@example.org"))
+        redirect = buy(client, "plan", "startup")
+        assert buy(client, "plan", "trial").status_code == 400  # nothing to buy there
+    assert site.stripe.created[-1]["mode"] == ["subscription"]
+    session_id = redirect.headers["location"].rsplit("/", 1)[1]
+    event = checkout_completed_event(session_id)
+    event = event.replace('"status": "complete"', '"status": "complete", "subscription": "sub_1"')
+    assert post_webhook(site, event, stripe_signature(event, WEBHOOK_SECRET)).status_code == 200
+    account = site.accounts.authenticate(token, "127.0.0.1")
+    assert account.plan == "startup"
+    assert site.accounts.remaining(account) == 10_300
+    deleted = (
+        '{"id": "evt_cancel", "type": "customer.subscription.deleted",'
+        ' "data": {"object": {"id": "sub_1", "object": "subscription"}}}'
+    )
+    assert (
+        post_webhook(site, deleted, stripe_signature(deleted, WEBHOOK_SECRET)).json()["outcome"]
+        == "plan set back to trial"
+    )
+    account = site.accounts.authenticate(token, "127.0.0.1")
+    assert account.plan == "trial"
+    assert site.accounts.remaining(account) == 300  # the plan's monthly requests expired

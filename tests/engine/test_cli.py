@@ -1,0 +1,181 @@
+"""The `songscan` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from songscan.catalog import Catalog
+from songscan.index import unpack_postings
+from tests.audio import synth_song, write_audio
+
+from .conftest import excerpt, mix
+
+SONGSCAN = [sys.executable, "-m", "songscan.cli"]
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SONGSCAN, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) >= 1
+    assert proc.stdout == ""
+
+
+def test_add_scan_and_catalog_commands(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    song = write_audio(tmp_path / "track.flac", synth_song(21, 40.0))
+    added = run(
+        "--data",
+        data,
+        "add",
+        song,
+        "--audio-id",
+        "7",
+        "--title",
+        "=cmd|calc",
+        "--artist",
+        'Band, "The"',
+    )
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("added 7\t")
+    listing = json.loads(run("--data", data, "catalog", "list", "--json").stdout)
+    assert [(t["audio_id"], t["title"]) for t in listing] == [(7, "=cmd|calc")]
+    stats = json.loads(run("--data", data, "catalog", "stats").stdout)
+    assert stats["tracks"] == 1 and stats["postings"] > 0 and stats["index_bytes"] > 0
+
+    show = write_audio(
+        tmp_path / "show.mp3", mix([(3.0, excerpt(synth_song(21, 40.0), 5.0, 30.0))], 36.0)
+    )
+    scanned = run("--data", data, "scan", show, "--accurate-offsets")
+    assert scanned.returncode == 0, scanned.stderr
+    body = json.loads(scanned.stdout)
+    assert body["status"] == "success"
+    assert [r["offset"] for r in body["result"]] == ["00:00", "00:12", "00:24"]
+    first = body["result"][0]["songs"][0]
+    assert first["audio_id"] == 7 and abs(first["start_offset"] - 3000) <= 500
+
+    as_csv = run("--data", data, "scan", show, "--format", "csv")
+    rows = list(csv.reader(io.StringIO(as_csv.stdout)))
+    assert rows[0][:4] == ["offset", "offset_seconds", "artist", "title"]
+    assert len(rows) == 4
+    assert rows[1][2] == 'Band, "The"'  # quoted per RFC 4180, read back intact
+    assert rows[1][3] == "'=cmd|calc"  # neutralised against formula injection
+
+    segments = json.loads(run("--data", data, "scan", show, "--format", "segments").stdout)
+    [segment] = segments["result"]
+    assert segment["audio_id"] == 7 and segment["chunks"] == 3
+    assert abs(segment["start"] - 3.0) <= 0.5 and abs(segment["end"] - 33.0) <= 0.5
+    assert abs(segment["timecode_ms"] - 5000) <= 500
+
+    recognised = json.loads(run("--data", data, "recognize", show).stdout)
+    assert recognised["result"]["title"] == "=cmd|calc"
+
+    removed = run("--data", data, "catalog", "remove", "7")
+    assert removed.returncode == 0
+    assert json.loads(run("--data", data, "scan", show).stdout)["result"] == []
+
+
+@pytest.mark.parametrize(
+    "make, args",
+    [
+        ("text", ["scan", "{f}"]),
+        ("empty", ["scan", "{f}"]),
+        ("missing", ["scan", "{f}"]),
+        ("stub", ["recognize", "{f}"]),
+        ("text", ["add", "{f}"]),
+        ("good", ["scan", "{f}", "--every", "0"]),
+        ("good", ["scan", "{f}", "--skip", "-1"]),
+        ("good", ["scan", "{f}", "--limit", "abc"]),
+        ("good", ["scan", "{f}", "--format", "xml"]),
+        ("good", ["add", "{f}", "{f}", "--audio-id", "3"]),
+    ],
+)
+def test_bad_input_ends_in_one_line_and_non_zero_exit(
+    tmp_path: Path, make: str, args: list[str]
+) -> None:
+    f = tmp_path / "input.mp3"
+    if make == "text":
+        f.write_text("hello, this is text\n" * 20)
+    elif make == "empty":
+        f.touch()
+    elif make == "stub":
+        full = write_audio(tmp_path / "full.flac", synth_song(2, 5.0))
+        f.write_bytes(full.read_bytes()[:300])
+    elif make == "good":
+        write_audio(f, synth_song(3, 15.0))
+    proc = run("--data", tmp_path / "data", *[a.format(f=f) for a in args])
+    assert_clean_error(proc)
+
+
+def test_kill_9_during_ingest_leaves_each_track_whole_or_absent(tmp_path: Path) -> None:
+    folder = tmp_path / "tracks"
+    folder.mkdir()
+    for i in range(24):
+        write_audio(folder / f"t{i:02d}.flac", synth_song(100 + i, 20.0))
+    data = tmp_path / "data"
+    env = {**os.environ, "SONGSCAN_INGEST_BATCH_POSTINGS": "1"}  # one segment per track
+    proc = subprocess.Popen(
+        [*SONGSCAN, "--data", str(data), "add", str(folder), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _ready_tracks(data) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    catalog = Catalog(data)
+    tracks = catalog.tracks()
+    assert 3 <= len(tracks) < 24  # the kill landed mid-ingest
+    _, postings = catalog.index.lookup(np.arange(1 << 23, dtype=np.uint32))
+    ids, _ = unpack_postings(postings)
+    for track in tracks:  # every visible track has every one of its postings
+        assert int((ids == track.id).sum()) == track.hash_count
+    # A fresh writer cleans up and carries on; the catalog then holds every file.
+    again = run("--data", data, "add", folder, env={"SONGSCAN_INGEST_BATCH_POSTINGS": "1"})
+    assert again.returncode == 0, again.stderr
+    catalog = Catalog(data)
+    sources = [t.source for t in catalog.tracks()]
+    assert {Path(s).name for s in sources} == {f"t{i:02d}.flac" for i in range(24)}
+    catalog.compact()
+    _, postings = catalog.index.lookup(np.arange(1 << 23, dtype=np.uint32))
+    ids, _ = unpack_postings(postings)
+    assert set(ids.tolist()) == {t.id for t in catalog.tracks()}
+
+
+def _ready_tracks(data: Path) -> int:
+    try:
+        db = sqlite3.connect(data / "catalog.sqlite", timeout=1)
+        try:
+            return int(
+                db.execute("SELECT COUNT(*) FROM tracks WHERE state = 'ready'").fetchone()[0]
+            )
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from songscan.index import pack_postings, unpack_postings
+from songscan.index.segments import MAX_SEGMENTS, SegmentIndex
+
+
+def brute_force(keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> set[tuple[int, int]]:
+    return {(int(q), int(v)) for i, q in enumerate(queries) for v in values[keys == q]}
+
+
+def test_lookup_finds_every_posting(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    index = SegmentIndex(tmp_path)
+    keys = rng.integers(0, 5000, 20_000).astype(np.uint32)
+    values = pack_postings(rng.integers(1, 50, 20_000), rng.integers(0, 10_000, 20_000))
+    for part in np.array_split(np.arange(20_000), 3):
+        index.add(keys[part], values[part])
+    queries = rng.integers(0, 5000, 300).astype(np.uint32)
+    qi, found = index.lookup(queries)
+    got = {(int(queries[i]), int(v)) for i, v in zip(qi, found, strict=True)}
+    want = brute_force(keys, values, np.unique(queries))
+    assert {(q, v) for q, v in got} == want
+    assert index.posting_count() == 20_000
+    assert index.size_bytes() >= 20_000 * 12
+
+
+def test_segments_merge_and_compaction_drops_dead_tracks(tmp_path: Path) -> None:
+    index = SegmentIndex(tmp_path)
+    for track in range(1, MAX_SEGMENTS + 3):
+        index.add(np.arange(100, dtype=np.uint32), pack_postings(track, np.arange(100)))
+    assert index.segment_count() <= MAX_SEGMENTS
+    assert index.posting_count() == 100 * (MAX_SEGMENTS + 2)
+    index.compact(np.array([2, 3], dtype=np.int64))
+    assert index.segment_count() == 1
+    _, postings = index.lookup(np.arange(100, dtype=np.uint32))
+    tracks, frames = unpack_postings(postings)
+    assert set(tracks.tolist()) == {2, 3}
+    assert sorted(frames[tracks == 2].tolist()) == list(range(100))
+
+
+def test_orphan_segment_files_are_removed_by_the_next_writer(tmp_path: Path) -> None:
+    index = SegmentIndex(tmp_path)
+    index.add(np.arange(10, dtype=np.uint32), pack_postings(1, np.arange(10)))
+    (tmp_path / "seg-deadbeef0000.hashes.npy").write_bytes(b"partial")
+    (tmp_path / "seg-cafe.postings.npy.tmp").write_bytes(b"partial")
+    index.add(np.arange(10, dtype=np.uint32), pack_postings(2, np.arange(10)))
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "seg-deadbeef0000.hashes.npy" not in names
+    assert "seg-cafe.postings.npy.tmp" not in names
+    assert SegmentIndex(tmp_path).posting_count() == 20
+
+
+def test_reader_sees_whole_batches_while_a_writer_adds(tmp_path: Path) -> None:
+    writer = SegmentIndex(tmp_path)
+    reader = SegmentIndex(tmp_path)
+    batch = 1000
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            _, postings = reader.lookup(np.arange(batch, dtype=np.uint32))
+            seen.append(postings.shape[0])
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    for track in range(1, 30):
+        writer.add(np.arange(batch, dtype=np.uint32), pack_postings(track, np.arange(batch)))
+    stop.set()
+    thread.join()
+    assert seen and all(n % batch == 0 for n in seen)
+    assert reader.lookup(np.arange(batch, dtype=np.uint32))[1].shape[0] == 29 * batch

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from songscan import media
+from songscan.errors import DecodeFailed
+from tests.audio import synth_song, write_audio
+
+
+@pytest.fixture(scope="module")
+def song_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("media")
+    song = synth_song(11, 45.0)
+    return {
+        suffix: write_audio(root / f"song{suffix}", song) for suffix in (".flac", ".mp3", ".wav")
+    }
+
+
+@pytest.mark.parametrize("suffix", [".flac", ".mp3", ".wav"])
+def test_decode_length_and_rate(song_files: dict[str, Path], suffix: str) -> None:
+    samples = media.decode_all(song_files[suffix], 8000)
+    assert samples.dtype == np.float32
+    assert abs(samples.shape[0] - 45 * 8000) <= 8000 * 0.06  # MP3 may pad a frame
+    assert 0.01 < np.abs(samples).max() <= 1.0
+
+
+@pytest.mark.parametrize("suffix", [".flac", ".mp3"])
+@pytest.mark.parametrize("start", [3.0, 17.25, 30.0])
+def test_seeking_decode_matches_decode_from_the_top(
+    song_files: dict[str, Path], suffix: str, start: float
+) -> None:
+    whole = media.decode_all(song_files[suffix], 8000)
+    part = media.decode_all(song_files[suffix], 8000, start_s=start, end_s=start + 10.0)
+    i = media.sample_index(start, 8000)
+    assert part.shape[0] == 80_000
+    np.testing.assert_array_equal(part, whole[i : i + part.shape[0]])
+
+
+def test_probe(song_files: dict[str, Path]) -> None:
+    info = media.probe(song_files[".flac"])
+    assert info.duration_s == pytest.approx(45.0, abs=0.01)
+    assert info.channels == 1
+
+
+def test_not_audio(tmp_path: Path) -> None:
+    text = tmp_path / "notes.mp3"
+    text.write_text("this is not an mp3 file\n" * 50)
+    with pytest.raises(DecodeFailed):
+        media.probe(text)
+    with pytest.raises(DecodeFailed):
+        media.decode_all(text, 8000)
+
+
+def test_empty_and_missing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    with pytest.raises(DecodeFailed, match="empty"):
+        media.probe(empty)
+    with pytest.raises(DecodeFailed, match="no such file"):
+        media.probe(tmp_path / "missing.mp3")
+
+
+def test_truncated_file_decodes_what_is_there(song_files: dict[str, Path], tmp_path: Path) -> None:
+    data = song_files[".mp3"].read_bytes()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: len(data) // 3])
+    samples = media.decode_all(cut, 8000)
+    assert 10 * 8000 < samples.shape[0] < 20 * 8000
+
+
+def test_header_only_file_fails_cleanly(song_files: dict[str, Path], tmp_path: Path) -> None:
+    stub = tmp_path / "stub.flac"
+    stub.write_bytes(song_files[".flac"].read_bytes()[:200])
+    with pytest.raises(DecodeFailed):
+        media.decode_all(stub, 8000)

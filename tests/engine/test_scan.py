@@ -1,0 +1,127 @@
+"""Ingest -> scan round trips on synthesised music, through the real pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import resample_poly
+
+from songscan.chunks import PlanParams
+from songscan.config import DEFAULT
+from songscan.scan import recognize_clip, scan_file
+from tests.audio import RATE, synth_song, write_audio
+
+from .conftest import Library, excerpt, mix
+
+SERIAL = DEFAULT.with_workers(1)
+
+
+def test_round_trip_offsets_and_timecodes(library: Library, tmp_path: Path) -> None:
+    # 0-5 s silence, 5-41 s song 2 from its 10th second, 41-46 s silence, 46-70 s song 3 from 0.
+    audio = mix(
+        [
+            (5.0, excerpt(library.songs[2], 10.0, 36.0)),
+            (46.0, excerpt(library.songs[3], 0.0, 24.0)),
+        ],
+        72.0,
+    )
+    path = write_audio(tmp_path / "show.flac", audio)
+    result = scan_file(path, library.data, PlanParams(), SERIAL)
+    assert result.billable_chunks == 6
+    by_offset = {c.chunk.start_s: c.songs for c in result.chunks}
+    assert [s.track.audio_id for s in by_offset[12.0]] == [2]
+    assert [s.track.audio_id for s in by_offset[24.0]] == [2]
+    assert [s.track.audio_id for s in by_offset[60.0]] == [3]
+    # Song position at the chunk start: song 2 plays its second 10 + (t - 5).
+    assert abs(by_offset[12.0][0].timecode_ms - 17_000) <= 50
+    assert abs(by_offset[24.0][0].timecode_ms - 29_000) <= 50
+    assert abs(by_offset[60.0][0].timecode_ms - 14_000) <= 50
+    # The song starts 5 s into chunk 0 and ends 5 s into chunk 3 (36-48 s).
+    first = by_offset[0.0][0]
+    assert first.track.audio_id == 2
+    assert abs(first.start_offset_ms - 5_000) <= 500
+    assert first.end_offset_ms >= 11_000
+    end_chunk = by_offset[36.0][0]
+    assert end_chunk.track.audio_id == 2
+    assert abs(end_chunk.end_offset_ms - 5_000) <= 500
+    assert end_chunk.start_offset_ms <= 500
+
+
+def test_unknown_audio_gives_no_match(library: Library, tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    unknown = synth_song(99, 30.0)  # music that is not in the catalog
+    noise = (rng.normal(0, 0.1, int(30 * RATE))).astype(np.float32)
+    silence = np.zeros(int(24 * RATE), dtype=np.float32)
+    path = write_audio(tmp_path / "unknown.flac", np.concatenate([unknown, noise, silence]))
+    result = scan_file(path, library.data, PlanParams(), SERIAL)
+    assert result.billable_chunks == 7
+    assert result.matched == []
+
+
+def test_noisy_lossy_excerpt_is_found(library: Library, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    clip = excerpt(library.songs[1], 20.0, 24.0)
+    noisy = clip + rng.normal(0, np.sqrt(np.mean(clip**2) / 10 ** (5 / 10)), clip.shape)
+    path = write_audio(tmp_path / "noisy.mp3", noisy.astype(np.float32))
+    result = scan_file(path, library.data, PlanParams(), SERIAL)
+    assert [c.songs[0].track.audio_id for c in result.matched] == [1, 1]
+    assert abs(result.matched[0].songs[0].timecode_ms - 20_000) <= 100
+
+
+@pytest.mark.parametrize("speed", [1.03, 0.97])
+def test_three_percent_speed_change_is_recognised(
+    library: Library, tmp_path: Path, speed: float
+) -> None:
+    clip = excerpt(library.songs[3], 12.0, 30.0)
+    up, down = (100, 103) if speed > 1 else (103, 100)
+    fast = resample_poly(clip, up, down).astype(np.float32)  # pitch and tempo together
+    path = write_audio(tmp_path / "fast.flac", fast)
+    result = scan_file(path, library.data, PlanParams(), SERIAL)
+    songs = [c.songs[0] for c in result.matched]
+    assert len(songs) >= 2 and all(s.track.audio_id == 3 for s in songs)
+    assert abs(songs[0].speed - speed) < 0.011
+    assert abs(songs[0].timecode_ms - 12_000) <= 200
+
+
+def test_plan_parameters_reach_the_scan(library: Library, tmp_path: Path) -> None:
+    path = write_audio(tmp_path / "long.flac", np.tile(library.songs[1], 2))
+    result = scan_file(
+        path, library.data, PlanParams(every=1, skip=2, limit=3, skip_first_seconds=6), SERIAL
+    )
+    assert [c.chunk.start_s for c in result.chunks] == [6.0, 42.0, 78.0]
+    expected_ms = [6_000, 42_000, 18_000]  # the file is the song twice (60 s each)
+    for c, want in zip(result.chunks, expected_ms, strict=True):
+        assert abs(c.songs[0].timecode_ms - want) <= 100
+
+
+def test_parallel_equals_serial(library: Library, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    parts = []
+    t = 0.0
+    for audio_id in (1, 2, 3, 1):
+        start = float(rng.uniform(0, 20))
+        parts.append((t, excerpt(library.songs[audio_id], start, 35.0)))
+        t += 37.5
+    audio = mix(parts, t) + rng.normal(0, 0.02, int(t * RATE)).astype(np.float32)
+    path = write_audio(tmp_path / "mix.mp3", audio)
+    serial = scan_file(
+        path,
+        library.data,
+        PlanParams(),
+        replace(SERIAL, scan=replace(SERIAL.scan, min_chunks_per_segment=1000)),
+    )
+    small_units = replace(DEFAULT.scan, workers=2, min_chunks_per_segment=2)
+    parallel = scan_file(path, library.data, PlanParams(), replace(DEFAULT, scan=small_units))
+    assert len(serial.matched) >= 8
+    assert serial.chunks == parallel.chunks
+
+
+def test_standard_recognition_of_a_clip(library: Library, tmp_path: Path) -> None:
+    path = write_audio(tmp_path / "clip.mp3", excerpt(library.songs[2], 31.0, 40.0))
+    songs = recognize_clip(path, library.data)
+    assert songs[0].track.audio_id == 2
+    assert abs(songs[0].timecode_ms - 31_000) <= 100
+    assert songs[0].track.metadata.title == "Song 2"
