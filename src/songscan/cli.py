@@ -208,6 +208,19 @@ def scan(
     sys.stdout.write(_guard(run))
 
 
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the AudD-compatible HTTP API and the dashboard (embedded defaults)."""
+    from .api.serve import serve as run_server
+
+    run_server(str(_data(ctx)), host, port, workers)
+
+
 @catalog_app.command("list")
 def catalog_list(
     ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
