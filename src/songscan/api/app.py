@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from songscan.accounts.payments import Payments
 from songscan.accounts.service import Accounts
-from songscan.api import dashboard
+from songscan.api import dashboard, recognition
 
 
 def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
@@ -33,4 +33,5 @@ def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
     app.state.accounts = accounts
     app.state.payments = Payments(accounts, config)
     app.include_router(dashboard.router)
+    recognition.install(app)
     return app

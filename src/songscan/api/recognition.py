@@ -1,0 +1,561 @@
+"""The AudD-compatible recognition API: `/` (standard), `/enterprise`, `/upload/` (api-contract.md).
+
+One request flows: read the parameters and stream any media to a private temp dir (async, in
+the event loop) → in a worker thread: authenticate, check entitlements and parameters, fetch a
+`url`, reserve the requests it will cost, recognise, settle what was used → an AudD JSON (or CSV)
+body. The temp dir is removed when the request ends, however it ends. Scans are CPU-bound and run
+in worker threads (bounded by `[api] concurrent_scans`) so the event loop keeps serving.
+
+Also here: `/healthz`, `/metrics` (Prometheus) and the access log (`songscan.access`, one JSON
+object per line, with the request id and the masked token).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import ClientDisconnect
+
+from songscan.accounts.plans import ConfigError, Entitlements
+from songscan.accounts.service import Account, Accounts
+from songscan.accounts.tokens import mask_token
+from songscan.api.errors import UnexpectedError, error_reply
+from songscan.api.params import (
+    ParsedRequest,
+    bool_param,
+    choice_param,
+    float_param,
+    int_param,
+    read_request,
+    text_param,
+)
+from songscan.catalog import METADATA_FIELDS, Catalog, metadata_from_mapping
+from songscan.chunks import PlanParams
+from songscan.config import DEFAULT, EngineConfig
+from songscan.errors import (
+    InvalidParameters,
+    MediaTooLarge,
+    NoMedia,
+    NotEntitled,
+    SongscanError,
+)
+from songscan.ingest import IngestItem, ingest
+from songscan.media import probe
+from songscan.results import (
+    OutputOptions,
+    enterprise_csv,
+    enterprise_response,
+    segments_json,
+    standard_response,
+)
+from songscan.scan import ChunkResult, ScanResult, SongMatch, plan_for, recognize_clip, scan_file
+from songscan.sources import AllowList, fetch_media, temporary_media, timecode_from_url
+
+log = logging.getLogger("songscan.api")
+access_log = logging.getLogger("songscan.access")
+
+router = APIRouter()
+
+RECOGNIZE, ENTERPRISE, UPLOAD = "recognize", "enterprise", "upload"
+RESPONSE_TYPES = ("json", "csv", "segments")
+_MB = 1024 * 1024
+
+
+# -- settings -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApiSettings:
+    """The `[api]` section of songscan.toml."""
+
+    max_body_bytes: int  # hard cap on a request body: HTTP 413 past it
+    tmp_dir: Path | None = None  # where request media is kept while it is worked on
+    fetch_timeout_s: float = 600.0  # a `url` download, start to end
+    url_allow: AllowList = field(default_factory=AllowList)  # private hosts `url` may reach
+    standard_max_bytes: int = 10 * _MB
+    # "reject": a standard clip over 25 s gets error 400; "first": its first 25 s are analysed.
+    standard_long_clips: str = "reject"
+    concurrent_scans: int = 0  # requests worked on at once; 0: one per core
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], plans_max_bytes: int) -> ApiSettings:
+        section = config.get("api", {})
+        known = {
+            "max_body_mb": (int, float),
+            "tmp_dir": (str,),
+            "fetch_timeout_s": (int, float),
+            "url_allow": (list,),
+            "standard_max_mb": (int, float),
+            "standard_long_clips": (str,),
+            "concurrent_scans": (int,),
+        }
+        for key, value in section.items():
+            if key not in known:
+                raise ConfigError(f"[api]: unknown key {key!r} (known: {', '.join(known)})")
+            if not isinstance(value, known[key]) or isinstance(value, bool):
+                raise ConfigError(f"[api].{key}: expected {known[key][0].__name__}, got {value!r}")
+        long_clips = section.get("standard_long_clips", "reject")
+        if long_clips not in ("reject", "first"):
+            raise ConfigError("[api].standard_long_clips: expected 'reject' or 'first'")
+        try:
+            allow = AllowList(str(entry) for entry in section.get("url_allow", []))
+        except ValueError as exc:
+            raise ConfigError(f"[api].url_allow: {exc}") from None
+        tmp_dir = section.get("tmp_dir")
+        return cls(
+            max_body_bytes=int(section.get("max_body_mb", plans_max_bytes / _MB) * _MB),
+            tmp_dir=Path(tmp_dir) if tmp_dir else None,
+            fetch_timeout_s=float(section.get("fetch_timeout_s", 600.0)),
+            url_allow=allow,
+            standard_max_bytes=int(section.get("standard_max_mb", 10) * _MB),
+            standard_long_clips=long_clips,
+            concurrent_scans=int(section.get("concurrent_scans", 0)),
+        )
+
+
+# -- metrics ------------------------------------------------------------------------------------
+class Metrics:
+    """Prometheus metrics of one app (a registry of its own, so several apps can share a
+    process, as they do in tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "songscan_requests",
+            "Recognition API requests, by API method and error code (0: success)",
+            ["api_method", "error_code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "songscan_request_duration_seconds",
+            "Time from request to response, by API method",
+            ["api_method"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=self.registry,
+        )
+        self.chunks = Counter(
+            "songscan_chunks_scanned", "12-second chunks recognised", registry=self.registry
+        )
+        self.audio_seconds = Counter(
+            "songscan_audio_scanned_seconds", "Seconds of audio recognised", registry=self.registry
+        )
+        self.media_bytes = Counter(
+            "songscan_media_decoded_bytes",
+            "Bytes of media files handed to the decoder",
+            registry=self.registry,
+        )
+        self.billed = Counter(
+            "songscan_requests_billed", "Requests billed to accounts", registry=self.registry
+        )
+        self.in_progress = Gauge(
+            "songscan_requests_in_progress", "Requests being worked on", registry=self.registry
+        )
+
+
+# -- one request ----------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One recognition request as the worker thread sees it; counters are filled in for the
+    access log and metrics."""
+
+    api_method: str
+    fields: dict[str, str]
+    media: Path | None
+    media_bytes: int
+    workdir: Path
+    client_addr: str
+    started: float
+    account_id: int | None = None
+    chunks: int = 0
+    audio_s: float = 0.0
+    billed: int = 0
+    decoded_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A finished answer: the JSON body (or CSV text) and how to send it."""
+
+    body: dict[str, Any] | str
+    media_type: str = "application/json"
+    http_status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    fields: Mapping[str, str] = field(default_factory=dict)  # the request's parameters
+
+    def response(self, request_id: str) -> Response:
+        headers = {**self.headers, "X-Request-ID": request_id}
+        if isinstance(self.body, str):
+            return Response(
+                self.body, self.http_status, headers=headers, media_type=self.media_type
+            )
+        return JSONResponse(self.body, self.http_status, headers=headers)
+
+
+class Recognition:
+    """The recognition side of an app: settings, the catalog, the accounts, the metrics."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config: Mapping[str, Any],
+        accounts: Accounts,
+        engine_config: EngineConfig = DEFAULT,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.accounts = accounts
+        plans_max = max(p.entitlements.max_file_bytes for p in accounts.plans.values())
+        self.settings = ApiSettings.from_config(config, plans_max)
+        self.engine_config = engine_config
+        self.catalog = Catalog(self.data_dir)  # for uploads; scans open their own
+        self.metrics = Metrics()
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:  # made on first use: anyio needs the running event loop
+            self._limiter = anyio.CapacityLimiter(
+                self.settings.concurrent_scans or os.cpu_count() or 1
+            )
+        return self._limiter
+
+    # -- the work, in a worker thread ---------------------------------------------------------
+    def run(self, job: Job) -> Reply:
+        account = self.accounts.authenticate(text_param(job.fields, "api_token"), job.client_addr)
+        job.account_id = account.id
+        self.accounts.check_rate(account)
+        entitlements = self.accounts.entitlements(account)
+        if job.api_method == UPLOAD:
+            return self._upload(job, account, entitlements)
+        if job.api_method == ENTERPRISE:
+            return self._enterprise(job, account, entitlements)
+        return self._standard(job, account, entitlements)
+
+    def _media(self, job: Job, max_bytes: int) -> Path:
+        """The media to work on: the upload, else what `url` points to, else error 700."""
+        if job.media is not None:
+            if job.media_bytes > max_bytes:
+                raise MediaTooLarge(f"the media is over this endpoint's limit of {_mb(max_bytes)}")
+            path = job.media
+        elif url := text_param(job.fields, "url"):
+            path = fetch_media(
+                url,
+                job.workdir,
+                max_bytes=max_bytes,
+                timeout_s=self.settings.fetch_timeout_s,
+                allow=self.settings.url_allow,
+            )
+        else:
+            raise NoMedia()
+        job.decoded_bytes = path.stat().st_size
+        return path
+
+    def _standard(self, job: Job, account: Account, entitlements: Entitlements) -> Reply:
+        cfg = self.engine_config
+        max_bytes = min(entitlements.max_file_bytes, self.settings.standard_max_bytes)
+        path = self._media(job, max_bytes)
+        info = probe(path)
+        limit_s = cfg.scan.standard_max_s
+        too_long = info.duration_s is not None and info.duration_s > limit_s + 0.5
+        if too_long and self.settings.standard_long_clips == "reject":
+            raise MediaTooLarge(
+                f"the standard method takes clips of up to {limit_s:g} s "
+                f"(this one is {info.duration_s:.0f} s); use /enterprise for longer files"
+            )
+        reservation = self.accounts.reserve(account, 1, RECOGNIZE)
+        try:
+            songs = _visible(recognize_clip(path, self.data_dir, cfg), account)
+        except BaseException as exc:
+            self.accounts.settle(reservation, 0, _status(exc), 0)
+            raise
+        self.accounts.settle(reservation, 1, "ok", 1)
+        job.billed, job.chunks = 1, 1
+        job.audio_s = min(info.duration_s or limit_s, limit_s)
+        return Reply(standard_response(songs))
+
+    def _enterprise(self, job: Job, account: Account, entitlements: Entitlements) -> Reply:
+        fields = job.fields
+        use_timecode = bool_param(fields, "use_timecode")
+        skip_first = float_param(fields, "skip_first_seconds", minimum=0)
+        if use_timecode and skip_first is not None:
+            raise InvalidParameters("use_timecode cannot be combined with skip_first_seconds")
+        params = PlanParams(
+            skip=_or(int_param(fields, "skip", minimum=0), 0),
+            every=_or(int_param(fields, "every", minimum=1), 1),
+            limit=int_param(fields, "limit", minimum=0),
+            skip_first_seconds=skip_first or 0.0,
+        )
+        opts = OutputOptions(
+            accurate_offsets=bool_param(fields, "accurate_offsets"),
+            enterprise_metadata=entitlements.enterprise_metadata,
+        )
+        response_type = choice_param(fields, "response_type", RESPONSE_TYPES)
+        url = text_param(fields, "url")
+        if job.media is None and url and not entitlements.enterprise_url_input:
+            raise NotEntitled("url input on /enterprise is not available to this token")
+        if use_timecode and url and job.media is None:
+            params = replace(params, skip_first_seconds=timecode_from_url(url) or 0.0)
+        path = self._media(job, entitlements.max_file_bytes)
+        cfg = self.engine_config
+        n_chunks = len(plan_for(path, params, cfg))
+        reservation = self.accounts.reserve(account, n_chunks, ENTERPRISE) if n_chunks else None
+        try:
+            result = scan_file(path, self.data_dir, params, cfg)
+        except BaseException as exc:
+            if reservation is not None:
+                self.accounts.settle(reservation, 0, _status(exc), 0)
+            raise
+        used = min(result.billable_chunks, n_chunks)
+        if reservation is not None:
+            self.accounts.settle(reservation, used, "ok", result.billable_chunks)
+        job.billed, job.chunks = used, result.billable_chunks
+        job.audio_s = sum(c.chunk.duration_s for c in result.chunks)
+        result = _visible_result(result, account, time.perf_counter() - job.started)
+        if response_type == "csv":
+            return Reply(enterprise_csv(result, opts), "text/csv; charset=utf-8")
+        if response_type == "segments":
+            return Reply(segments_json(result))
+        return Reply(enterprise_response(result, opts))
+
+    def _upload(self, job: Job, account: Account, entitlements: Entitlements) -> Reply:
+        if not entitlements.custom_catalog:
+            raise NotEntitled("the custom catalog (/upload/) is not available to this token")
+        audio_id = int_param(job.fields, "audio_id", minimum=0)
+        if audio_id is None:
+            raise InvalidParameters("audio_id is required: the integer id of this track")
+        metadata = metadata_from_mapping(
+            {name: text_param(job.fields, name) for name in METADATA_FIELDS}
+        )
+        path = self._media(job, entitlements.max_file_bytes)
+        info = probe(path)
+        reservation = self.accounts.reserve(account, 1, UPLOAD)
+        try:
+            item = IngestItem(path, metadata=metadata, audio_id=audio_id, owner=_owner(account))
+            outcome = ingest(self.catalog, [item], self.engine_config, workers=1)[0]
+            if outcome.error is not None:
+                raise outcome.error
+        except BaseException as exc:
+            self.accounts.settle(reservation, 0, _status(exc), 0)
+            raise
+        self.accounts.settle(reservation, 1, "ok", 0)
+        job.billed = 1
+        job.audio_s = info.duration_s or 0.0
+        return Reply({"status": "success", "result": None})
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / _MB:g} MB"
+
+
+def _status(exc: BaseException) -> str:
+    return f"error {exc.code}" if isinstance(exc, SongscanError) else "error"
+
+
+def _owner(account: Account) -> str:
+    """The catalog namespace of an account's own uploads ("" is the server's shared catalog)."""
+    return str(account.id)
+
+
+def _visible(songs: list[SongMatch], account: Account) -> list[SongMatch]:
+    """Matches this account may see: the shared catalog and its own uploads."""
+    mine = _owner(account)
+    return [s for s in songs if s.track.owner in ("", mine)]
+
+
+def _visible_result(result: ScanResult, account: Account, elapsed_s: float) -> ScanResult:
+    chunks = [ChunkResult(c.chunk, _visible(c.songs, account)) for c in result.chunks]
+    return ScanResult(chunks, result.duration_s, elapsed_s)
+
+
+# -- routes -------------------------------------------------------------------------------------
+def _api_method(request: Request, route: str, fields: Mapping[str, str]) -> str:
+    if route != RECOGNIZE:
+        return route
+    if request.headers.get("host", "").lower().startswith("enterprise."):
+        return ENTERPRISE  # AudD's enterprise host serves its method on `/`
+    method = (text_param(fields, "method") or RECOGNIZE).lower()
+    if method not in (RECOGNIZE, UPLOAD):
+        raise InvalidParameters(f"unknown method {method[:40]!r} (recognize or upload)")
+    return method
+
+
+async def serve(request: Request, route: str) -> Response:
+    """Answer one recognition request; `route` is the method its path names."""
+    request_id = secrets.token_hex(8)
+    reply = await answer(request, route, request_id)
+    return reply.response(request_id)
+
+
+async def answer(request: Request, route: str, request_id: str) -> Reply:
+    """The reply to one recognition request, as `serve` sends it (the try-it pages render it)."""
+    service: Recognition = request.app.state.recognition
+    started = time.perf_counter()
+    api_method = ENTERPRISE if route == ENTERPRISE else route
+    enterprise_echo = api_method == ENTERPRISE
+    client_addr = request.client.host if request.client else ""
+    fields: dict[str, str] = dict(request.query_params)
+    job: Job | None = None
+    parsed = ParsedRequest()
+    error_code = 0
+    service.metrics.in_progress.inc()
+    try:
+        with temporary_media(service.settings.tmp_dir) as workdir:
+            parsed = await read_request(
+                request, workdir, max_body_bytes=service.settings.max_body_bytes
+            )
+            fields = parsed.fields
+            api_method = _api_method(request, route, fields)
+            enterprise_echo = api_method == ENTERPRISE
+            job = Job(
+                api_method=api_method,
+                fields=fields,
+                media=parsed.media,
+                media_bytes=parsed.media_bytes,
+                workdir=workdir,
+                client_addr=client_addr,
+                started=started,
+            )
+            reply = await anyio.to_thread.run_sync(service.run, job, limiter=service.limiter)
+    except ClientDisconnect:
+        error_code = -1  # nobody is left to answer
+        reply = Reply("", "text/plain", 400)
+    except SongscanError as exc:
+        error_code = exc.code
+        reply = _error_reply(exc, fields, api_method, request, started, enterprise_echo)
+    except Exception:
+        log.exception("request %s failed", request_id)
+        unexpected = UnexpectedError(request_id)
+        error_code = unexpected.code
+        reply = _error_reply(unexpected, fields, api_method, request, started, enterprise_echo)
+    finally:
+        service.metrics.in_progress.dec()
+    elapsed = time.perf_counter() - started
+    _record(service.metrics, api_method, error_code, elapsed, job)
+    access_log.info(
+        json.dumps(
+            {
+                "request_id": request_id,
+                "client": client_addr,
+                "http_method": request.method,
+                "path": request.url.path,
+                "api_method": api_method,
+                "token": mask_token(fields.get("api_token")),
+                "account": job.account_id if job else None,
+                "status": reply.http_status,
+                "error_code": error_code,
+                "body_bytes": parsed.body_bytes,
+                "chunks": job.chunks if job else 0,
+                "billed": job.billed if job else 0,
+                "duration_ms": round(elapsed * 1000, 1),
+            }
+        )
+    )
+    return replace(reply, fields=fields)
+
+
+def _error_reply(
+    exc: SongscanError,
+    fields: Mapping[str, str],
+    api_method: str,
+    request: Request,
+    started: float,
+    enterprise_echo: bool,
+) -> Reply:
+    reply = error_reply(
+        exc,
+        params=fields,
+        api_method=api_method,
+        http_method=request.method,
+        enterprise=enterprise_echo,
+        execution_time_s=time.perf_counter() - started,
+    )
+    return Reply(reply.body, http_status=reply.http_status, headers=reply.headers)
+
+
+def _record(
+    metrics: Metrics, api_method: str, error_code: int, elapsed: float, job: Job | None
+) -> None:
+    if error_code == -1:
+        metrics.requests.labels(api_method, "disconnected").inc()
+    else:
+        metrics.requests.labels(api_method, str(error_code)).inc()
+    metrics.latency.labels(api_method).observe(elapsed)
+    if job is not None:
+        metrics.chunks.inc(job.chunks)
+        metrics.audio_seconds.inc(job.audio_s)
+        metrics.media_bytes.inc(job.decoded_bytes)
+        metrics.billed.inc(job.billed)
+
+
+@router.api_route("/", methods=["GET", "POST"], include_in_schema=True, response_model=None)
+async def recognize(request: Request) -> Response:
+    """Standard recognition (AudD `recognize`); `method=upload` adds to the custom catalog;
+    on an `enterprise.*` host, enterprise recognition."""
+    return await serve(request, RECOGNIZE)
+
+
+@router.api_route("/enterprise", methods=["GET", "POST"], response_model=None)
+@router.api_route("/enterprise/", methods=["GET", "POST"], include_in_schema=False)
+async def enterprise(request: Request) -> Response:
+    """Enterprise recognition: every selected 12-second chunk of a long file."""
+    return await serve(request, ENTERPRISE)
+
+
+@router.api_route("/upload/", methods=["GET", "POST"], response_model=None)
+@router.api_route("/upload", methods=["GET", "POST"], include_in_schema=False)
+async def upload(request: Request) -> Response:
+    """Add one track to the caller's custom catalog."""
+    return await serve(request, UPLOAD)
+
+
+@router.get("/healthz", response_model=None)
+async def healthz(request: Request) -> Response:
+    service: Recognition = request.app.state.recognition
+
+    def check() -> dict[str, Any]:
+        return {"status": "ok", "tracks": int(service.catalog.live_ids().shape[0])}
+
+    try:
+        return JSONResponse(await anyio.to_thread.run_sync(check))
+    except Exception:
+        log.exception("health check failed")
+        return JSONResponse({"status": "error"}, status_code=503)
+
+
+@router.get("/metrics", response_model=None)
+async def metrics(request: Request) -> Response:
+    service: Recognition = request.app.state.recognition
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def install(app: FastAPI) -> None:
+    """Add the recognition API to an app made by `create_app` (which has set
+    `app.state.data_dir`, `.config` and `.accounts`)."""
+    app.state.recognition = Recognition(
+        app.state.data_dir, app.state.config, app.state.accounts, DEFAULT
+    )
+    app.include_router(router)
+    from songscan.api import tryit  # it renders this module's replies
+
+    app.include_router(tryit.router)

@@ -1,0 +1,87 @@
+"""The try-it pages in a real headless Chromium (Debian's), driven by Playwright: pick a file,
+submit, read the result table, the timeline and the raw response."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.api.conftest import Api, long_recording
+from tests.api.music import excerpt, write_wav
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, api: Api) -> Iterator[Page]:
+    context = browser.new_context(base_url=api.base_url)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()
+
+
+@pytest.mark.slow
+def test_standard_form(page: Page, api: Api, tmp_path: Path) -> None:
+    clip = write_wav(tmp_path / "clip.wav", excerpt(api.songs[2], 17.4, 37.4))
+    page.goto("/try")
+    page.fill("#api_token", api.tokens["trial"])
+    page.set_input_files("#file", str(clip))
+    page.click("#submit")
+    expect(page.locator("#results tbody tr")).to_have_count(1)
+    row = page.locator("#results tbody tr").first
+    expect(row).to_contain_text("Song 2")
+    expect(row).to_contain_text("00:17")
+    raw = json.loads(page.locator("#raw").inner_text())
+    assert raw["result"]["title"] == "Song 2"
+    # the token is never written back into the page
+    assert api.tokens["trial"] not in page.content()
+
+    page.fill("#api_token", "0" * 40)
+    page.set_input_files("#file", str(clip))
+    page.click("#submit")
+    expect(page.locator("#error")).to_contain_text("900")
+
+
+@pytest.mark.slow
+def test_enterprise_form_timeline(page: Page, api: Api, tmp_path: Path) -> None:
+    long = write_wav(tmp_path / "long.wav", long_recording(api.songs))
+    page.goto("/try?method=enterprise")
+    page.fill("#api_token", api.tokens["enterprise"])
+    page.set_input_files("#file", str(long))
+    page.check("#accurate_offsets")
+    page.click("#submit")
+    expect(page.locator("#results tbody tr")).to_have_count(5)
+    bars = page.locator("#timeline .bar")
+    expect(bars).to_have_count(2)
+    expect(bars.nth(0)).to_contain_text("Song 1")
+    expect(bars.nth(1)).to_contain_text("Song 3")
+    assert 11 <= float(bars.nth(0).get_attribute("data-start") or 0) <= 13
+    assert 71 <= float(bars.nth(1).get_attribute("data-end") or 0) <= 72.5
+    raw = json.loads(page.locator("#raw").inner_text())
+    assert [c["offset"] for c in raw["result"]] == ["00:12", "00:24", "00:36", "00:48", "01:00"]
+    expect(page.locator("#accurate_offsets")).to_be_checked()
+
+    page.fill("#api_token", api.tokens["enterprise"])  # no file, no URL this time
+    page.click("#submit")
+    expect(page.locator("#error")).to_contain_text("700")
