@@ -1,0 +1,427 @@
+"""Recognition accuracy on broadcast-style recordings with exact ground truth.
+
+`python -m bench.accuracy` indexes the corpus's reference tracks into a fresh data dir
+(`bench/out/accuracy-data`), builds (cached) broadcast recordings with `bench/broadcast.py`,
+scans every 12-second chunk of each (accurate offsets) and scores the result against the truth:
+
+- chunk recall: chunks whose 12 s hold >= 6 s of one catalog song (overlap with its truth
+  segment, fades included); correct when the chunk's songs list holds that song with its song
+  position (`position_ms`) within +-1.5 s of the truth at the chunk start
+  (`source_start_s + (chunk_start - file_start_s) * speed`). "top-1" asks the same of songs[0].
+- false positives: chunks without any catalog audio (distractor music, speech, silence only)
+  that report a song; wrong songs: reports of a track not audible in a chunk with catalog audio.
+- timecode error: |position_ms - truth| over correct matches.
+- start/end offset error: chunks where a catalog segment starts (ends) at least 1 s inside the
+  chunk; the reported song's start_offset_ms (end_offset_ms) against the truth boundary.
+
+Results go to stdout, `bench/out/accuracy.json` and the "Accuracy" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from songscan.catalog import Catalog, iter_audio_files
+from songscan.chunks import PlanParams
+from songscan.config import DEFAULT
+from songscan.fingerprint import hashes as fp_hashes
+from songscan.fingerprint import query_peaks, reference_hashes
+from songscan.ingest import IngestItem, ingest
+from songscan.media import decode_all
+from songscan.scan import ScanResult, scan_file, shutdown_pools
+
+from . import broadcast
+from .report import OUT, machine, pct, update_section, verdict
+
+MIN_OVERLAP_S = 6.0
+POSITION_TOL_S = 1.5
+BOUNDARY_INSIDE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    codec: str
+    bitrate_kbps: int
+    snr_db: float
+    speed: float = 1.0
+    target_recall: float | None = None  # percent
+
+
+CONDITIONS = (
+    Condition("mp3-64k-snr10", "mp3", 64, 10.0, target_recall=99.0),
+    Condition("mp3-64k-snr5", "mp3", 64, 5.0, target_recall=97.0),
+    Condition("mp3-64k-snr0", "mp3", 64, 0.0, target_recall=85.0),
+    Condition("aac-48k-snr0", "aac", 48, 0.0),
+    Condition("mp3-64k-snr10-3%fast", "mp3", 64, 10.0, 1.03, target_recall=90.0),
+    Condition("mp3-64k-snr10-2.5%fast", "mp3", 64, 10.0, 1.025),
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _reference_audio(path: str) -> np.ndarray:
+    return decode_all(path, DEFAULT.fingerprint.sample_rate_hz)
+
+
+def same_music(ref_path: str, pos_a_s: float, pos_b_s: float, seconds: float = 12.0) -> bool:
+    """Whether the reference plays the same music at two positions (a repeated section).
+
+    The window at `pos_b_s`, hashed as a query, is matched against the window at `pos_a_s`
+    hashed as a reference: equivalent when at least `min_aligned_hits` query anchors align at
+    offset 0 (+-1 frame), the engine's own match criterion.
+    """
+    fp = DEFAULT.fingerprint
+    x = _reference_audio(ref_path)
+    a0, b0 = round(pos_a_s * fp.sample_rate_hz), round(pos_b_s * fp.sample_rate_hz)
+    n = round(seconds * fp.sample_rate_hz)
+    if min(a0, b0) < 0 or max(a0, b0) + n // 2 > x.shape[0]:
+        return False
+    ref = reference_hashes(x[a0 : a0 + n], fp)
+    qry = fp_hashes(query_peaks(x[b0 : b0 + n], fp), fp, fp.query_fanout, 0)
+    order = np.argsort(ref.hashes)
+    rh, rf = ref.hashes[order], ref.anchor_frames[order]
+    lo = np.searchsorted(rh, qry.hashes, side="left")
+    hi = np.searchsorted(rh, qry.hashes, side="right")
+    counts = hi - lo
+    if counts.sum() == 0:
+        return False
+    qi = np.repeat(np.arange(qry.hashes.shape[0]), counts)
+    ri = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+    ok = np.abs(rf[ri] - qry.anchor_frames[qi]) <= 1.5
+    aligned = np.unique(np.rint(qry.anchor_frames[qi[ok]])).shape[0]
+    return aligned >= DEFAULT.match.min_aligned_hits
+
+
+@dataclass
+class Score:
+    chunks: int = 0
+    eligible: int = 0  # >= 6 s of one catalog song
+    correct: int = 0  # that song, right position, anywhere in the list
+    correct_top1: int = 0
+    misaligned: int = 0  # right song listed, but position off by more than the tolerance
+    repeat_equivalent: int = 0  # of those: the song repeats itself there (same music)
+    partial: int = 0  # catalog audio, but < 6 s of any one song
+    partial_found: int = 0
+    no_catalog: int = 0  # no catalog audio at all
+    false_positive: int = 0
+    wrong_song_chunks: int = 0  # chunks with catalog audio reporting a song not audible there
+    timecode_err_s: list[float] = field(default_factory=list)
+    start_err_s: list[float] = field(default_factory=list)
+    end_err_s: list[float] = field(default_factory=list)
+    start_boundaries: int = 0
+    end_boundaries: int = 0
+    misses: list[dict[str, Any]] = field(default_factory=list)
+    false_positives: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def recall(self) -> float | None:
+        return 100.0 * self.correct / self.eligible if self.eligible else None
+
+    @property
+    def recall_repeat_aware(self) -> float | None:
+        ok = self.correct + self.repeat_equivalent
+        return 100.0 * ok / self.eligible if self.eligible else None
+
+    @property
+    def recall_top1(self) -> float | None:
+        return 100.0 * self.correct_top1 / self.eligible if self.eligible else None
+
+
+def score(result: ScanResult, truth: broadcast.Truth, ref_dir: Path) -> Score:
+    s = Score()
+    speed = truth.speed
+    catalog_segs = [g for g in truth.segments if g.kind == "catalog"]
+    for cr in result.chunks:
+        c0, c1 = cr.chunk.start_s, cr.chunk.end_s
+        s.chunks += 1
+        here = [g for g in catalog_segs if g.file_start_s < c1 and g.file_end_s > c0]
+        overlap: dict[str, float] = {}
+        for g in here:
+            ov = min(c1, g.file_end_s) - max(c0, g.file_start_s)
+            overlap[g.source or ""] = overlap.get(g.source or "", 0.0) + ov
+        names = [Path(m.track.source or "").name for m in cr.songs]
+        if not here:
+            s.no_catalog += 1
+            if cr.songs:
+                s.false_positive += 1
+                s.false_positives.append({"chunk": cr.chunk.index, "start_s": c0, "songs": names})
+            continue
+        if any(n not in overlap for n in names):
+            s.wrong_song_chunks += 1
+        # Position of each audible catalog segment at the chunk start.
+        main = {n for n, ov in overlap.items() if ov >= MIN_OVERLAP_S}
+        found = False
+        found_top1 = False
+        listed_wrong_pos = False
+        repeat_ok = False
+        for rank, (m, n) in enumerate(zip(cr.songs, names, strict=True)):
+            for g in here:
+                if g.source != n:
+                    continue
+                want = g.source_start_s + (c0 - g.file_start_s) * speed
+                err = m.position_ms / 1000.0 - want
+                if abs(err) <= POSITION_TOL_S:
+                    if n in main:
+                        found = True
+                        found_top1 = found_top1 or rank == 0
+                        s.timecode_err_s.append(abs(err))
+                    # Boundaries of this segment inside the chunk.
+                    b0 = g.file_start_s - c0
+                    if BOUNDARY_INSIDE_S <= b0 <= (c1 - c0) - BOUNDARY_INSIDE_S:
+                        s.start_err_s.append(abs(m.start_offset_ms / 1000.0 - b0))
+                    b1 = g.file_end_s - c0
+                    if BOUNDARY_INSIDE_S <= b1 <= (c1 - c0) - BOUNDARY_INSIDE_S:
+                        s.end_err_s.append(abs(m.end_offset_ms / 1000.0 - b1))
+                    break
+                if n in main:
+                    listed_wrong_pos = True
+                    repeat_ok = repeat_ok or same_music(
+                        str(ref_dir / n), want, m.position_ms / 1000.0
+                    )
+        for g in here:
+            b0, b1 = g.file_start_s - c0, g.file_end_s - c0
+            if BOUNDARY_INSIDE_S <= b0 <= (c1 - c0) - BOUNDARY_INSIDE_S:
+                s.start_boundaries += 1
+            if BOUNDARY_INSIDE_S <= b1 <= (c1 - c0) - BOUNDARY_INSIDE_S:
+                s.end_boundaries += 1
+        if main:
+            s.eligible += 1
+            s.correct += found
+            s.correct_top1 += found_top1
+            if not found:
+                s.misaligned += listed_wrong_pos
+                s.repeat_equivalent += repeat_ok
+                s.misses.append(
+                    {
+                        "chunk": cr.chunk.index,
+                        "start_s": round(c0, 2),
+                        "truth": {n: round(ov, 2) for n, ov in overlap.items()},
+                        "repeat_equivalent": repeat_ok,
+                        "songs": [
+                            (n, round(m.position_ms / 1000, 2), m.aligned_hits)
+                            for m, n in zip(cr.songs, names, strict=True)
+                        ],
+                    }
+                )
+        else:
+            s.partial += 1
+            s.partial_found += found or any(n in overlap for n in names)
+    return s
+
+
+def build_index(corpus: Path, data_dir: Path, workers: int) -> dict[str, Any]:
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    catalog = Catalog(data_dir)
+    files = list(iter_audio_files([corpus / "reference"]))
+    t0 = time.perf_counter()
+    outcomes = ingest(catalog, [IngestItem(p) for p in files], DEFAULT, workers=workers)
+    elapsed = time.perf_counter() - t0
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        raise SystemExit(f"ingest failed for {[str(o.item.path) for o in failed]}")
+    audio_s = sum(o.audio_s for o in outcomes)
+    stats = catalog.stats()
+    catalog.close()
+    return {"tracks": len(outcomes), "audio_s": audio_s, "ingest_s": elapsed, **stats}
+
+
+def _f(v: float | None, spec: str = ".1f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| recording | minutes | scored chunks | recall | top-1 | misses (wrong pos. / of which "
+        "repeated music) | recall if repeats count | "
+        "no-catalog chunks | false pos. | wrong-song chunks | timecode err median / p90 | "
+        "start err median / p90 (n) | end err median / p90 (n) | scan × RT |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['minutes']:.1f} | {r['eligible']} | "
+            f"{_f(r['recall'], '.1f')} % | {_f(r['recall_top1'], '.1f')} % | "
+            f"{r['eligible'] - r['correct']} ({r['misaligned']} / {r['repeat_equivalent']}) | "
+            f"{_f(r['recall_repeat_aware'], '.1f')} % | {r['no_catalog']} | "
+            f"{r['false_positive']} | {r['wrong_song_chunks']} | "
+            f"{_f(r['tc_median_s'], '.3f')} / {_f(r['tc_p90_s'], '.3f')} s | "
+            f"{_f(r['start_median_s'], '.2f')} / {_f(r['start_p90_s'], '.2f')} s "
+            f"({r['start_n']}/{r['start_boundaries']}) | "
+            f"{_f(r['end_median_s'], '.2f')} / {_f(r['end_p90_s'], '.2f')} s "
+            f"({r['end_n']}/{r['end_boundaries']}) | {r['scan_x_rt']:.0f} |"
+        )
+    return head + "\n".join(lines)
+
+
+def targets(rows: list[dict[str, Any]], command: str) -> str:
+    by = {r["name"]: r for r in rows}
+    out = ["| figure | target | measured | verdict |", "|---|---|---|---|"]
+    for c in CONDITIONS:
+        if c.target_recall is None or c.name not in by:
+            continue
+        v = by[c.name]["recall"]
+        out.append(
+            f"| chunk recall, {c.name} | ≥ {c.target_recall:g} % | {_f(v)} % | "
+            f"{verdict(v, c.target_recall, True, ' points')} (counting repeated music as "
+            f"correct: {_f(by[c.name]['recall_repeat_aware'])} %, "
+            f"{verdict(by[c.name]['recall_repeat_aware'], c.target_recall, True, ' points')}) |"
+        )
+    fp = sum(r["false_positive"] for r in rows)
+    nc = sum(r["no_catalog"] for r in rows)
+    out.append(
+        f"| false positives (no-catalog chunks reporting a song, all recordings) | 0 | "
+        f"{fp} of {nc} | {verdict(fp, 0, False)} |"
+    )
+    tc = [e for r in rows for e in r["_tc"]]
+    st = [e for r in rows for e in r["_start"]]
+    en = [e for r in rows for e in r["_end"]]
+    for label, vals, target in (
+        ("median timecode error (correct matches, all recordings)", tc, 0.1),
+        ("median start-offset error at song starts (all recordings)", st, 0.5),
+        ("median end-offset error at song ends (all recordings)", en, 0.5),
+    ):
+        med = pct(vals, 50)
+        out.append(
+            f"| {label} | ≤ {target:g} s | {_f(med, '.3f')} s (p90 {_f(pct(vals, 90), '.2f')} s, "
+            f"n={len(vals)}) | {verdict(med, target, False, ' s')} |"
+        )
+    return "\n".join(out) + f"\n\nCommand: `{command}`"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__)
+    ap.add_argument("--minutes", type=float, default=30.0, help="programme minutes per recording")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--only", action="append", help="condition name (repeatable)")
+    ap.add_argument("--workers", type=int, default=0, help="0: all cores")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--no-md", action="store_true", help="do not update BENCHMARKS.md")
+    a = ap.parse_args(argv)
+    corpus = broadcast.find_corpus()
+    data_dir = a.out / "accuracy-data"
+    print(f"corpus {corpus}; indexing into {data_dir}", file=sys.stderr)
+    idx = build_index(corpus, data_dir, a.workers)
+    print(
+        f"indexed {idx['tracks']} tracks, {idx['audio_s'] / 60:.1f} min in {idx['ingest_s']:.1f} s",
+        file=sys.stderr,
+    )
+    cfg = DEFAULT.with_workers(a.workers)
+    rows: list[dict[str, Any]] = []
+    details: dict[str, Any] = {}
+    for c in CONDITIONS:
+        if a.only and c.name not in a.only:
+            continue
+        t0 = time.perf_counter()
+        b = broadcast.build_broadcast(
+            corpus,
+            a.out,
+            duration_s=a.minutes * 60,
+            seed=a.seed,
+            snr_db=c.snr_db,
+            codec=c.codec,
+            bitrate_kbps=c.bitrate_kbps,
+            speed=c.speed,
+        )
+        built = time.perf_counter() - t0
+        result = scan_file(b.path, data_dir, PlanParams(), cfg)
+        s = score(result, b.truth, corpus / "reference")
+        row = {
+            "name": c.name,
+            "file": b.path.name,
+            "minutes": result.duration_s / 60,
+            "chunks": s.chunks,
+            "eligible": s.eligible,
+            "correct": s.correct,
+            "recall": s.recall,
+            "recall_top1": s.recall_top1,
+            "misaligned": s.misaligned,
+            "repeat_equivalent": s.repeat_equivalent,
+            "recall_repeat_aware": s.recall_repeat_aware,
+            "partial": s.partial,
+            "partial_found": s.partial_found,
+            "no_catalog": s.no_catalog,
+            "false_positive": s.false_positive,
+            "wrong_song_chunks": s.wrong_song_chunks,
+            "tc_median_s": pct(s.timecode_err_s, 50),
+            "tc_p90_s": pct(s.timecode_err_s, 90),
+            "start_median_s": pct(s.start_err_s, 50),
+            "start_p90_s": pct(s.start_err_s, 90),
+            "start_n": len(s.start_err_s),
+            "start_boundaries": s.start_boundaries,
+            "end_median_s": pct(s.end_err_s, 50),
+            "end_p90_s": pct(s.end_err_s, 90),
+            "end_n": len(s.end_err_s),
+            "end_boundaries": s.end_boundaries,
+            "scan_s": result.execution_time_s,
+            "scan_x_rt": result.duration_s / result.execution_time_s,
+            "build_s": built,
+            "_tc": s.timecode_err_s,
+            "_start": s.start_err_s,
+            "_end": s.end_err_s,
+        }
+        rows.append(row)
+        details[c.name] = {"misses": s.misses, "false_positives": s.false_positives}
+        print(
+            f"{c.name}: recall {_f(s.recall)} % ({s.correct}/{s.eligible}), "
+            f"FP {s.false_positive}/{s.no_catalog}, wrong-song {s.wrong_song_chunks}, "
+            f"tc median {_f(row['tc_median_s'], '.3f')} s, "
+            f"start {_f(row['start_median_s'], '.2f')} s, end {_f(row['end_median_s'], '.2f')} s "
+            f"[build {built:.0f} s, scan {result.execution_time_s:.1f} s]",
+            file=sys.stderr,
+        )
+    shutdown_pools()
+    print(table(rows))
+    argv_s = " ".join(sys.argv[1:] if argv is None else argv)
+    command = f".venv/bin/python -m bench.accuracy {argv_s}".strip()
+    print()
+    print(targets(rows, command))
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    (a.out / "accuracy.json").write_text(
+        json.dumps({"index": idx, "rows": public, "details": details}, indent=1)
+    )
+    if not a.no_md:
+        body = (
+            "## Accuracy\n\n"
+            f"Command: `{command}` (writes details, every missed chunk and false positive, to "
+            "`bench/out/accuracy.json`).\n\n"
+            f"Catalog: {idx['tracks']} reference tracks of the corpus, "
+            f"{idx['audio_s'] / 60:.0f} min. Recordings: {a.minutes:g}-minute programmes "
+            f"(seed {a.seed}: the same programme in every row; only noise, codec and speed "
+            "differ), pink noise at the given SNR. Machine: "
+            f"{machine()}.\n\n"
+            "Definitions: a chunk is *scored* when its 12 s hold ≥ 6 s of one catalog song; "
+            "*recall* = scored chunks whose songs list holds that song with its song position "
+            "within ±1.5 s of the truth at the chunk start (*top-1*: songs[0]); *misses (wrong "
+            "pos. / repeated music)* = missed chunks, of which the song was listed at a wrong "
+            "position / and the reference itself plays the same music at the reported and the "
+            "true position (a looped or repeated section: the 12 s window at the reported "
+            "position, hashed as a query, aligns with ≥ 12 hits on the window at the true "
+            "position, the engine's own match criterion), which no fingerprint can tell apart; "
+            "*recall if repeats count* accepts those; "
+            "*false pos.* = chunks without any catalog audio (distractor music, speech, "
+            "silence) that report a song; *wrong-song chunks* = chunks with catalog audio that "
+            "report a track not audible there; timecode error = |position_ms − truth| over "
+            "correct matches; start/end offset error = |start_offset_ms − truth boundary| for "
+            "chunks where a catalog segment starts (ends) ≥ 1 s inside the chunk and the song "
+            "was found at the right position (n found / boundaries; the truth boundary is the "
+            "segment's edge, fades included).\n\n"
+            f"{table(rows)}\n\n### Against the targets\n\n{targets(rows, command)}\n"
+        )
+        update_section("accuracy", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
