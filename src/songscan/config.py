@@ -63,6 +63,12 @@ class MatchConfig:
     max_candidates: int = 3
     # A second song in the same chunk must reach this share of the best song's hits.
     secondary_min_share: float = 0.25
+    # Another position of the same song (a repeated passage) is kept as an alternative when it
+    # reaches this share of the best position's hits; continuity across chunks decides.
+    repeat_min_share: float = 0.5
+    max_alternatives: int = 6
+    # A chunk's song position may follow the previous chunk's within this tolerance.
+    continuity_tolerance_s: float = 1.5
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import EngineConfig, speed_factor
+from .config import EngineConfig, MatchConfig, speed_factor
 from .fingerprint import Peaks, hashes, query_peaks
 from .index import PostingIndex, unpack_postings
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Another offset at which the same track lines up almost as well (a repeated passage)."""
+
+    offset_frames: int
+    aligned_hits: int
+    start_frame: float
+    end_frame: float
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,9 @@ class Match:
     # Extent of the aligned hits, in query frames.
     start_frame: float
     end_frame: float
+    # Songs repeat passages (loops, choruses): other offsets with nearly as much evidence.
+    # The scan picks among them by continuity with the neighbouring chunks.
+    alternatives: tuple[Placement, ...] = ()
 
 
 def match_samples(
@@ -125,23 +138,57 @@ def _match_steps(
         if results and hits < mc.secondary_min_share * top_hits:
             break
         seen.add(track_id)
-        offset = int(key_u[b] % span + base)
-        mine = (group == g) & (np.abs(offsets - offset) <= tol)
-        factor = speed_factor(steps[step_i], fp.log_step)
+
+        def placement(offset: int, hits: int, g: int = g) -> Placement:
+            mine = (group == g) & (np.abs(offsets - offset) <= tol)
+            return Placement(offset, hits, float(anchors[mine].min()), float(ends[mine].max()))
+
+        chosen = placement(int(key_u[b] % span + base), hits)
+        others = _alternatives(key_u, aligned, group_u, g, b, span, base, tol, hits, mc)
         results.append(
             Match(
                 track_id=track_id,
                 aligned_hits=hits,
                 score=min(100, round(100 * hits / mc.full_score_hits)),
-                speed=factor,
-                offset_frames=offset,
-                start_frame=float(anchors[mine].min()),
-                end_frame=float(ends[mine].max()),
+                speed=speed_factor(steps[step_i], fp.log_step),
+                offset_frames=chosen.offset_frames,
+                start_frame=chosen.start_frame,
+                end_frame=chosen.end_frame,
+                alternatives=tuple(placement(o, h) for o, h in others),
             )
         )
         if len(results) >= mc.max_candidates:
             break
     return results
+
+
+def _alternatives(
+    key_u: np.ndarray,
+    aligned: np.ndarray,
+    group_u: np.ndarray,
+    g: int,
+    best: int,
+    span: int,
+    base: int,
+    tol: int,
+    hits: int,
+    mc: MatchConfig,
+) -> list[tuple[int, int]]:
+    """Other (offset, hits) of group `g` with at least `repeat_min_share` of the best's hits,
+    each a separate peak (more than 2 * tol frames from every one taken before)."""
+    floor = max(mc.min_aligned_hits, mc.repeat_min_share * hits)
+    mine = np.nonzero((group_u == g) & (aligned >= floor))[0]
+    mine = mine[np.argsort(-aligned[mine], kind="stable")]
+    taken = [int(key_u[best] % span)]
+    out: list[tuple[int, int]] = []
+    for i in mine:
+        off = int(key_u[i] % span)
+        if all(abs(off - t) > 2 * tol for t in taken):
+            taken.append(off)
+            out.append((off + base, int(aligned[i])))
+            if len(out) >= mc.max_alternatives:
+                break
+    return out
 
 
 def _is_live(tracks: np.ndarray, live_ids: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from .catalog import Catalog, Track
 from .chunks import Chunk, PlanParams, chunk_plan, runs
 from .config import DEFAULT, EngineConfig
 from .errors import DecodeFailed, FingerprintFailed
-from .matcher import Match, match_samples
+from .matcher import Match, Placement, match_samples
 from .media import decode, probe, sample_index
 
 
@@ -37,6 +37,8 @@ class SongMatch:
     position_ms: int  # the same, unclamped: negative when the song starts inside the chunk
     start_offset_ms: int  # where the matched fragment begins, inside the chunk
     end_offset_ms: int  # where it ends, inside the chunk
+    # Other positions in the same song that line up nearly as well (repeated passages).
+    alternatives: tuple[SongMatch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def scan_file(
         done += len(unit_result)
         if progress:
             progress(done, len(plan))
+    results = follow_continuity(results, cfg.match.continuity_tolerance_s)
     return ScanResult(results, duration_s, time.perf_counter() - started)
 
 
@@ -119,29 +122,79 @@ def recognize_clip(
 def _songs(
     matches: list[Match], chunk: Chunk, catalog: Catalog, cfg: EngineConfig
 ) -> list[SongMatch]:
-    fp = cfg.fingerprint
     out = []
-    chunk_ms = round(chunk.duration_s * 1000)
     for m in matches:
         try:
             track = catalog.track(m.track_id)
         except KeyError:  # removed between lookup and now
             continue
-        start_ms = round(fp.frames_to_s(m.start_frame) * 1000)
-        end_ms = round(fp.frames_to_s(m.end_frame) * 1000 + fp.n_fft / fp.sample_rate_hz * 500)
-        out.append(
-            SongMatch(
-                track=track,
-                score=m.score,
-                aligned_hits=m.aligned_hits,
-                speed=m.speed,
-                timecode_ms=max(0, round(fp.frames_to_s(m.offset_frames) * 1000)),
-                position_ms=round(fp.frames_to_s(m.offset_frames) * 1000),
-                start_offset_ms=max(0, min(start_ms, chunk_ms)),
-                end_offset_ms=max(0, min(end_ms, chunk_ms)),
-            )
-        )
+        main = Placement(m.offset_frames, m.aligned_hits, m.start_frame, m.end_frame)
+        song = _song(track, m, main, chunk, cfg)
+        alternatives = tuple(_song(track, m, p, chunk, cfg) for p in m.alternatives)
+        out.append(replace(song, alternatives=alternatives))
     return out
+
+
+def _song(track: Track, m: Match, p: Placement, chunk: Chunk, cfg: EngineConfig) -> SongMatch:
+    fp = cfg.fingerprint
+    chunk_ms = round(chunk.duration_s * 1000)
+    start_ms = round(fp.frames_to_s(p.start_frame) * 1000)
+    # The fragment ends where the last matched peak's analysis window ends (half a window on).
+    end_ms = round(fp.frames_to_s(p.end_frame) * 1000 + fp.n_fft / fp.sample_rate_hz * 500)
+    position_ms = round(fp.frames_to_s(p.offset_frames) * 1000)
+    return SongMatch(
+        track=track,
+        score=min(100, round(100 * p.aligned_hits / cfg.match.full_score_hits)),
+        aligned_hits=p.aligned_hits,
+        speed=m.speed,
+        timecode_ms=max(0, position_ms),
+        position_ms=position_ms,
+        start_offset_ms=max(0, min(start_ms, chunk_ms)),
+        end_offset_ms=max(0, min(end_ms, chunk_ms)),
+    )
+
+
+def follow_continuity(chunks: list[ChunkResult], tolerance_s: float) -> list[ChunkResult]:
+    """Where a song repeats a passage, a chunk's best position may be the wrong repetition.
+    Choose, for each chunk whose best song has alternatives, the position that continues the
+    same song in a neighbouring chunk (forward, then backward so chains propagate both ways).
+    Works on the whole ordered result, so it is the same however the scan was split."""
+    out = list(chunks)
+    for order in (range(len(out)), range(len(out) - 1, -1, -1)):
+        for i in order:
+            out[i] = _continue_neighbours(out, i, tolerance_s)
+    return out
+
+
+def _continue_neighbours(chunks: list[ChunkResult], i: int, tolerance_s: float) -> ChunkResult:
+    c = chunks[i]
+    if not c.songs or not c.songs[0].alternatives:
+        return c
+    neighbour_chunks = [
+        n
+        for n in (chunks[i - 1] if i > 0 else None, chunks[i + 1] if i + 1 < len(chunks) else None)
+        if n is not None and n.songs and abs(n.chunk.index - c.chunk.index) == 1
+    ]
+    best = c.songs[0]
+
+    def continues(song: SongMatch) -> bool:
+        for n in neighbour_chunks:
+            other = n.songs[0]
+            if other.track.id != song.track.id:
+                continue
+            expected = other.position_ms + (c.chunk.start_s - n.chunk.start_s) * 1000 * other.speed
+            if abs(song.position_ms - expected) <= tolerance_s * 1000:
+                return True
+        return False
+
+    if continues(best):
+        return c
+    for alt in best.alternatives:
+        if continues(alt):
+            rest = tuple(a for a in best.alternatives if a is not alt)
+            chosen = replace(alt, alternatives=(replace(best, alternatives=()), *rest))
+            return ChunkResult(c.chunk, [chosen, *c.songs[1:]])
+    return c
 
 
 # ---- work units -------------------------------------------------------------------------------

@@ -125,3 +125,23 @@ def test_standard_recognition_of_a_clip(library: Library, tmp_path: Path) -> Non
     assert songs[0].track.audio_id == 2
     assert abs(songs[0].timecode_ms - 31_000) <= 100
     assert songs[0].track.metadata.title == "Song 2"
+
+
+def test_repeated_passages_follow_the_song_position(tmp_path: Path) -> None:
+    """A song that loops the same 10 s bar: every repetition matches equally well, so each
+    chunk's position is taken from continuity with its neighbours."""
+    from songscan.catalog import Catalog, TrackMetadata
+    from songscan.ingest import IngestItem, ingest
+
+    intro = synth_song(301, 14.0)
+    bar = synth_song(302, 10.0)
+    song = np.concatenate([intro, *([bar] * 6)])  # 74 s: intro, then the bar six times
+    data = tmp_path / "data"
+    ref = write_audio(tmp_path / "loop.flac", song)
+    ingest(Catalog(data), [IngestItem(ref, TrackMetadata(title="Loop"), 1)], SERIAL, workers=1)
+    show = write_audio(tmp_path / "show.flac", excerpt(song, 2.0, 60.0))
+    result = scan_file(show, data, PlanParams(), SERIAL)
+    positions = [c.songs[0].position_ms for c in result.chunks]
+    assert len(positions) == 5 and all(c.songs for c in result.chunks)
+    for k, position in enumerate(positions):
+        assert abs(position - (2_000 + 12_000 * k)) <= 100, positions
