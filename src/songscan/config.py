@@ -67,6 +67,8 @@ class MatchConfig:
     # reaches this share of the best position's hits; continuity across chunks decides.
     repeat_min_share: float = 0.5
     max_alternatives: int = 6
+    # Positions with at least this share of the best evidence count as the same audio.
+    repeat_tie_share: float = 0.9
     # A chunk's song position may follow the previous chunk's within this tolerance.
     continuity_tolerance_s: float = 1.5
 

@@ -100,7 +100,8 @@ def scan_file(
         done += len(unit_result)
         if progress:
             progress(done, len(plan))
-    results = follow_continuity(results, cfg.match.continuity_tolerance_s)
+    mc = cfg.match
+    results = follow_continuity(results, mc.continuity_tolerance_s, mc.repeat_tie_share)
     return ScanResult(results, duration_s, time.perf_counter() - started)
 
 
@@ -154,47 +155,86 @@ def _song(track: Track, m: Match, p: Placement, chunk: Chunk, cfg: EngineConfig)
     )
 
 
-def follow_continuity(chunks: list[ChunkResult], tolerance_s: float) -> list[ChunkResult]:
+def follow_continuity(
+    chunks: list[ChunkResult], tolerance_s: float, tie_share: float
+) -> list[ChunkResult]:
     """Where a song repeats a passage, a chunk's best position may be the wrong repetition.
-    Choose, for each chunk whose best song has alternatives, the position that continues the
-    same song in a neighbouring chunk (forward, then backward so chains propagate both ways).
-    Works on the whole ordered result, so it is the same however the scan was split."""
+
+    Over each run of consecutive chunks whose best song is the same track, choose one position
+    per chunk (the best or an alternative) so that as many neighbours as possible continue
+    each other (Viterbi). Positions within `tie_share` of a chunk's best evidence count as the
+    same audio; remaining ties go to the earliest position (broadcasts play songs from their
+    start). Works on the whole ordered result, so it is the same however the scan was split.
+    """
     out = list(chunks)
-    for order in (range(len(out)), range(len(out) - 1, -1, -1)):
-        for i in order:
-            out[i] = _continue_neighbours(out, i, tolerance_s)
+    i = 0
+    while i < len(out):
+        j = i + 1
+        while j < len(out) and _same_song_next(out[j - 1], out[j]):
+            j += 1
+        if any(c.songs[0].alternatives for c in out[i:j] if c.songs):
+            out[i:j] = _best_path(out[i:j], tolerance_s, tie_share)
+        i = j
     return out
 
 
-def _continue_neighbours(chunks: list[ChunkResult], i: int, tolerance_s: float) -> ChunkResult:
-    c = chunks[i]
-    if not c.songs or not c.songs[0].alternatives:
-        return c
-    neighbour_chunks = [
-        n
-        for n in (chunks[i - 1] if i > 0 else None, chunks[i + 1] if i + 1 < len(chunks) else None)
-        if n is not None and n.songs and abs(n.chunk.index - c.chunk.index) == 1
-    ]
+def _same_song_next(a: ChunkResult, b: ChunkResult) -> bool:
+    return (
+        bool(a.songs)
+        and bool(b.songs)
+        and b.chunk.index == a.chunk.index + 1
+        and a.songs[0].track.id == b.songs[0].track.id
+    )
+
+
+def _best_path(run: list[ChunkResult], tolerance_s: float, tie_share: float) -> list[ChunkResult]:
+    states = [[c.songs[0], *c.songs[0].alternatives] for c in run]
+
+    def emission(options: list[SongMatch]) -> list[float]:
+        top = max(o.aligned_hits for o in options)
+        return [0.1 * min(1.0, o.aligned_hits / (tie_share * top)) for o in options]
+
+    def continues(a: SongMatch, ca: Chunk, b: SongMatch, cb: Chunk) -> bool:
+        expected = a.position_ms + (cb.start_s - ca.start_s) * 1000 * a.speed
+        return abs(b.position_ms - expected) <= tolerance_s * 1000
+
+    # score[k] = (total, -position of the path's first state) so ties go to earlier positions
+    scores = [(e, -o.position_ms) for e, o in zip(emission(states[0]), states[0], strict=True)]
+    back: list[list[int]] = []
+    for t in range(1, len(run)):
+        new_scores, pointers = [], []
+        for e, option in zip(emission(states[t]), states[t], strict=True):
+            candidates = [
+                (
+                    scores[k][0]
+                    + e
+                    + (1.0 if continues(prev, run[t - 1].chunk, option, run[t].chunk) else 0.0),
+                    scores[k][1],
+                    -states[t - 1][k].position_ms,
+                    k,
+                )
+                for k, prev in enumerate(states[t - 1])
+            ]
+            total, first, _, k = max(candidates)
+            new_scores.append((total, first))
+            pointers.append(k)
+        scores = new_scores
+        back.append(pointers)
+    path = [max(range(len(scores)), key=lambda k: (scores[k], -states[-1][k].position_ms))]
+    for pointers in reversed(back):
+        path.append(pointers[path[-1]])
+    path.reverse()
+    return [_choose(c, states[t][k]) for t, (c, k) in enumerate(zip(run, path, strict=True))]
+
+
+def _choose(c: ChunkResult, alt: SongMatch) -> ChunkResult:
+    """`c` with its best song placed at alternative `alt` (the old place becomes one)."""
     best = c.songs[0]
-
-    def continues(song: SongMatch) -> bool:
-        for n in neighbour_chunks:
-            other = n.songs[0]
-            if other.track.id != song.track.id:
-                continue
-            expected = other.position_ms + (c.chunk.start_s - n.chunk.start_s) * 1000 * other.speed
-            if abs(song.position_ms - expected) <= tolerance_s * 1000:
-                return True
-        return False
-
-    if continues(best):
+    if alt is best:
         return c
-    for alt in best.alternatives:
-        if continues(alt):
-            rest = tuple(a for a in best.alternatives if a is not alt)
-            chosen = replace(alt, alternatives=(replace(best, alternatives=()), *rest))
-            return ChunkResult(c.chunk, [chosen, *c.songs[1:]])
-    return c
+    rest = tuple(a for a in best.alternatives if a is not alt)
+    chosen = replace(alt, alternatives=(replace(best, alternatives=()), *rest))
+    return ChunkResult(c.chunk, [chosen, *c.songs[1:]])
 
 
 # ---- work units -------------------------------------------------------------------------------
