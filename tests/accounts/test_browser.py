@@ -1,12 +1,14 @@
 """The dashboard in a real headless Chromium (Debian's), driven by Playwright.
 
-sign up → the token → the token works with the accounts service the API calls → the usage
-shows up → a signed webhook raises the quota → the page shows it → rotate the token.
+sign up → the token → the token works against the HTTP API (standard and enterprise
+recognition over a real socket) → the usage shows up → a signed webhook raises the quota →
+the page shows it → rotate the token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +16,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from songscan.errors import UnknownToken
 from tests.accounts.conftest import WEBHOOK_SECRET, Site
+from tests.audio import synth_song, write_audio
 from tests.servers import checkout_completed_event, stripe_signature
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,16 +48,23 @@ def page(browser: Browser, site: Site) -> Iterator[Page]:
     context.close()
 
 
-def use_the_api(site: Site, token: str, method: str, requests: int, used: int) -> None:
-    """What the API does per request, through the same service object the app uses."""
-    account = site.accounts.authenticate(token, "127.0.0.1")
-    site.accounts.check_rate(account)
-    reservation = site.accounts.reserve(account, requests, method)
-    site.accounts.settle(reservation, used, "success", chunks=used)
+def use_the_api(site: Site, token: str, path: str, audio: Path) -> None:
+    """A recognition request over HTTP, as an AudD client sends it."""
+    with audio.open("rb") as fh:
+        response = httpx.post(
+            f"{site.base_url}{path}",
+            data={"api_token": token},
+            files={"file": (audio.name, fh, "audio/wav")},
+            timeout=120,
+        )
+    assert response.status_code == 200
+    assert response.json()["status"] == "success", response.text
 
 
 @pytest.mark.slow
-def test_signup_to_paid_quota_in_a_browser(page: Page, site: Site) -> None:
+def test_signup_to_paid_quota_in_a_browser(page: Page, site: Site, tmp_path: Path) -> None:
+    clip = write_audio(tmp_path / "clip.wav", synth_song(5, 10.0))
+    show = write_audio(tmp_path / "show.wav", synth_song(6, 54.0))  # 4 chunks + a 6 s one
     page.goto("/signup")
     page.fill("#email", "browser@example.org")
     page.fill("#password", "short")
@@ -69,17 +79,17 @@ def test_signup_to_paid_quota_in_a_browser(page: Page, site: Site) -> None:
     expect(page.locator("#copy")).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == token
 
-    use_the_api(site, token, "recognize", 1, 1)
-    use_the_api(site, token, "enterprise", 5, 4)  # 5 chunks planned, 4 recognised: 4 billed
+    use_the_api(site, token, "/", clip)  # standard recognition: 1 request
+    use_the_api(site, token, "/enterprise", show)  # 1 request per recognised chunk: 5
 
     page.get_by_test_id("continue").click()
-    expect(page.get_by_test_id("remaining")).to_have_text("295")
+    expect(page.get_by_test_id("remaining")).to_have_text("294")
     expect(page.get_by_test_id("plan")).to_have_text("Trial")
-    expect(page.get_by_test_id("today-usage")).to_have_text("5")
+    expect(page.get_by_test_id("today-usage")).to_have_text("6")
     rows = page.get_by_test_id("recent").locator("tbody tr")
     expect(rows).to_have_count(2)
     expect(rows.nth(0)).to_contain_text("enterprise")
-    expect(rows.nth(0)).to_contain_text("4")
+    expect(rows.nth(0)).to_contain_text("5")
     expect(page.get_by_test_id("token-hint")).to_have_text(f"{token[:2]}***{token[-2:]}")
     assert token not in page.content()
 
@@ -96,7 +106,7 @@ def test_signup_to_paid_quota_in_a_browser(page: Page, site: Site) -> None:
 
     page.goto("/dashboard?paid=1")
     expect(page.get_by_test_id("notice")).to_be_visible()
-    expect(page.get_by_test_id("remaining")).to_have_text("10,295")
+    expect(page.get_by_test_id("remaining")).to_have_text("10,294")
     expect(page.get_by_test_id("credits")).to_contain_text("+10,000")
 
     page.on("dialog", lambda dialog: dialog.accept())
@@ -105,10 +115,10 @@ def test_signup_to_paid_quota_in_a_browser(page: Page, site: Site) -> None:
     assert new_token != token
     with pytest.raises(UnknownToken):
         site.accounts.authenticate(token, "127.0.0.1")
-    use_the_api(site, new_token, "recognize", 1, 1)
+    use_the_api(site, new_token, "/", clip)
 
     page.goto("/dashboard")
-    expect(page.get_by_test_id("remaining")).to_have_text("10,294")
+    expect(page.get_by_test_id("remaining")).to_have_text("10,293")
     page.click("text=Log out")
     expect(page).to_have_url(f"{site.base_url}/login")
     page.goto("/dashboard")
