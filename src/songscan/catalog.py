@@ -181,10 +181,16 @@ class Catalog:
         self._live_version = None
         self._refresh()
 
-    def live_ids(self) -> np.ndarray:
-        """Sorted ids of the visible tracks."""
+    def live_ids(self, owners: tuple[str, ...] | None = None) -> np.ndarray:
+        """Sorted ids of the visible tracks; with `owners`, only tracks of those owners
+        ("" is the shared catalog, an account's id its own uploads)."""
         self._refresh()
-        return self._live_ids
+        if owners is None:
+            return self._live_ids
+        wanted = set(owners)
+        return np.fromiter(
+            (i for i, t in self._tracks.items() if t.owner in wanted), dtype=np.int64
+        )
 
     def track(self, track_id: int) -> Track:
         self._refresh()

@@ -85,8 +85,10 @@ def scan_file(
     cfg: EngineConfig = DEFAULT,
     *,
     progress: ProgressFn | None = None,
+    owners: tuple[str, ...] | None = None,
 ) -> ScanResult:
-    """Recognise the planned chunks of a file against the catalog in `data_dir`."""
+    """Recognise the planned chunks of a file against the catalog in `data_dir` (only the
+    tracks of `owners` when given: "" is the shared catalog, an account id its uploads)."""
     started = time.perf_counter()
     duration_s = _duration(path)
     plan = chunk_plan(duration_s, params, cfg.scan)
@@ -94,7 +96,7 @@ def scan_file(
     catalog = _catalog(Path(data_dir))
     results: list[ChunkResult] = []
     done = 0
-    for unit_result in _run_units(Path(path), Path(data_dir), units, cfg):
+    for unit_result in _run_units(Path(path), Path(data_dir), units, cfg, owners):
         for chunk, matches in unit_result:
             results.append(ChunkResult(chunk, _songs(matches, chunk, catalog, cfg)))
         done += len(unit_result)
@@ -106,7 +108,10 @@ def scan_file(
 
 
 def recognize_clip(
-    path: str | os.PathLike[str], data_dir: str | os.PathLike[str], cfg: EngineConfig = DEFAULT
+    path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    cfg: EngineConfig = DEFAULT,
+    owners: tuple[str, ...] | None = None,
 ) -> list[SongMatch]:
     """Standard recognition: the first `standard_max_s` seconds of a clip, best match first."""
     rate = cfg.fingerprint.sample_rate_hz
@@ -115,7 +120,7 @@ def recognize_clip(
     if samples.shape[0] < cfg.fingerprint.n_fft * 4:
         raise FingerprintFailed("the audio is too short to fingerprint")
     catalog = _catalog(Path(data_dir))
-    matches = match_samples(samples, catalog.index, catalog.live_ids(), cfg)
+    matches = match_samples(samples, catalog.index, catalog.live_ids(owners), cfg)
     clip = Chunk(0, 0.0, samples.shape[0] / rate)
     return _songs(matches, clip, catalog, cfg)
 
@@ -283,8 +288,14 @@ def chunk_audio(
             buf = buf[:0]
 
 
-def scan_unit(path: Path, catalog: Catalog, unit: list[Chunk], cfg: EngineConfig) -> UnitResult:
-    live = catalog.live_ids()
+def scan_unit(
+    path: Path,
+    catalog: Catalog,
+    unit: list[Chunk],
+    cfg: EngineConfig,
+    owners: tuple[str, ...] | None = None,
+) -> UnitResult:
+    live = catalog.live_ids(owners)
     return [
         (chunk, match_samples(samples, catalog.index, live, cfg))
         for chunk, samples in chunk_audio(path, unit, cfg)
@@ -301,22 +312,27 @@ def _catalog(data_dir: Path) -> Catalog:
     return _catalogs[data_dir]
 
 
-def _worker_unit(args: tuple[Path, Path, list[Chunk], EngineConfig]) -> UnitResult:
-    path, data_dir, unit, cfg = args
-    return scan_unit(path, _catalog(data_dir), unit, cfg)
+Owners = tuple[str, ...] | None
+UnitArgs = tuple[Path, Path, list[Chunk], EngineConfig, Owners]
+
+
+def _worker_unit(args: UnitArgs) -> UnitResult:
+    path, data_dir, unit, cfg, owners = args
+    return scan_unit(path, _catalog(data_dir), unit, cfg, owners)
 
 
 def _run_units(
-    path: Path, data_dir: Path, units: list[list[Chunk]], cfg: EngineConfig
+    path: Path, data_dir: Path, units: list[list[Chunk]], cfg: EngineConfig, owners: Owners
 ) -> Iterator[UnitResult]:
     workers = cfg.scan.workers or os.cpu_count() or 1
     if workers <= 1 or len(units) <= 1:
         catalog = _catalog(data_dir)
         for unit in units:
-            yield scan_unit(path, catalog, unit, cfg)
+            yield scan_unit(path, catalog, unit, cfg, owners)
         return
     pool = _pool(min(workers, len(units)))
-    yield from pool.map(_worker_unit, [(path, data_dir, unit, cfg) for unit in units], chunksize=1)
+    args = [(path, data_dir, unit, cfg, owners) for unit in units]
+    yield from pool.map(_worker_unit, args, chunksize=1)
 
 
 _pools: dict[int, Executor] = {}

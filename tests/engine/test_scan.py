@@ -145,3 +145,12 @@ def test_repeated_passages_follow_the_song_position(tmp_path: Path) -> None:
     assert len(positions) == 5 and all(c.songs for c in result.chunks)
     for k, position in enumerate(positions):
         assert abs(position - (2_000 + 12_000 * k)) <= 100, positions
+
+
+def test_owners_limit_the_tracks_a_query_can_match(library: Library, tmp_path: Path) -> None:
+    path = write_audio(tmp_path / "clip.flac", excerpt(library.songs[1], 5.0, 24.0))
+    shared = scan_file(path, library.data, PlanParams(), SERIAL, owners=("",))
+    assert [c.songs[0].track.audio_id for c in shared.matched] == [1, 1]
+    others = scan_file(path, library.data, PlanParams(), SERIAL, owners=("account-7",))
+    assert others.matched == [] and others.billable_chunks == 2
+    assert recognize_clip(path, library.data, owners=("account-7",)) == []

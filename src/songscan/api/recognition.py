@@ -68,7 +68,7 @@ from songscan.results import (
     segments_json,
     standard_response,
 )
-from songscan.scan import ChunkResult, ScanResult, SongMatch, plan_for, recognize_clip, scan_file
+from songscan.scan import plan_for, recognize_clip, scan_file
 from songscan.sources import AllowList, fetch_media, temporary_media, timecode_from_url
 
 log = logging.getLogger("songscan.api")
@@ -281,7 +281,7 @@ class Recognition:
             )
         reservation = self.accounts.reserve(account, 1, RECOGNIZE)
         try:
-            songs = _visible(recognize_clip(path, self.data_dir, cfg), account)
+            songs = recognize_clip(path, self.data_dir, cfg, owners=_owners(account))
         except BaseException as exc:
             self.accounts.settle(reservation, 0, _status(exc), 0)
             raise
@@ -317,7 +317,7 @@ class Recognition:
         n_chunks = len(plan_for(path, params, cfg))
         reservation = self.accounts.reserve(account, n_chunks, ENTERPRISE) if n_chunks else None
         try:
-            result = scan_file(path, self.data_dir, params, cfg)
+            result = scan_file(path, self.data_dir, params, cfg, owners=_owners(account))
         except BaseException as exc:
             if reservation is not None:
                 self.accounts.settle(reservation, 0, _status(exc), 0)
@@ -327,7 +327,7 @@ class Recognition:
             self.accounts.settle(reservation, used, "ok", result.billable_chunks)
         job.billed, job.chunks = used, result.billable_chunks
         job.audio_s = sum(c.chunk.duration_s for c in result.chunks)
-        result = _visible_result(result, account, time.perf_counter() - job.started)
+        result = replace(result, execution_time_s=time.perf_counter() - job.started)
         if response_type == "csv":
             return Reply(enterprise_csv(result, opts), "text/csv; charset=utf-8")
         if response_type == "segments":
@@ -377,15 +377,9 @@ def _owner(account: Account) -> str:
     return str(account.id)
 
 
-def _visible(songs: list[SongMatch], account: Account) -> list[SongMatch]:
-    """Matches this account may see: the shared catalog and its own uploads."""
-    mine = _owner(account)
-    return [s for s in songs if s.track.owner in ("", mine)]
-
-
-def _visible_result(result: ScanResult, account: Account, elapsed_s: float) -> ScanResult:
-    chunks = [ChunkResult(c.chunk, _visible(c.songs, account)) for c in result.chunks]
-    return ScanResult(chunks, result.duration_s, elapsed_s)
+def _owners(account: Account) -> tuple[str, ...]:
+    """The tracks an account's queries match: the shared catalog and its own uploads."""
+    return ("", _owner(account))
 
 
 # -- routes -------------------------------------------------------------------------------------
