@@ -26,6 +26,8 @@ from .errors import DecodeFailed
 # Decoders that fail on the first packets of a damaged file keep going; so do we, up to a point.
 _MAX_DECODE_ERRORS = 50
 _SETTLE_FRAMES = 4
+# Resampled audio is handed on in blocks of about this many samples (fewer, larger arrays).
+_BLOCK_SAMPLES = 16384
 _MAX_SETTLE_FRAMES = 500
 
 
@@ -146,6 +148,8 @@ def _resampled(
     errors = 0
     decoded_any = False
     history: list[tuple[int, int]] = []
+    pending: list[np.ndarray] = []  # resampled samples not yet yielded, from `position` on
+    pending_n = 0
     for frame in _frames(container, stream):
         decoded_any = True
         if settle_frames:
@@ -182,15 +186,38 @@ def _resampled(
             if errors > _MAX_DECODE_ERRORS:
                 raise DecodeFailed("the audio stream is damaged") from None
             continue
-        yield from _trimmed(outputs, position, first_sample, end_sample)
         assert position is not None
-        position += sum(o.samples for o in outputs)
-        if end_sample is not None and position >= end_sample:
-            return
+        for out in outputs:
+            pending.append(_samples(out))
+            pending_n += out.samples
+        if pending_n >= _BLOCK_SAMPLES:
+            block = _trim(np.concatenate(pending), position, first_sample, end_sample)
+            position += pending_n
+            pending, pending_n = [], 0
+            if block is not None:
+                yield block
+            if end_sample is not None and position >= end_sample:
+                return
     if not decoded_any:
         raise DecodeFailed("no audio could be decoded from the media")
     if resampler is not None and position is not None:
-        yield from _trimmed(resampler.resample(None), position, first_sample, end_sample)
+        pending.extend(_samples(out) for out in resampler.resample(None))
+        if pending:
+            block = _trim(np.concatenate(pending), position, first_sample, end_sample)
+            if block is not None:
+                yield block
+
+
+def _samples(frame: av.AudioFrame) -> np.ndarray:
+    """A packed mono float32 frame's samples, without a copy."""
+    return np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples)
+
+
+def _trim(samples: np.ndarray, position: int, first: int, end: int | None) -> np.ndarray | None:
+    """The part of `samples` (starting at output sample `position`) inside [first, end)."""
+    lo = max(first - position, 0)
+    hi = samples.shape[0] if end is None else min(end - position, samples.shape[0])
+    return samples[lo:hi] if hi > lo else None
 
 
 def _frames(
@@ -246,21 +273,6 @@ def _drop_leading(frame: av.AudioFrame, n: int) -> av.AudioFrame:
     )
     out.sample_rate = frame.sample_rate
     return out
-
-
-def _trimmed(
-    outputs: list[av.AudioFrame], position: int | None, first: int, end: int | None
-) -> Iterator[np.ndarray]:
-    assert position is not None
-    for out in outputs:
-        samples = out.to_ndarray().reshape(-1)
-        lo, hi = position, position + samples.shape[0]
-        position = hi
-        if hi <= first or (end is not None and lo >= end):
-            continue
-        a = max(first - lo, 0)
-        b = samples.shape[0] if end is None else min(end - lo, samples.shape[0])
-        yield samples[a:b]
 
 
 def decode_all(path: str | os.PathLike[str], sample_rate_hz: int, **kwargs: float) -> np.ndarray:
