@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
-from scipy.ndimage import maximum_filter1d
 
 from .config import FingerprintConfig, speed_factor
 
@@ -34,7 +33,8 @@ _EPS = 1e-7
 
 @dataclass(frozen=True)
 class Peaks:
-    """Spectral peaks, sorted by time. Times in frames, frequencies in Hz (both refined)."""
+    """Spectral peaks, sorted by frame. Times in frames, frequencies in Hz (both refined to
+    sub-frame / sub-bin precision, so refined times may step back by less than a frame)."""
 
     time_frames: np.ndarray  # float32
     freq_hz: np.ndarray  # float32
@@ -85,8 +85,8 @@ def find_peaks(spec: np.ndarray, cfg: FingerprintConfig, peaks_per_s: float) -> 
     n_frames = spec.shape[0]
     if n_frames < 3 or spec.shape[1] < 3:
         return _no_peaks()
-    local_max = maximum_filter1d(spec, 2 * cfg.peak_time_radius_frames + 1, axis=0)
-    local_max = maximum_filter1d(local_max, 2 * cfg.peak_freq_radius_bins + 1, axis=1)
+    local_max = running_max(spec, cfg.peak_time_radius_frames, axis=0)
+    local_max = running_max(local_max, cfg.peak_freq_radius_bins, axis=1)
     is_peak = spec == local_max
     # Edges cannot be refined (and are often artefacts of the window): leave them out.
     is_peak[0, :] = is_peak[-1, :] = False
@@ -111,6 +111,21 @@ def find_peaks(spec: np.ndarray, cfg: FingerprintConfig, peaks_per_s: float) -> 
         freq_hz=((f + lo + df) * bin_hz)[order].astype(np.float32),
         strength=strength[order],
     )
+
+
+def running_max(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    """Maximum over [i - radius, i + radius] along `axis` (windows truncated at the edges, which
+    equals scipy's reflecting maximum_filter1d), by shifted whole-array maxima: for the small
+    radii used here this is several times faster than a per-element filter."""
+    out = a.copy()
+    n = a.shape[axis]
+    for k in range(1, min(radius, n - 1) + 1):
+        head = [slice(None)] * a.ndim
+        tail = [slice(None)] * a.ndim
+        head[axis], tail[axis] = slice(k, None), slice(None, n - k)
+        np.maximum(out[tuple(head)], a[tuple(tail)], out=out[tuple(head)])
+        np.maximum(out[tuple(tail)], a[tuple(head)], out=out[tuple(tail)])
+    return out
 
 
 def _no_peaks() -> Peaks:

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import maximum_filter1d
+from scipy.signal import resample_poly
+
+from songscan.config import DEFAULT, speed_factor
+from songscan.fingerprint import (
+    HASH_BITS,
+    find_peaks,
+    hashes,
+    query_peaks,
+    reference_hashes,
+    running_max,
+    spectrogram,
+)
+from tests.audio import synth_song
+
+CFG = DEFAULT.fingerprint
+
+
+@pytest.mark.parametrize("shape", [(376, 460), (5, 7), (3, 30), (40, 2)])
+@pytest.mark.parametrize(("radius", "axis"), [(4, 0), (12, 1), (1, 0), (30, 1)])
+def test_running_max_equals_scipy(shape: tuple[int, int], radius: int, axis: int) -> None:
+    a = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    np.testing.assert_array_equal(
+        running_max(a, radius, axis), maximum_filter1d(a, 2 * radius + 1, axis=axis)
+    )
+
+
+def test_silence_has_no_peaks_and_no_hashes() -> None:
+    silence = np.zeros(8000 * 12, dtype=np.float32)
+    assert len(find_peaks(spectrogram(silence, CFG), CFG, CFG.query_peaks_per_s)) == 0
+    assert len(reference_hashes(silence, CFG)) == 0
+
+
+def test_density_and_hash_range() -> None:
+    song = resample_poly(synth_song(4, 30.0), 8000, 22050).astype(np.float32)
+    peaks = query_peaks(song, CFG)
+    assert 10 * 30 < len(peaks) <= CFG.query_peaks_per_s * 30 * 1.1
+    found = reference_hashes(song, CFG)
+    assert len(found) > 30 * 20
+    assert int(found.hashes.max()) < (1 << HASH_BITS)
+    assert np.all(np.diff(np.rint(peaks.time_frames)) >= 0)  # sorted by frame
+
+
+def test_speed_step_rehash_recovers_the_reference_hashes() -> None:
+    """A song played 3 % fast, re-hashed at step 3, shares most hashes with the original."""
+    song = resample_poly(synth_song(9, 30.0), 8000, 22050).astype(np.float32)
+    fast = resample_poly(song, 100, 103).astype(np.float32)
+    ref = set(reference_hashes(song, CFG).hashes.tolist())
+    peaks = query_peaks(fast, CFG)
+    nominal = set(hashes(peaks, CFG, CFG.query_fanout, 0).hashes.tolist())
+    stepped = set(hashes(peaks, CFG, CFG.query_fanout, 3).hashes.tolist())
+    assert speed_factor(3) == pytest.approx(1.0303, abs=1e-4)
+    assert len(stepped & ref) > 4 * len(nominal & ref)
