@@ -91,8 +91,7 @@ def _match_steps(
 
     # Cheap prefilter: a track (and step) needs min_aligned_hits hits in total to be a candidate.
     group = tracks * len(steps) + step_of
-    _uniq, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
-    keep = counts[inverse] >= mc.min_aligned_hits
+    keep = np.bincount(group)[group] >= mc.min_aligned_hits
     if not keep.any():
         return []
     group, offsets, anchors, ends = group[keep], offsets[keep], anchors[keep], ends[keep]
@@ -192,6 +191,6 @@ def _alternatives(
 
 
 def _is_live(tracks: np.ndarray, live_ids: np.ndarray) -> np.ndarray:
-    pos = np.searchsorted(live_ids, tracks)
-    pos = np.minimum(pos, live_ids.shape[0] - 1)
-    return live_ids[pos] == tracks
+    alive = np.zeros(max(int(live_ids[-1]), int(tracks.max())) + 1, dtype=bool)
+    alive[live_ids] = True
+    return alive[tracks]
