@@ -61,6 +61,9 @@ class MatchConfig:
     # as steps of FingerprintConfig.log_step: +-3 % with the default 1 % step.
     speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3)
     max_candidates: int = 3
+    # Postings gathered per lookup at most; beyond it the commonest hashes are left out. Bounds
+    # time and memory per chunk on a large index (a small one never reaches it).
+    max_postings_per_lookup: int = 300_000
     # A second song in the same chunk must reach this share of the best song's hits.
     secondary_min_share: float = 0.25
     # Another position of the same song (a repeated passage) is kept as an alternative when it

@@ -75,7 +75,7 @@ def _match_steps(
     all_hashes = np.concatenate([h.hashes for h in per_step])
     if all_hashes.shape[0] == 0:
         return []
-    query_idx, postings = index.lookup(all_hashes)
+    query_idx, postings = index.lookup(all_hashes, mc.max_postings_per_lookup)
     if query_idx.shape[0] == 0:
         return []
     tracks, ref_frames = unpack_postings(postings)

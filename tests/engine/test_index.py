@@ -75,3 +75,18 @@ def test_reader_sees_whole_batches_while_a_writer_adds(tmp_path: Path) -> None:
     thread.join()
     assert seen and all(n % batch == 0 for n in seen)
     assert reader.lookup(np.arange(batch, dtype=np.uint32))[1].shape[0] == 29 * batch
+
+
+def test_a_posting_budget_leaves_out_the_commonest_hashes(tmp_path: Path) -> None:
+    index = SegmentIndex(tmp_path)
+    # hash 1: 1000 postings (everywhere), hash 2: 10, hash 3: 3, hash 4: none
+    keys = np.concatenate([np.full(1000, 1), np.full(10, 2), np.full(3, 3)]).astype(np.uint32)
+    index.add(keys, pack_postings(np.arange(1013) % 50 + 1, np.arange(1013)))
+    queries = np.array([1, 2, 3, 4, 2], dtype=np.uint32)
+    qi, _ = index.lookup(queries)
+    assert qi.shape[0] == 1000 + 10 + 3 + 10
+    qi, postings = index.lookup(queries, max_postings=100)
+    assert sorted(set(queries[qi].tolist())) == [2, 3]
+    assert postings.shape[0] == 23
+    qi, _ = index.lookup(queries, max_postings=12)  # the rarest first: hash 3, then one hash 2
+    assert queries[qi].tolist().count(3) == 3 and qi.shape[0] <= 12

@@ -36,8 +36,12 @@ class PostingIndex(Protocol):
     def add(self, hashes: np.ndarray, postings: np.ndarray) -> None:
         """Durably add postings (uint64, see pack_postings) under their hashes (uint32)."""
 
-    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each stored posting whose hash is in `hashes`: (index into `hashes`, posting)."""
+    def lookup(
+        self, hashes: np.ndarray, max_postings: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For each stored posting whose hash is in `hashes`: (index into `hashes`, posting).
+        With `max_postings`, the most common hashes are left out so that at most that many
+        postings come back (bounded work and memory per query whatever the index size)."""
 
     def compact(self, live_tracks: np.ndarray) -> None:
         """Rewrite storage keeping only postings of `live_tracks` (sorted int64 ids)."""

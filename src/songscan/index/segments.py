@@ -101,17 +101,27 @@ class SegmentIndex:
         directory = np.load(directory_path, mmap_mode="r") if directory_path.exists() else None
         return _Segment(name, hashes, postings, directory)
 
-    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(
+        self, hashes: np.ndarray, max_postings: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         self._refresh()
         hashes = np.asarray(hashes, dtype=np.uint32)
         order = np.argsort(hashes, kind="stable")
         sorted_queries = hashes[order]
+        runs = [
+            (*segment.find(sorted_queries), segment)
+            for segment in self._segments
+            if segment.hashes.shape[0]
+        ]
+        if max_postings is not None and runs:
+            counts = sum(hi - lo for lo, hi, _ in runs)
+            keep = _rarest_within(counts, max_postings)
+            if not keep.all():
+                order, sorted_queries = order[keep], sorted_queries[keep]
+                runs = [(lo[keep], hi[keep], segment) for lo, hi, segment in runs]
         query_parts: list[np.ndarray] = []
         posting_parts: list[np.ndarray] = []
-        for segment in self._segments:
-            if segment.hashes.shape[0] == 0:
-                continue
-            lo, hi = segment.find(sorted_queries)
+        for lo, hi, segment in runs:
             counts = hi - lo
             total = int(counts.sum())
             if total == 0:
@@ -238,6 +248,18 @@ class SegmentIndex:
             if path.name.endswith(".tmp") or (stem.startswith("seg-") and stem not in named):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def _rarest_within(counts: np.ndarray, budget: int) -> np.ndarray:
+    """Which queries to serve so that at most `budget` postings come back: the ones with the
+    fewest postings first (a hash found everywhere says little about which song plays)."""
+    if int(counts.sum()) <= budget:
+        return np.ones(counts.shape[0], dtype=bool)
+    by_rarity = np.argsort(counts, kind="stable")
+    fits = np.cumsum(counts[by_rarity]) <= budget
+    keep = np.zeros(counts.shape[0], dtype=bool)
+    keep[by_rarity[fits]] = True
+    return keep
 
 
 def _write_durably(path: Path, array: np.ndarray) -> None:
