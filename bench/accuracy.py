@@ -41,11 +41,12 @@ from songscan.media import decode_all
 from songscan.scan import ScanResult, scan_file, shutdown_pools
 
 from . import broadcast
-from .report import OUT, machine, pct, update_section, verdict
+from .report import OUT, engine_version, machine, pct, update_section, verdict
 
 MIN_OVERLAP_S = 6.0
 POSITION_TOL_S = 1.5
 BOUNDARY_INSIDE_S = 1.0
+SHARP_FADE_S = 0.5  # boundaries with a shorter fade count as sharp (cuts, short fades)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ class Score:
     timecode_err_s: list[float] = field(default_factory=list)
     start_err_s: list[float] = field(default_factory=list)
     end_err_s: list[float] = field(default_factory=list)
+    start_err_sharp_s: list[float] = field(default_factory=list)  # fade-in < 0.5 s
+    end_err_sharp_s: list[float] = field(default_factory=list)  # fade-out < 0.5 s
     start_boundaries: int = 0
     end_boundaries: int = 0
     misses: list[dict[str, Any]] = field(default_factory=list)
@@ -179,9 +182,13 @@ def score(result: ScanResult, truth: broadcast.Truth, ref_dir: Path) -> Score:
                     b0 = g.file_start_s - c0
                     if BOUNDARY_INSIDE_S <= b0 <= (c1 - c0) - BOUNDARY_INSIDE_S:
                         s.start_err_s.append(abs(m.start_offset_ms / 1000.0 - b0))
+                        if g.fade_in_s < SHARP_FADE_S:
+                            s.start_err_sharp_s.append(s.start_err_s[-1])
                     b1 = g.file_end_s - c0
                     if BOUNDARY_INSIDE_S <= b1 <= (c1 - c0) - BOUNDARY_INSIDE_S:
                         s.end_err_s.append(abs(m.end_offset_ms / 1000.0 - b1))
+                        if g.fade_out_s < SHARP_FADE_S:
+                            s.end_err_sharp_s.append(s.end_err_s[-1])
                     break
                 if n in main:
                     listed_wrong_pos = True
@@ -273,9 +280,9 @@ def targets(rows: list[dict[str, Any]], command: str) -> str:
             continue
         v = by[c.name]["recall"]
         out.append(
-            f"| chunk recall, {c.name} | ≥ {c.target_recall:g} % | {_f(v)} % | "
+            f"| chunk recall, {c.name} | ≥ {c.target_recall:g} % | {_f(v, '.2f')} % | "
             f"{verdict(v, c.target_recall, True, ' points')} (counting repeated music as "
-            f"correct: {_f(by[c.name]['recall_repeat_aware'])} %, "
+            f"correct: {_f(by[c.name]['recall_repeat_aware'], '.2f')} %, "
             f"{verdict(by[c.name]['recall_repeat_aware'], c.target_recall, True, ' points')}) |"
         )
     fp = sum(r["false_positive"] for r in rows)
@@ -287,10 +294,14 @@ def targets(rows: list[dict[str, Any]], command: str) -> str:
     tc = [e for r in rows for e in r["_tc"]]
     st = [e for r in rows for e in r["_start"]]
     en = [e for r in rows for e in r["_end"]]
+    st_sharp = [e for r in rows for e in r["_start_sharp"]]
+    en_sharp = [e for r in rows for e in r["_end_sharp"]]
     for label, vals, target in (
         ("median timecode error (correct matches, all recordings)", tc, 0.1),
         ("median start-offset error at song starts (all recordings)", st, 0.5),
         ("median end-offset error at song ends (all recordings)", en, 0.5),
+        ("(detail) median start-offset error, sharp starts only (fade-in < 0.5 s)", st_sharp, 0.5),
+        ("(detail) median end-offset error, sharp ends only (fade-out < 0.5 s)", en_sharp, 0.5),
     ):
         med = pct(vals, 50)
         out.append(
@@ -370,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             "_tc": s.timecode_err_s,
             "_start": s.start_err_s,
             "_end": s.end_err_s,
+            "_start_sharp": s.start_err_sharp_s,
+            "_end_sharp": s.end_err_sharp_s,
         }
         rows.append(row)
         details[c.name] = {"misses": s.misses, "false_positives": s.false_positives}
@@ -400,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{idx['audio_s'] / 60:.0f} min. Recordings: {a.minutes:g}-minute programmes "
             f"(seed {a.seed}: the same programme in every row; only noise, codec and speed "
             "differ), pink noise at the given SNR. Machine: "
-            f"{machine()}.\n\n"
+            f"{machine()}. Engine: commit {engine_version()}.\n\n"
             "Definitions: a chunk is *scored* when its 12 s hold ≥ 6 s of one catalog song; "
             "*recall* = scored chunks whose songs list holds that song with its song position "
             "within ±1.5 s of the truth at the chunk start (*top-1*: songs[0]); *misses (wrong "

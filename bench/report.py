@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,6 +42,20 @@ def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if values else None
 
 
+def engine_version() -> str:
+    """The repository's commit (read-only git), and whether src/ has uncommitted changes."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{rev}{' + uncommitted changes in src/' if dirty else ''}" if rev else "unknown"
+
+
 def machine() -> str:
     load = os.getloadavg()
     return (
@@ -59,4 +74,5 @@ def verdict(value: float | None, target: float, higher_is_better: bool, unit: st
         return "met"
     gap = target - value if higher_is_better else value - target
     rel = gap / target * 100 if target else float("inf")
-    return f"**MISSED** by {gap:.3g}{unit} ({rel:.0f} % of the target)"
+    rel_s = f"{rel:.0f}" if rel >= 10 else f"{rel:.2g}"
+    return f"**MISSED** by {gap:.3g}{unit} ({rel_s} % of the target)"

@@ -52,7 +52,7 @@ from songscan.media import decode, probe
 from songscan.scan import chunk_audio, plan_for, scan_file, shutdown_pools
 
 from . import broadcast
-from .report import OUT, machine, update_section, verdict
+from .report import OUT, engine_version, machine, update_section, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACK_EQUIV_S = 210.0  # 3.5 minutes
@@ -385,9 +385,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-big", action="store_true", help="keep the big data dirs")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-md", action="store_true")
+    ap.add_argument(
+        "--render", action="store_true", help="only rewrite the section from throughput.json"
+    )
     a = ap.parse_args(argv)
     out: Path = a.out
-    res: dict[str, Any] = {"machine": machine()}
+    if a.render:
+        res = json.loads((out / "throughput.json").read_text())
+        update_section("throughput", render(res, res["command"]))
+        return 0
+    res: dict[str, Any] = {"machine": machine(), "engine": engine_version()}
     corpus = broadcast.find_corpus()
 
     # 1. ingest + index size
@@ -489,7 +496,11 @@ def render(res: dict[str, Any], command: str) -> str:
         "## Throughput, memory, index size",
         "",
         f"Command: `{command}` (one run; every figure below comes from it; raw numbers in "
-        "`bench/out/throughput.json`). Machine: " + res["machine_end"] + ". Other processes may "
+        "`bench/out/throughput.json`). Machine: "
+        + res["machine_end"]
+        + ". Engine: commit "
+        + res.get("engine", "unknown")
+        + ". Other processes may "
         "have shared the 2 cores during the run: the ratios (scan ÷ decode, big ÷ small index) "
         "compare measurements taken minutes apart in the same run.",
         "",
