@@ -344,7 +344,12 @@ def growth(
         log(f"building {n} synthetic tracks in {big}")
         info = add_synthetic(big, n, rate, seed=n)
         per_hash = expected_postings_per_query_hash(p, info["synthetic_postings"])
-        projected = base["query_hashes_per_chunk"] * per_hash * SPEED_STEPS * BYTES_PER_HIT
+        # The matcher gathers at most max_postings_per_lookup postings per lookup: one lookup
+        # at nominal speed, one for all the other speed steps together.
+        budget = DEFAULT.match.max_postings_per_lookup
+        nominal_hits = base["query_hashes_per_chunk"] * per_hash
+        hits = min(nominal_hits, budget) + min(nominal_hits * (SPEED_STEPS - 1), budget)
+        projected = hits * BYTES_PER_HIT
         full = projected <= a.mem_budget_gb * 1e9
         info["expected_postings_per_query_hash"] = per_hash
         info["projected_peak_gb"] = projected / 1e9

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from songscan.accounts.payments import Payments
 from songscan.accounts.service import Accounts
 from songscan.api import dashboard, recognition
+from songscan.scan import shutdown_pools
 
 
 def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
@@ -26,6 +27,7 @@ def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         accounts.close()
+        shutdown_pools()  # the scan pool's processes end with the server
 
     app = FastAPI(title="songscan", lifespan=lifespan)
     app.state.data_dir = data_dir

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from .. import settings
 from .app import create_app
@@ -17,9 +19,21 @@ def app_factory() -> FastAPI:
     return create_app(data, settings.load_config(data))
 
 
+class _TcpConfig(uvicorn.Config):
+    """Uvicorn's listening socket for several workers carries proto 0, so asyncio leaves
+    Nagle's algorithm on for every accepted connection and each keep-alive response waits
+    ~40 ms for the client's delayed ACK (Kludex/uvicorn#3149). Label it IPPROTO_TCP."""
+
+    def bind_socket(self) -> socket.socket:
+        sock = super().bind_socket()
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+            sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+        return sock
+
+
 def serve(data_dir: str, host: str, port: int, workers: int) -> None:
     os.environ["SONGSCAN_DATA"] = data_dir
-    uvicorn.run(
+    config = _TcpConfig(
         "songscan.api.serve:app_factory",
         factory=True,
         host=host,
@@ -28,3 +42,7 @@ def serve(data_dir: str, host: str, port: int, workers: int) -> None:
         proxy_headers=True,
         log_level="info",
     )
+    if config.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        uvicorn.Server(config).run()
