@@ -33,6 +33,7 @@ from .results import (
     enterprise_response,
     segments_json,
     standard_response,
+    to_json,
 )
 from .scan import recognize_clip, scan_file
 
@@ -162,7 +163,7 @@ def add(
 def recognize(ctx: typer.Context, file: Path) -> None:
     """Standard recognition of a short clip (its first 25 s): AudD JSON on stdout."""
     songs = _guard(lambda: recognize_clip(file, _data(ctx)))
-    print(json.dumps(standard_response(songs), ensure_ascii=False))
+    print(to_json(standard_response(songs)))
 
 
 @app.command()
@@ -203,7 +204,7 @@ def scan(
         body: dict[str, Any] = (
             segments_json(result) if format == "segments" else enterprise_response(result, opts)
         )
-        return json.dumps(body, ensure_ascii=False) + "\n"
+        return to_json(body) + "\n"
 
     sys.stdout.write(_guard(run))
 

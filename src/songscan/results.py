@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,12 @@ ENTERPRISE_METADATA = ("isrc", "upc", "score")
 class OutputOptions:
     accurate_offsets: bool = False
     enterprise_metadata: bool = True  # isrc, upc, score (an entitlement on the API)
+
+
+def to_json(body: Any) -> str:
+    """The one JSON serialisation of responses: the CLI prints exactly what the API sends
+    (Starlette's JSONResponse: UTF-8, no spaces)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def clock(seconds: float) -> str:

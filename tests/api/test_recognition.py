@@ -304,3 +304,45 @@ def test_quota_refused_up_front(api: Api, long_wav: bytes) -> None:
     assert code == 902
     assert "6" in message and "2" in message
     assert api.remaining(token) == 2
+
+
+def test_enterprise_result_equals_the_cli_byte_for_byte(api: Api, long_wav: bytes) -> None:
+    """The API and `songscan scan` share one scan function and one serialisation: the bodies
+    are identical apart from execution_time."""
+    import subprocess
+    import sys
+
+    path = api.files / "cli-compare.wav"
+    path.write_bytes(long_wav)
+    token = api.new_token("enterprise")
+    with api.client() as client, path.open("rb") as fh:
+        r = client.post(
+            "/enterprise",
+            data={"api_token": token, "accurate_offsets": "true", "skip": "1", "every": "2"},
+            files={"file": ("long.wav", fh)},
+        )
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "songscan.cli",
+            "--data",
+            str(api.data_dir),
+            "scan",
+            str(path),
+            "--accurate-offsets",
+            "--skip",
+            "1",
+            "--every",
+            "2",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+
+    def without_time(body: bytes) -> bytes:
+        return re.sub(rb'"execution_time":"[0-9.]+s"', b'"execution_time":""', body.strip())
+
+    assert r.json()["result"], "the comparison needs matches"
+    assert without_time(r.content) == without_time(cli.stdout)
