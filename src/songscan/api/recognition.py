@@ -40,6 +40,7 @@ from songscan.accounts.plans import ConfigError, Entitlements
 from songscan.accounts.service import Account, Accounts
 from songscan.accounts.tokens import mask_token
 from songscan.api.errors import UnexpectedError, error_reply
+from songscan.api.openapi import ENTERPRISE_PARAMS, STANDARD_PARAMS, UPLOAD_PARAMS, operation
 from songscan.api.params import (
     ParsedRequest,
     bool_param,
@@ -502,21 +503,60 @@ def _record(
         metrics.billed.inc(job.billed)
 
 
-@router.api_route("/", methods=["GET", "POST"], include_in_schema=True, response_model=None)
+@router.api_route(
+    "/",
+    methods=["GET"],
+    response_model=None,
+    operation_id="recognize_get",
+    openapi_extra=operation(STANDARD_PARAMS),
+)
+@router.api_route(
+    "/",
+    methods=["POST"],
+    response_model=None,
+    operation_id="recognize_post",
+    openapi_extra=operation(STANDARD_PARAMS),
+)
 async def recognize(request: Request) -> Response:
     """Standard recognition (AudD `recognize`); `method=upload` adds to the custom catalog;
     on an `enterprise.*` host, enterprise recognition."""
     return await serve(request, RECOGNIZE)
 
 
-@router.api_route("/enterprise", methods=["GET", "POST"], response_model=None)
+@router.api_route(
+    "/enterprise",
+    methods=["GET"],
+    response_model=None,
+    operation_id="enterprise_get",
+    openapi_extra=operation(ENTERPRISE_PARAMS),
+)
+@router.api_route(
+    "/enterprise",
+    methods=["POST"],
+    response_model=None,
+    operation_id="enterprise_post",
+    openapi_extra=operation(ENTERPRISE_PARAMS),
+)
 @router.api_route("/enterprise/", methods=["GET", "POST"], include_in_schema=False)
 async def enterprise(request: Request) -> Response:
     """Enterprise recognition: every selected 12-second chunk of a long file."""
     return await serve(request, ENTERPRISE)
 
 
-@router.api_route("/upload/", methods=["GET", "POST"], response_model=None)
+@router.api_route(
+    "/upload/",
+    methods=["GET"],
+    response_model=None,
+    operation_id="upload_get",
+    openapi_extra=operation(UPLOAD_PARAMS),
+)
+@router.api_route(
+    "/upload/",
+    methods=["POST"],
+    response_model=None,
+    operation_id="upload_post",
+    openapi_extra=operation(UPLOAD_PARAMS),
+)
 @router.api_route("/upload", methods=["GET", "POST"], include_in_schema=False)
 async def upload(request: Request) -> Response:
     """Add one track to the caller's custom catalog."""

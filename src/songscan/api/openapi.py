@@ -1,0 +1,103 @@
+"""The recognition methods' parameters and error codes, for the OpenAPI document at /docs.
+
+The routes read their parameters themselves (query string, urlencoded or multipart, GET or
+POST, as AudD does), so FastAPI cannot infer them: they are declared here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# (name, type, description); types are OpenAPI schema types
+COMMON = [
+    ("api_token", "string", "The caller's token (required; `test` when the server allows it)."),
+    ("url", "string", "Media URL, or a web page that embeds audio or video."),
+    ("file", "binary", "The audio or video, uploaded as multipart (POST)."),
+    ("return", "string", "Comma-separated metadata blocks (returned when the catalog has them)."),
+]
+STANDARD_PARAMS = [
+    *COMMON,
+    ("audio", "string", "The audio as a base64 string (POST)."),
+    ("method", "string", "`recognize` (default) or `upload`."),
+]
+ENTERPRISE_PARAMS = [
+    *COMMON,
+    ("every", "integer", "How many 12-second chunks in a row are recognised (default 1)."),
+    ("skip", "integer", "How many chunks are then passed over (default 0)."),
+    ("limit", "integer", "At most this many chunks are recognised (and billed)."),
+    ("skip_first_seconds", "number", "Seconds of the file before chunk 0 (default 0)."),
+    ("use_timecode", "boolean", "Take skip_first_seconds from the URL's t/time_continue/start."),
+    ("accurate_offsets", "boolean", "Add start_offset/end_offset (ms inside the chunk)."),
+    ("response_type", "string", "`json` (default), `csv`, or `segments` (songscan extension)."),
+]
+UPLOAD_PARAMS = [
+    *COMMON[:3],
+    ("audio_id", "integer", "The caller's id for this track; the same id replaces it."),
+    *[
+        (name, "string", f"Track metadata: {name} (songscan extension).")
+        for name in (
+            "artist",
+            "title",
+            "album",
+            "release_date",
+            "label",
+            "isrc",
+            "upc",
+            "song_link",
+        )
+    ],
+]
+
+ERROR_CODES = {
+    900: "token unknown, revoked or malformed",
+    901: "no api_token",
+    902: "the account's request quota is used up",
+    904: "the method or option is not available to this token",
+    50: "contradicting or invalid parameters",
+    600: "the URL is malformed, unreachable, not allowed, or yields no media",
+    700: "no url, file or audio was sent",
+    500: "the media cannot be decoded as audio",
+    400: "the media is too big for this endpoint",
+    300: "fingerprinting failed",
+    100: "unexpected server error (with a request id)",
+}
+
+
+def _schema(kind: str) -> dict[str, Any]:
+    return {"type": "string", "format": "binary"} if kind == "binary" else {"type": kind}
+
+
+def operation(params: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """`openapi_extra` for a route taking `params` in the query string or the body."""
+    errors = "\n".join(f"- `{code}`: {text}" for code, text in ERROR_CODES.items())
+    body_schema = {
+        "type": "object",
+        "properties": {n: {**_schema(k), "description": d} for n, k, d in params},
+    }
+    return {
+        "parameters": [
+            {
+                "name": n,
+                "in": "query",
+                "required": n == "api_token",
+                "description": d,
+                "schema": {"type": "string"} if k == "binary" else _schema(k),
+            }
+            for n, k, d in params
+            if k != "binary"
+        ],
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {"schema": body_schema},
+                "application/x-www-form-urlencoded": {"schema": body_schema},
+            }
+        },
+        "responses": {
+            "200": {
+                "description": "`status: success` with the result, or `status: error` with "
+                "`error.error_code`:\n" + errors,
+            },
+            "413": {"description": "the body is over the server's hard cap"},
+            "429": {"description": "rate limited; see `Retry-After`"},
+        },
+    }
