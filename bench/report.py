@@ -76,3 +76,25 @@ def verdict(value: float | None, target: float, higher_is_better: bool, unit: st
     rel = gap / target * 100 if target else float("inf")
     rel_s = f"{rel:.0f}" if rel >= 10 else f"{rel:.2g}"
     return f"**MISSED** by {gap:.3g}{unit} ({rel_s} % of the target)"
+
+
+# ---- processes ------------------------------------------------------------------------------
+def process_tree(root: int) -> list[int]:
+    """`root` and every process below it (from /proc: Linux)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out

@@ -52,7 +52,7 @@ from songscan.media import decode, probe
 from songscan.scan import chunk_audio, plan_for, scan_file, shutdown_pools
 
 from . import broadcast
-from .report import OUT, engine_version, machine, update_section, verdict
+from .report import OUT, engine_version, machine, process_tree, update_section, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACK_EQUIV_S = 210.0  # 3.5 minutes
@@ -91,29 +91,6 @@ def decode_two(path: Path, duration_s: float) -> tuple[float, int]:
 
 
 # ---- memory of a process tree ---------------------------------------------------------------
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def _tree(root: int) -> list[int]:
-    kids = _children_map()
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
 
 
 def _mem_kb(pid: int) -> tuple[int, int]:
@@ -149,7 +126,7 @@ def peak_memory(cmd: list[str]) -> dict[str, Any]:
 
     def poll() -> None:
         while not stop.is_set():
-            pids = [p for p in _tree(proc.pid) if p != proc.pid]  # not the wrapper itself
+            pids = [p for p in process_tree(proc.pid) if p != proc.pid]  # not the wrapper itself
             mem = [_mem_kb(p) for p in pids]
             peak["tree_rss_kb"] = max(peak["tree_rss_kb"], sum(m[0] for m in mem))
             peak["tree_pss_kb"] = max(peak["tree_pss_kb"], sum(m[1] for m in mem))

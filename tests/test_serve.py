@@ -17,32 +17,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_answers_over_a_real_socket(tmp_path: Path) -> None:
+def start_server(data: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`songscan serve` in its own session, answering on the returned port."""
     port = free_port()
+    command = [sys.executable, "-m", "songscan.cli", "--data", str(data), "serve"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "songscan.cli",
-            "--data",
-            str(tmp_path),
-            "serve",
-            "--port",
-            str(port),
-        ],
+        [*command, "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            return proc, port
+        except httpx.TransportError:
+            assert proc.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+
+
+def test_serve_answers_over_a_real_socket(tmp_path: Path) -> None:
+    proc, port = start_server(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/login", timeout=5)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
+        response = httpx.get(f"http://127.0.0.1:{port}/login", timeout=5)
         assert response.status_code == 200
         assert "songscan" in response.text.lower()
         assert (tmp_path / "accounts.db").exists()  # embedded SQLite in the data directory
@@ -97,33 +96,8 @@ def test_two_workers_serve_a_scan_and_leave_no_process_behind(tmp_path: Path) ->
         w.setsampwidth(2)
         w.setframerate(8000)
         w.writeframes(bytes(2 * 8000 * 330))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "songscan.cli",
-            "--data",
-            str(tmp_path),
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc, port = start_server(tmp_path, "--workers", "2")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.2)
         with audio.open("rb") as fh:
             r = httpx.post(
                 f"http://127.0.0.1:{port}/enterprise",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from songscan.catalog import METADATA_FIELDS
+
 # (name, type, description); types are OpenAPI schema types
 COMMON = [
     ("api_token", "string", "The caller's token (required; `test` when the server allows it)."),
@@ -35,16 +37,7 @@ UPLOAD_PARAMS = [
     ("audio_id", "integer", "The caller's id for this track; the same id replaces it."),
     *[
         (name, "string", f"Track metadata: {name} (songscan extension).")
-        for name in (
-            "artist",
-            "title",
-            "album",
-            "release_date",
-            "label",
-            "isrc",
-            "upc",
-            "song_link",
-        )
+        for name in METADATA_FIELDS
     ],
 ]
 
