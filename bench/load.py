@@ -54,7 +54,7 @@ import httpx
 import numpy as np
 
 from . import broadcast
-from .report import OUT, machine, pct, update_section, verdict
+from .report import OUT, machine, pct, process_tree, update_section, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP_S = 10.0
@@ -240,12 +240,12 @@ class Server:
         return tree_cpu_s(self.proc.pid)
 
     def pids(self) -> list[int]:
-        return _tree(self.proc.pid)
+        return process_tree(self.proc.pid)
 
     def stop(self) -> None:
         """SIGTERM, as a service manager stops it; then ends any of its processes that
         outlived it (recorded in `leaked`)."""
-        tree = {pid: _start_time(pid) for pid in _tree(self.proc.pid)}
+        tree = {pid: _start_time(pid) for pid in process_tree(self.proc.pid)}
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -253,13 +253,31 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        time.sleep(1.0)
-        for pid, started in tree.items():
-            if started is not None and _start_time(pid) == started:  # same process, still up
-                self.leaked.append(_cmdline(pid)[:120])
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10.0  # a pool's processes take a moment to wind down
+
+        def still_up() -> list[int]:
+            return [
+                pid
+                for pid, started in tree.items()
+                if started is not None and _start_time(pid) == started and not _zombie(pid)
+            ]
+
+        while still_up() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in still_up():
+            self.leaked.append(_cmdline(pid)[:120])
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
         self._log.close()
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process not yet reaped by its parent (it holds no resources but its entry)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _start_time(pid: int) -> int | None:
@@ -278,31 +296,6 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def _tree(root: int) -> list[int]:
-    kids = _children_map()
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
-
-
 def _cpu_ticks(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -313,7 +306,7 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def tree_cpu_s(root: int) -> float:
-    return sum(_cpu_ticks(p) for p in _tree(root)) / TICKS
+    return sum(_cpu_ticks(p) for p in process_tree(root)) / TICKS
 
 
 def tree_cpu_split(root: int) -> dict[str, float]:
@@ -321,7 +314,7 @@ def tree_cpu_split(root: int) -> dict[str, float]:
     event loop: HTTP parsing, the multipart body, responses, logging) and their other threads
     (the worker threads doing `Recognition.run`; exited threads stay in the process total)."""
     total = main = 0
-    for pid in _tree(root):
+    for pid in process_tree(root):
         total += _cpu_ticks(pid)
         main += _cpu_ticks_path(f"/proc/{pid}/task/{pid}/stat")
     return {"main_threads": main / TICKS, "other_threads": (total - main) / TICKS}
