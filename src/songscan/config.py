@@ -53,6 +53,9 @@ class MatchConfig:
     # A candidate needs this many distinct query anchors with time-aligned hits. Set from the
     # benchmark: music that is not in the catalog reaches about 10 (shared drum loops, motifs).
     min_aligned_hits: int = 12
+    # A weaker candidate counts only where the neighbouring chunk plays the same song on at a
+    # consistent position (a song that starts or ends inside a chunk leaves less evidence).
+    weak_aligned_hits: int = 7
     # Offsets within this many frames of the best one count as aligned (timing jitter).
     offset_tolerance_frames: int = 1
     # Hits at which the score reaches 100.

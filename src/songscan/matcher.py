@@ -10,7 +10,7 @@ the configured speed steps (the same peaks, no new FFT) and the best of those is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,6 +43,8 @@ class Match:
     # Songs repeat passages (loops, choruses): other offsets with nearly as much evidence.
     # The scan picks among them by continuity with the neighbouring chunks.
     alternatives: tuple[Placement, ...] = ()
+    # Below min_aligned_hits: only a neighbouring chunk's match of the same song confirms it.
+    weak: bool = False
 
 
 def match_samples(
@@ -55,12 +57,25 @@ def match_samples(
 def match_peaks(
     peaks: Peaks, index: PostingIndex, live_ids: np.ndarray, cfg: EngineConfig
 ) -> list[Match]:
+    """Matches with at least `min_aligned_hits`; failing those, the best one with at least
+    `weak_aligned_hits`, marked `weak` (a scan keeps it only when a neighbouring chunk plays
+    the same song on; on its own it is no match)."""
     if len(peaks) < 2 or live_ids.shape[0] == 0:
         return []
+    mc = cfg.match
     found = _match_steps(peaks, (0,), index, live_ids, cfg)
-    if not found and cfg.match.speed_steps:
-        found = _match_steps(peaks, cfg.match.speed_steps, index, live_ids, cfg)
-    return found
+    if _confident(found, mc):
+        return _confident(found, mc)
+    if mc.speed_steps:
+        other_speeds = _match_steps(peaks, mc.speed_steps, index, live_ids, cfg)
+        if _confident(other_speeds, mc):
+            return _confident(other_speeds, mc)
+        found = sorted(found + other_speeds, key=lambda m: -m.aligned_hits)
+    return [replace(found[0], weak=True)] if found else []
+
+
+def _confident(found: list[Match], mc: MatchConfig) -> list[Match]:
+    return [m for m in found if m.aligned_hits >= mc.min_aligned_hits]
 
 
 def _match_steps(
@@ -91,7 +106,7 @@ def _match_steps(
 
     # Cheap prefilter: a track (and step) needs min_aligned_hits hits in total to be a candidate.
     group = tracks * len(steps) + step_of
-    keep = np.bincount(group)[group] >= mc.min_aligned_hits
+    keep = np.bincount(group)[group] >= mc.weak_aligned_hits
     if not keep.any():
         return []
     group, offsets, anchors, ends = group[keep], offsets[keep], anchors[keep], ends[keep]
@@ -120,7 +135,7 @@ def _match_steps(
     first = np.ones(order.shape[0], dtype=bool)
     first[1:] = group_u[order][1:] != group_u[order][:-1]
     best = order[first]
-    best = best[aligned[best] >= mc.min_aligned_hits]
+    best = best[aligned[best] >= mc.weak_aligned_hits]
     if best.shape[0] == 0:
         return []
     # One entry per track: its best step.

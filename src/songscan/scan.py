@@ -39,6 +39,8 @@ class SongMatch:
     end_offset_ms: int  # where it ends, inside the chunk
     # Other positions in the same song that line up nearly as well (repeated passages).
     alternatives: tuple[SongMatch, ...] = ()
+    # Less evidence than a match needs alone: kept because a neighbouring chunk confirms it.
+    weak: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ def scan_file(
         if progress:
             progress(done, len(plan))
     mc = cfg.match
+    results = confirm_weak(results, mc.continuity_tolerance_s)
     results = follow_continuity(results, mc.continuity_tolerance_s, mc.repeat_tie_share)
     return ScanResult(results, duration_s, time.perf_counter() - started)
 
@@ -121,6 +124,7 @@ def recognize_clip(
         raise FingerprintFailed("the audio is too short to fingerprint")
     catalog = _catalog(Path(data_dir))
     matches = match_samples(samples, catalog.index, catalog.live_ids(owners), cfg)
+    matches = [m for m in matches if not m.weak]  # a clip has no neighbour to confirm it
     clip = Chunk(0, 0.0, samples.shape[0] / rate)
     return _songs(matches, clip, catalog, cfg)
 
@@ -137,7 +141,7 @@ def _songs(
         main = Placement(m.offset_frames, m.aligned_hits, m.start_frame, m.end_frame)
         song = _song(track, m, main, chunk, cfg)
         alternatives = tuple(_song(track, m, p, chunk, cfg) for p in m.alternatives)
-        out.append(replace(song, alternatives=alternatives))
+        out.append(replace(song, alternatives=alternatives, weak=m.weak))
     return out
 
 
@@ -158,6 +162,43 @@ def _song(track: Track, m: Match, p: Placement, chunk: Chunk, cfg: EngineConfig)
         start_offset_ms=max(0, min(start_ms, chunk_ms)),
         end_offset_ms=max(0, min(end_ms, chunk_ms)),
     )
+
+
+def confirm_weak(chunks: list[ChunkResult], tolerance_s: float) -> list[ChunkResult]:
+    """Keep a chunk's weak match only where an adjacent chunk's confident match is the same
+    song at a consistent position (the song goes on across the chunk boundary); otherwise the
+    chunk has no match. Works on the whole ordered result, like follow_continuity."""
+    out = []
+    for i, c in enumerate(chunks):
+        if c.songs and c.songs[0].weak:
+            weak = c.songs[0]
+            confirmed = any(
+                _continues_song(n, c, weak, tolerance_s)
+                for n in (
+                    chunks[i - 1] if i > 0 else None,
+                    chunks[i + 1] if i + 1 < len(chunks) else None,
+                )
+                if n is not None
+                and n.songs
+                and not n.songs[0].weak
+                and abs(n.chunk.index - c.chunk.index) == 1
+            )
+            c = ChunkResult(c.chunk, [replace(weak, weak=False)] if confirmed else [])
+        out.append(c)
+    return out
+
+
+def _continues_song(n: ChunkResult, c: ChunkResult, song: SongMatch, tolerance_s: float) -> bool:
+    """Whether `song` in chunk `c` continues the best song of neighbouring chunk `n` (its best
+    position or one of its repeats)."""
+    other = n.songs[0]
+    if other.track.id != song.track.id:
+        return False
+    for place in (other, *other.alternatives):
+        expected = place.position_ms + (c.chunk.start_s - n.chunk.start_s) * 1000 * other.speed
+        if abs(song.position_ms - expected) <= tolerance_s * 1000:
+            return True
+    return False
 
 
 def follow_continuity(

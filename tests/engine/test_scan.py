@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from songscan.chunks import PlanParams
+from songscan.catalog import Catalog, Track
+from songscan.chunks import Chunk, PlanParams
 from songscan.config import DEFAULT
-from songscan.scan import recognize_clip, scan_file
+from songscan.scan import ChunkResult, SongMatch, confirm_weak, recognize_clip, scan_file
 from tests.audio import RATE, synth_song, write_audio
 
 from .conftest import Library, excerpt, mix
@@ -154,3 +155,38 @@ def test_owners_limit_the_tracks_a_query_can_match(library: Library, tmp_path: P
     others = scan_file(path, library.data, PlanParams(), SERIAL, owners=("account-7",))
     assert others.matched == [] and others.billable_chunks == 2
     assert recognize_clip(path, library.data, owners=("account-7",)) == []
+
+
+def _chunk_with(index: int, song: SongMatch | None) -> ChunkResult:
+    chunk = Chunk(index, index * 12.0, index * 12.0 + 12.0)
+    return ChunkResult(chunk, [song] if song else [])
+
+
+def test_weak_matches_need_a_confirming_neighbour(library: Library) -> None:
+    catalog = Catalog(library.data)
+    one, two = catalog.get(1), catalog.get(2)
+
+    def song(track: Track, position_ms: int, weak: bool) -> SongMatch:
+        return SongMatch(track, 20, 8, 1.0, max(0, position_ms), position_ms, 0, 12000, weak=weak)
+
+    confident = _chunk_with(1, song(one, 30_000, weak=False))
+    goes_on = _chunk_with(2, song(one, 42_200, weak=True))  # the same song, 12 s on: kept
+    elsewhere = _chunk_with(2, song(one, 90_000, weak=True))  # same song, wrong place: dropped
+    other_song = _chunk_with(2, song(two, 42_000, weak=True))  # another song: dropped
+    lonely = _chunk_with(5, song(one, 90_000, weak=True))  # no neighbour: dropped
+    kept = confirm_weak([confident, goes_on, lonely], 1.5)
+    assert kept[1].songs and not kept[1].songs[0].weak
+    assert kept[2].songs == []
+    assert confirm_weak([confident, elsewhere], 1.5)[1].songs == []
+    assert confirm_weak([confident, other_song], 1.5)[1].songs == []
+    # a chunk before the confident one is confirmed the same way (the song starts inside it)
+    starts = _chunk_with(0, song(one, 18_100, weak=True))
+    assert confirm_weak([starts, confident], 1.5)[0].songs[0].track.id == one.id
+
+
+def test_evidence_below_the_threshold_alone_is_no_match(library: Library, tmp_path: Path) -> None:
+    strict = replace(SERIAL, match=replace(SERIAL.match, min_aligned_hits=100_000))
+    path = write_audio(tmp_path / "clip.flac", excerpt(library.songs[2], 3.0, 36.0))
+    result = scan_file(path, library.data, PlanParams(), strict)
+    assert result.billable_chunks == 3 and result.matched == []  # all weak, none confirmed
+    assert recognize_clip(path, library.data, strict) == []
