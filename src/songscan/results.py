@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .catalog import METADATA_FIELDS
-from .scan import ChunkResult, ScanResult, SongMatch
+from .scan import ChunkResult, ScanResult, SongMatch, continues
 
 CSV_COLUMNS = (
     "offset",
@@ -29,6 +29,8 @@ CSV_COLUMNS = (
     "audio_id",
 )
 ENTERPRISE_METADATA = ("isrc", "upc", "score")
+# Consecutive chunks of one song merge into a segment when their positions agree this well.
+SEGMENT_TOLERANCE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,7 @@ def _continues(a: ChunkResult, b: ChunkResult) -> bool:
     sa, sb = a.songs[0], b.songs[0]
     if sa.track.id != sb.track.id or b.chunk.index != a.chunk.index + 1:
         return False
-    expected_ms = sa.position_ms + (b.chunk.start_s - a.chunk.start_s) * 1000 * sa.speed
-    return abs(sb.position_ms - expected_ms) <= 2000
+    return continues(sa, a.chunk, sb, b.chunk, SEGMENT_TOLERANCE_S)
 
 
 def segments_json(result: ScanResult) -> dict[str, Any]:

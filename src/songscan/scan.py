@@ -192,13 +192,16 @@ def _continues_song(n: ChunkResult, c: ChunkResult, song: SongMatch, tolerance_s
     """Whether `song` in chunk `c` continues the best song of neighbouring chunk `n` (its best
     position or one of its repeats)."""
     other = n.songs[0]
-    if other.track.id != song.track.id:
-        return False
-    for place in (other, *other.alternatives):
-        expected = place.position_ms + (c.chunk.start_s - n.chunk.start_s) * 1000 * other.speed
-        if abs(song.position_ms - expected) <= tolerance_s * 1000:
-            return True
-    return False
+    return other.track.id == song.track.id and any(
+        continues(place, n.chunk, song, c.chunk, tolerance_s)
+        for place in (other, *other.alternatives)
+    )
+
+
+def continues(a: SongMatch, ca: Chunk, b: SongMatch, cb: Chunk, tolerance_s: float) -> bool:
+    """Whether song position `b` in chunk `cb` follows from position `a` in chunk `ca`."""
+    expected = a.position_ms + (cb.start_s - ca.start_s) * 1000 * a.speed
+    return abs(b.position_ms - expected) <= tolerance_s * 1000
 
 
 def follow_continuity(
@@ -240,10 +243,6 @@ def _best_path(run: list[ChunkResult], tolerance_s: float, tie_share: float) -> 
         top = max(o.aligned_hits for o in options)
         return [0.1 * min(1.0, o.aligned_hits / (tie_share * top)) for o in options]
 
-    def continues(a: SongMatch, ca: Chunk, b: SongMatch, cb: Chunk) -> bool:
-        expected = a.position_ms + (cb.start_s - ca.start_s) * 1000 * a.speed
-        return abs(b.position_ms - expected) <= tolerance_s * 1000
-
     # score[k] = (total, -position of the path's first state) so ties go to earlier positions
     scores = [(e, -o.position_ms) for e, o in zip(emission(states[0]), states[0], strict=True)]
     back: list[list[int]] = []
@@ -254,7 +253,7 @@ def _best_path(run: list[ChunkResult], tolerance_s: float, tie_share: float) -> 
                 (
                     scores[k][0]
                     + e
-                    + (1.0 if continues(prev, run[t - 1].chunk, option, run[t].chunk) else 0.0),
+                    + float(continues(prev, run[t - 1].chunk, option, run[t].chunk, tolerance_s)),
                     scores[k][1],
                     -states[t - 1][k].position_ms,
                     k,
