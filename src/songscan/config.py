@@ -34,18 +34,11 @@ class FingerprintConfig:
     log_step: float = 0.01
 
     @property
-    def frame_s(self) -> float:
-        return self.hop / self.sample_rate_hz
-
-    @property
     def frames_per_s(self) -> float:
         return self.sample_rate_hz / self.hop
 
     def frames_to_s(self, frames: float) -> float:
         return frames * self.hop / self.sample_rate_hz
-
-    def s_to_samples(self, seconds: float) -> int:
-        return round(seconds * self.sample_rate_hz)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ class Placement:
 class Match:
     track_id: int
     aligned_hits: int
-    score: int  # 0-100
     speed: float  # how much faster than the reference the query plays
     # Reference frame that plays at query frame 0 (may be negative: the song starts later).
     offset_frames: int
@@ -163,7 +162,6 @@ def _match_steps(
             Match(
                 track_id=track_id,
                 aligned_hits=hits,
-                score=min(100, round(100 * hits / mc.full_score_hits)),
                 speed=speed_factor(steps[step_i], fp.log_step),
                 offset_frames=chosen.offset_frames,
                 start_frame=chosen.start_frame,

@@ -180,7 +180,7 @@ class SegmentIndex:
             manifest["segments"].append({"name": name, "postings": int(hashes.shape[0])})
             self._commit(manifest)
             if len(manifest["segments"]) > MAX_SEGMENTS:
-                self._merge_smallest(manifest, live_tracks=None)
+                self._merge_smallest(manifest)
         self._refresh()
 
     def compact(self, live_tracks: np.ndarray | None) -> None:
@@ -190,10 +190,10 @@ class SegmentIndex:
                 self._merge(manifest, list(manifest["segments"]), live_tracks)
         self._refresh()
 
-    def _merge_smallest(self, manifest: dict, live_tracks: np.ndarray | None) -> None:
+    def _merge_smallest(self, manifest: dict) -> None:
         by_size = sorted(manifest["segments"], key=lambda s: s["postings"])
         # Merge the smaller half: each posting is rewritten O(log n) times as the index grows.
-        self._merge(manifest, by_size[: max(2, len(by_size) // 2 + 1)], live_tracks)
+        self._merge(manifest, by_size[: max(2, len(by_size) // 2 + 1)], live_tracks=None)
 
     def _merge(self, manifest: dict, chosen: list[dict], live_tracks: np.ndarray | None) -> None:
         parts = [self._open_segment(s["name"]) for s in chosen]
