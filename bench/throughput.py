@@ -43,8 +43,7 @@ import numpy as np
 from songscan.catalog import Catalog, FingerprintedTrack, TrackMetadata, iter_audio_files
 from songscan.chunks import PlanParams
 from songscan.config import DEFAULT
-from songscan.fingerprint import HASH_BITS, query_peaks
-from songscan.fingerprint import hashes as fp_hashes
+from songscan.fingerprint import TRIPLET_BITS, Peaks, fold, query_peaks, triplet_keys, triplets
 from songscan.index import pack_postings
 from songscan.index.segments import SegmentIndex
 from songscan.ingest import IngestItem, ingest
@@ -146,25 +145,42 @@ def peak_memory(cmd: list[str]) -> dict[str, Any]:
 
 
 # ---- synthetic index growth -----------------------------------------------------------------
-def hash_distribution(index_dir: Path) -> np.ndarray:
-    """P(hash) over all 2^HASH_BITS values, smoothed from the real reference hashes.
+def hash_distribution(data_dir: Path, samples: int = 1 << 28, seed: int = 0) -> np.ndarray:
+    """P(hash) over all 2^TRIPLET_BITS values, modelled on the real reference triplets.
 
-    The real catalog holds only a few hundred thousand distinct hashes: sampling a billion
-    postings from that empirical distribution would pile ~2,000 postings on each and make every
-    lookup far costlier than a real large catalog. The model keeps the real skew but factorises:
-    P(hash) = P_emp(q1, dq) * P_emp(dt), i.e. the empirical joint of the anchor frequency and the
-    frequency delta (the top 17 bits) times the empirical marginal of the time delta (6 bits).
+    The real catalog holds a few hundred thousand distinct triplet keys: sampling a billion
+    postings from that empirical distribution would pile thousands of postings on each and make
+    every lookup far costlier than a real large catalog. The model keeps the real skew but
+    factorises each unfolded key (see `triplet_keys`) into two independent halves: the anchor
+    frequency with the first target's frequency step, P_emp(q1, dq1), times the rest,
+    P_emp(dq2, dt1, dt2). `samples` keys are drawn from that product (halves of random real
+    keys), folded like the engine folds them, and counted.
     """
-    idx = SegmentIndex(index_dir)
-    hashes = np.concatenate([np.asarray(s.hashes) for s in idx._segments])
-    idx.close()
-    hi = np.bincount(hashes >> 6, minlength=1 << (HASH_BITS - 6)).astype(np.float64)
-    dt = np.bincount(hashes & 63, minlength=64).astype(np.float64)
-    p = np.outer(hi / hi.sum(), dt / dt.sum()).ravel()
-    return p / p.sum()
+    cfg = DEFAULT.fingerprint
+    catalog = Catalog(data_dir)
+    keys = np.concatenate(
+        [
+            triplet_keys(catalog.peaks(int(t)), cfg, cfg.ref_triplet_fanout).hashes
+            for t in catalog.live_ids()
+        ]
+    )
+    catalog.close()
+    low = keys & np.uint64(0xFF_FFFF)  # dq2, dt1, dt2
+    high = keys ^ low  # q1, dq1
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(1 << TRIPLET_BITS, dtype=np.int64)
+    batch = 1 << 24
+    for _ in range(samples // batch):
+        drawn = (
+            high[rng.integers(0, keys.shape[0], batch)] | low[rng.integers(0, keys.shape[0], batch)]
+        )
+        counts += np.bincount(fold(drawn), minlength=1 << TRIPLET_BITS)
+    return counts / counts.sum()
 
 
-def add_synthetic(data_dir: Path, n_tracks: int, rate_per_s: float, seed: int) -> dict[str, Any]:
+def add_synthetic(
+    data_dir: Path, n_tracks: int, rate_per_s: float, p: np.ndarray, seed: int
+) -> dict[str, Any]:
     """Adds `n_tracks` synthetic tracks of 3.5 min: catalog rows, then one sorted segment.
 
     Catalog rows go through `Catalog.add` (empty hash arrays, so the rows are live tracks and
@@ -178,9 +194,9 @@ def add_synthetic(data_dir: Path, n_tracks: int, rate_per_s: float, seed: int) -
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     catalog = Catalog(data_dir)
-    p = hash_distribution(data_dir / "index")
     ids: list[int] = []
     empty_h, empty_f = np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+    no_peaks = Peaks(np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
     for lo in range(0, n_tracks, 10_000):
         batch = [
             FingerprintedTrack(
@@ -188,6 +204,7 @@ def add_synthetic(data_dir: Path, n_tracks: int, rate_per_s: float, seed: int) -
                 hashes=empty_h,
                 frames=empty_f,
                 duration_s=TRACK_EQUIV_S,
+                peaks=no_peaks,
             )
             for i in range(lo, min(n_tracks, lo + 10_000))
         ]
@@ -269,7 +286,7 @@ def measure_index(path: Path, data_dir: Path, chunks: int, full: bool) -> dict[s
     hashes_n = hits = 0
     lookup_s = 0.0
     for _chunk, samples in chunk_audio(path, plan, cfg):
-        h = fp_hashes(query_peaks(samples, fp), fp, fp.query_fanout, 0).hashes
+        h = triplets(query_peaks(samples, fp), fp, fp.query_triplet_fanout, 0).hashes
         hashes_n += h.shape[0]
         t0 = time.perf_counter()
         q, _post = catalog.index.lookup(h)
@@ -306,7 +323,7 @@ def growth(
     base = measure_index(path, small, a.growth_chunks, True)
     rows.append({"tracks": 0, **base})
     log(f"growth, small index: {base}")
-    p = hash_distribution(small / "index")
+    p = hash_distribution(small)
     for n in sizes:
         big = out / f"throughput-data-{n // 1000}k"
         if big.exists():
@@ -319,7 +336,7 @@ def growth(
             continue
         shutil.copytree(small, big)
         log(f"building {n} synthetic tracks in {big}")
-        info = add_synthetic(big, n, rate, seed=n)
+        info = add_synthetic(big, n, rate, p, seed=n)
         per_hash = expected_postings_per_query_hash(p, info["synthetic_postings"])
         # The matcher gathers at most max_postings_per_lookup postings per lookup: one lookup
         # at nominal speed, one for all the other speed steps together.
@@ -594,11 +611,12 @@ def render(res: dict[str, Any], command: str) -> str:
         "- *index growth*: the small data dir is copied and synthetic tracks are added: catalog "
         "rows through `Catalog.add` (so the matcher's live filter keeps their hits and pays the "
         "histogram for them), and one pre-sorted segment of synthetic postings (3.5 min × the "
-        "real postings rate per track) written directly in the index's segment format. Hashes "
-        "follow the real hashes' distribution, factorised as P(anchor freq, freq delta) × "
-        "P(time delta), both empirical from the reference corpus; track ids uniform among the "
-        "synthetic tracks, anchor frames uniform within 3.5 min. (The unbiased collision "
-        "estimate of the real hashes is even more concentrated than this model.) Each index size "
+        "real postings rate per track) written directly in the index's segment format. Triplet "
+        "hashes follow the real ones' distribution, factorised as P(anchor freq, first freq "
+        "step) × P(second freq step, both time steps), both empirical from the reference "
+        "corpus (2^28 keys drawn, folded, counted: `hash_distribution`); track ids uniform among "
+        "the synthetic tracks, anchor frames uniform within 3.5 min. Synthetic tracks have no "
+        "peaks, so a nominated synthetic track verifies with no pair hits. Each index size "
         "is measured in one process (`workers=1`: the matcher's per-chunk temporaries grow with "
         "the postings found, and 2 workers would double the peak) on the same first chunks of "
         "the 1-hour file: index lookups alone at nominal speed, then, when the projected peak "

@@ -1,4 +1,9 @@
-"""Reference tracks: their metadata (SQLite) and their postings (the index), kept in step.
+"""Reference tracks: their metadata and peaks (SQLite) and their postings (the index), kept
+in step.
+
+The index holds each track's triplet hashes (they find candidates in a large catalog); the
+`peaks` table holds each track's spectral peaks, from which `pair_postings` derives the pair
+hashes that verify a candidate (computed on demand, a few recent tracks cached per process).
 
 A track is visible when its row is `ready`. Ingest inserts `pending` rows, writes the postings,
 then flips the rows to `ready` in one transaction (replacing any earlier track with the same
@@ -14,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,8 +28,10 @@ from typing import Any
 import mutagen
 import numpy as np
 
-from .errors import InvalidParameters, NotFound
-from .index import pack_postings
+from .config import FingerprintConfig
+from .errors import InvalidParameters, NotFound, SongscanError
+from .fingerprint import Peaks, reference_pairs
+from .index import expand_runs, pack_postings
 from .index.segments import SegmentIndex
 
 METADATA_FIELDS = (
@@ -52,7 +60,18 @@ CREATE TABLE IF NOT EXISTS tracks (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tracks_audio_id ON tracks (owner, audio_id)
     WHERE state = 'ready';
+CREATE TABLE IF NOT EXISTS peaks (
+    track_id      INTEGER PRIMARY KEY,
+    time_frames   BLOB    NOT NULL,  -- uint32 little-endian, in 1/256 frames
+    freq_hz       BLOB    NOT NULL   -- uint16 little-endian, in 0.1 Hz
+);
+CREATE TRIGGER IF NOT EXISTS tracks_drop_peaks AFTER DELETE ON tracks
+BEGIN DELETE FROM peaks WHERE track_id = OLD.id; END;
 """
+# The data directory's format (SQLite user_version): bumped when the index's content changes.
+FORMAT = 2
+# Tracks whose pair postings each process keeps (a scan hears the same songs chunk after chunk).
+PAIR_CACHE_TRACKS = 64
 
 
 @dataclass
@@ -87,12 +106,14 @@ class Track:
 
 @dataclass
 class FingerprintedTrack:
-    """A reference track ready to be written: its hashes and their anchor frames."""
+    """A reference track ready to be written: its triplet hashes with their anchor frames,
+    and its peaks."""
 
     metadata: TrackMetadata
     hashes: np.ndarray
     frames: np.ndarray
     duration_s: float
+    peaks: Peaks
     audio_id: int | None = None
     owner: str = ""
     source: str | None = None
@@ -141,10 +162,14 @@ class Catalog:
         self._local = threading.local()
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            _check_format(db)
         self._live_version: tuple[int, int] | None = None
         self._live_ids = np.zeros(0, dtype=np.int64)
         self._tracks: dict[int, Track] = {}
         self._lock = threading.Lock()
+        self._pairs: OrderedDict[tuple[int, FingerprintConfig], tuple[np.ndarray, ...]] = (
+            OrderedDict()
+        )
 
     # ---- connections ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -206,16 +231,66 @@ class Catalog:
                 return t
         raise NotFound(f"no track with audio_id {audio_id}")
 
+    def pair_postings(
+        self, track_ids: np.ndarray, hashes: np.ndarray, cfg: FingerprintConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(index into `hashes`, posting) for each pair hash of `track_ids` found in `hashes`."""
+        order = np.argsort(hashes, kind="stable")
+        sorted_queries = hashes[order]
+        found = []
+        for track_id in track_ids:
+            ref_hashes, ref_postings = self._track_pairs(int(track_id), cfg)
+            lo = np.searchsorted(ref_hashes, sorted_queries, side="left")
+            hi = np.searchsorted(ref_hashes, sorted_queries, side="right")
+            found.append(expand_runs(order, lo, hi, ref_postings))
+        if not found:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+        return np.concatenate([q for q, _ in found]), np.concatenate([p for _, p in found])
+
+    def _track_pairs(self, track_id: int, cfg: FingerprintConfig) -> tuple[np.ndarray, ...]:
+        """A track's pair hashes (sorted) and their postings, from its stored peaks."""
+        key = (track_id, cfg)
+        with self._lock:
+            if key in self._pairs:
+                self._pairs.move_to_end(key)
+                return self._pairs[key]
+        found = reference_pairs(self.peaks(track_id), cfg)
+        order = np.argsort(found.hashes, kind="stable")
+        frames = np.rint(found.anchor_frames[order]).astype(np.uint32)
+        pairs = (found.hashes[order], pack_postings(track_id, frames))
+        with self._lock:
+            self._pairs[key] = pairs
+            while len(self._pairs) > PAIR_CACHE_TRACKS:
+                self._pairs.popitem(last=False)
+        return pairs
+
+    def peaks(self, track_id: int) -> Peaks:
+        """A track's stored peaks (none for a track without them)."""
+        row = self._db.execute(
+            "SELECT time_frames, freq_hz FROM peaks WHERE track_id = ?", (track_id,)
+        ).fetchone()
+        if row is None:
+            return _unpack_peaks(b"", b"")
+        return _unpack_peaks(row["time_frames"], row["freq_hz"])
+
     def stats(self) -> dict[str, Any]:
         tracks = self.tracks(owner=None)
         hours = sum(t.duration_s for t in tracks) / 3600.0
-        size = self.index.size_bytes()
+        postings_bytes = self.index.size_bytes()
+        peaks_bytes = int(
+            self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(time_frames) + LENGTH(freq_hz)), 0) FROM peaks"
+            ).fetchone()[0]
+        )
+        size = postings_bytes + peaks_bytes
         return {
             "tracks": len(tracks),
             "hours": round(hours, 3),
             "postings": self.index.posting_count(),
             "segments": self.index.segment_count(),
             "index_bytes": size,
+            "postings_bytes": postings_bytes,
+            "peaks_bytes": peaks_bytes,
             "index_bytes_per_hour": round(size / hours) if hours else 0,
         }
 
@@ -275,6 +350,10 @@ class Catalog:
                 )
                 assert cur.lastrowid is not None
                 ids.append(cur.lastrowid)
+                db.execute(
+                    "INSERT INTO peaks (track_id, time_frames, freq_hz) VALUES (?, ?, ?)",
+                    (cur.lastrowid, *_pack_peaks(item.peaks)),
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -322,6 +401,33 @@ class Catalog:
             db.close()
             self._local.db = None
         self.index.close()
+
+
+def _pack_peaks(peaks: Peaks) -> tuple[bytes, bytes]:
+    """Peaks in 6 bytes each: frame to 1/256, frequency to 0.1 Hz (far finer than the hashes'
+    quantisation; every pair hash of a reference is derived from these stored values)."""
+    time_frames = np.rint(np.maximum(peaks.time_frames, 0) * 256).astype("<u4")
+    freq = np.rint(np.clip(peaks.freq_hz, 0, 6553.5) * 10).astype("<u2")
+    return time_frames.tobytes(), freq.tobytes()
+
+
+def _unpack_peaks(time_frames: bytes, freq: bytes) -> Peaks:
+    t = (np.frombuffer(time_frames, dtype="<u4") / 256).astype(np.float32)
+    f = (np.frombuffer(freq, dtype="<u2") / 10).astype(np.float32)
+    return Peaks(time_frames=t, freq_hz=f, strength=np.zeros_like(t))
+
+
+def _check_format(db: sqlite3.Connection) -> None:
+    """Stamp a new data directory with FORMAT; refuse one written in another format."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == FORMAT:
+        return
+    if db.execute("SELECT 1 FROM tracks LIMIT 1").fetchone() is not None:
+        raise SongscanError(
+            f"the data directory holds an index of format {version}; this songscan reads "
+            f"format {FORMAT}: add the reference tracks again into a new data directory"
+        )
+    db.execute(f"PRAGMA user_version = {FORMAT}")
 
 
 def _track(row: sqlite3.Row) -> Track:

@@ -26,6 +26,9 @@ class FingerprintConfig:
     # Pairing (target zone): anchor -> the next `fanout` peaks within these bounds.
     ref_fanout: int = 4
     query_fanout: int = 10
+    # Triplets (anchor + two of its next targets) find candidates in the index; pairs verify.
+    ref_triplet_fanout: int = 4
+    query_triplet_fanout: int = 8
     max_dt_frames: int = 63
     max_df_steps: int = 100
     # Hash frequencies are quantised on a log scale: a speed change (pitch and tempo together)
@@ -57,6 +60,8 @@ class MatchConfig:
     # as steps of FingerprintConfig.log_step: +-3 % with the default 1 % step.
     speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3)
     max_candidates: int = 3
+    # Tracks whose pairs are checked: the ones with the most aligned triplet hits.
+    max_nominees: int = 10
     # Postings gathered per lookup at most; beyond it the commonest hashes are left out. Bounds
     # time and memory per chunk on a large index (a small one never reaches it).
     max_postings_per_lookup: int = 300_000

@@ -1,15 +1,22 @@
 """Audio block -> landmark hashes.
 
 spectrogram (Hann STFT, log magnitude) -> peaks (local maxima, strongest per second, refined
-to sub-bin / sub-frame precision) -> pairs (anchor + the next few peaks in a target zone) ->
-32-bit hashes carrying the anchor frame.
+to sub-bin / sub-frame precision) -> landmarks (an anchor peak with the next few peaks of its
+target zone) -> hashes carrying the anchor frame. Two kinds:
 
-Hash layout (23 bits used): `q1 << 14 | (dq + 128) << 6 | dt`, where `q1` is the anchor's
-frequency on a log scale (`log_step` per step above `min_freq_hz`), `dq` the log-frequency
-step from anchor to target and `dt` the frames between them. A speed change by a factor
-`a` (pitch and tempo together) shifts every `q` by `log(a) / log(1 + log_step)` and scales
-every `dt` by `1 / a`, so `hashes(peaks, speed_step=k)` re-hashes a query as if played at
-the k-th candidate speed, with no new FFT.
+- **pairs** (anchor + one target), 23 bits: `q1 << 14 | (dq + 128) << 6 | dt`, where `q1` is
+  the anchor's frequency on a log scale (`log_step` per step above `min_freq_hz`), `dq` the
+  log-frequency step from anchor to target and `dt` the frames between them. Many pairs
+  survive noise, so they decide a match; but a pair hash takes only ~35k effectively distinct
+  values, too few to look up in a catalog of 100k songs.
+- **triplets** (anchor + two targets), the anchor's `q1` with both targets' `dq` and `dt`,
+  folded into `TRIPLET_BITS` bits by a multiplicative hash: ~5x more distinct values and far
+  fewer postings per hash, so they find the candidate songs in a large index; the pairs of
+  those few candidates then decide (see matcher.py).
+
+A speed change by a factor `a` (pitch and tempo together) shifts every `q` by
+`log(a) / log(1 + log_step)` and scales every `dt` by `1 / a`, so `speed_step=k` re-hashes a
+query as if played at the k-th candidate speed, with no new FFT.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ DQ_BIAS = 1 << (DQ_BITS - 1)
 Q_SHIFT = DT_BITS + DQ_BITS
 Q_BITS = 9
 HASH_BITS = Q_SHIFT + Q_BITS
+TRIPLET_BITS = 24
+_FOLD = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: Fibonacci hashing
 _EPS = 1e-7
 
 
@@ -48,7 +57,7 @@ class Peaks:
 class Hashes:
     """Landmark hashes with the frame of their anchor, and the frame their target lies at."""
 
-    hashes: np.ndarray  # uint32
+    hashes: np.ndarray  # uint32 (uint64 for unfolded triplet keys)
     anchor_frames: np.ndarray  # float32, in the query's own (unscaled) frames
     end_frames: np.ndarray  # float32, target peak's frame
 
@@ -169,57 +178,134 @@ def log_freq_steps(freq_hz: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
     return np.log(np.maximum(freq_hz, 1.0) / cfg.min_freq_hz) / math.log1p(cfg.log_step)
 
 
-def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
-    """Pair every peak with the next `fanout` peaks of its target zone and hash the pairs.
+@dataclass(frozen=True)
+class _Zone:
+    """Each peak's candidate targets (the next peaks in time order); `ok` marks the first
+    `fanout` of them within the target zone."""
 
-    `speed_step` k re-hashes the peaks as if the audio were slowed down by speed_factor(k),
-    i.e. as they would be in a reference that the query plays `speed_factor(k)` times as fast.
-    """
+    q: np.ndarray  # log-frequency position of each peak (speed step applied)
+    t: np.ndarray  # frame of each peak
+    target: np.ndarray  # (peaks, width) int: index of each candidate target
+    ok: np.ndarray  # (peaks, width) bool
+    dq: np.ndarray  # (peaks, width) quantised log-frequency step to each candidate
+    dt: np.ndarray  # (peaks, width) quantised (speed-scaled) frames to each candidate
+
+
+def _zone(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int) -> _Zone:
     n = len(peaks)
-    if n < 2:
-        return _no_hashes()
     factor = speed_factor(speed_step, cfg.log_step)
     q = log_freq_steps(peaks.freq_hz, cfg) - speed_step
     t = peaks.time_frames
     # Candidate targets: the next `width` peaks in time order (enough to find `fanout` valid).
     width = min(n - 1, 4 * fanout)
     idx = np.arange(n)[:, None] + np.arange(1, width + 1)[None, :]
-    valid = idx < n
+    ok = idx < n
     idx = np.minimum(idx, n - 1)
-    dt = (t[idx] - t[:, None]) * factor
-    dq = q[idx] - q[:, None]
-    dt_q = np.rint(dt)
-    dq_q = np.rint(dq)
-    valid &= (dt_q >= 1) & (dt_q <= cfg.max_dt_frames) & (np.abs(dq_q) <= cfg.max_df_steps)
-    valid &= np.cumsum(valid, axis=1) <= fanout
-    anchor, slot = np.nonzero(valid)
-    q1 = np.rint(q[anchor])
-    ok = (q1 >= 0) & (q1 < (1 << Q_BITS))
-    anchor, slot, q1 = anchor[ok], slot[ok], q1[ok]
+    dt = np.rint((t[idx] - t[:, None]) * factor)
+    dq = np.rint(q[idx] - q[:, None])
+    ok &= (dt >= 1) & (dt <= cfg.max_dt_frames) & (np.abs(dq) <= cfg.max_df_steps)
+    ok &= np.cumsum(ok, axis=1) <= fanout
+    return _Zone(q=q, t=t, target=idx, ok=ok, dq=dq, dt=dt)
+
+
+def _anchor_q(zone: _Zone, anchor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which anchors' quantised frequency fits Q_BITS, and that frequency."""
+    q1 = np.rint(zone.q[anchor])
+    fits = (q1 >= 0) & (q1 < (1 << Q_BITS))
+    return fits, q1.astype(np.int64)
+
+
+def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+    """Pair every peak with the next `fanout` peaks of its target zone and hash the pairs.
+
+    `speed_step` k re-hashes the peaks as if the audio were slowed down by speed_factor(k),
+    i.e. as they would be in a reference that the query plays `speed_factor(k)` times as fast.
+    """
+    if len(peaks) < 2:
+        return _no_hashes()
+    zone = _zone(peaks, cfg, fanout, speed_step)
+    anchor, j = np.nonzero(zone.ok)
+    fits, q1 = _anchor_q(zone, anchor)
+    anchor, j, q1 = anchor[fits], j[fits], q1[fits]
     h = (
         (q1.astype(np.uint32) << Q_SHIFT)
-        | ((dq_q[anchor, slot] + DQ_BIAS).astype(np.uint32) << DT_BITS)
-        | dt_q[anchor, slot].astype(np.uint32)
+        | ((zone.dq[anchor, j] + DQ_BIAS).astype(np.uint32) << DT_BITS)
+        | zone.dt[anchor, j].astype(np.uint32)
     )
     return Hashes(
         hashes=h,
-        anchor_frames=t[anchor],
-        end_frames=t[idx[anchor, slot]],
+        anchor_frames=zone.t[anchor],
+        end_frames=zone.t[zone.target[anchor, j]],
     )
 
 
-def _no_hashes() -> Hashes:
-    return Hashes(
-        np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
-    )
+def triplets(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+    """Every peak with each two of its next `fanout` target-zone peaks, hashed to
+    `TRIPLET_BITS` bits (`speed_step` as in `hashes`)."""
+    raw = triplet_keys(peaks, cfg, fanout, speed_step)
+    return Hashes(fold(raw.hashes), raw.anchor_frames, raw.end_frames)
 
 
-def reference_hashes(samples: np.ndarray, cfg: FingerprintConfig) -> Hashes:
-    """Hashes to index for a reference track."""
-    peaks = find_peaks(spectrogram(samples, cfg), cfg, cfg.ref_peaks_per_s)
+def triplet_keys(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+    """The triplets' unfolded keys (uint64): `q1 << 32 | (dq1 + 128) << 24 | (dq2 + 128) << 16
+    | dt1 << 8 | dt2`."""
+    if len(peaks) < 3 or fanout < 2:
+        return _no_hashes(np.uint64)
+    zone = _zone(peaks, cfg, fanout, speed_step)
+    fanout = min(fanout, zone.ok.shape[1])
+    # Each row's valid candidates moved to the front: column c is the c-th target.
+    slots = np.argsort(~zone.ok, axis=1, kind="stable")[:, :fanout]
+    ok = np.take_along_axis(zone.ok, slots, axis=1)
+    first, second = np.triu_indices(fanout, 1)
+    n = len(peaks)
+    anchor = np.repeat(np.arange(n), first.shape[0])
+    j = slots[anchor, np.tile(first, n)]
+    k = slots[anchor, np.tile(second, n)]
+    both = ok[anchor, np.tile(first, n)] & ok[anchor, np.tile(second, n)]
+    anchor, j, k = anchor[both], j[both], k[both]
+    fits, q1 = _anchor_q(zone, anchor)
+    anchor, j, k, q1 = anchor[fits], j[fits], k[fits], q1[fits]
+    keys = (
+        (q1 << 32)
+        | ((zone.dq[anchor, j].astype(np.int64) + DQ_BIAS) << 24)
+        | ((zone.dq[anchor, k].astype(np.int64) + DQ_BIAS) << 16)
+        | (zone.dt[anchor, j].astype(np.int64) << 8)
+        | zone.dt[anchor, k].astype(np.int64)
+    ).astype(np.uint64)
+    return Hashes(keys, zone.t[anchor], zone.t[zone.target[anchor, k]])
+
+
+def fold(keys: np.ndarray) -> np.ndarray:
+    """Triplet keys -> TRIPLET_BITS-bit hashes (the top bits of a multiplicative hash)."""
+    return ((keys.astype(np.uint64) * _FOLD) >> np.uint64(64 - TRIPLET_BITS)).astype(np.uint32)
+
+
+def _no_hashes(dtype: type = np.uint32) -> Hashes:
+    empty = np.zeros(0, dtype=np.float32)
+    return Hashes(np.zeros(0, dtype=dtype), empty, empty)
+
+
+def reference_peaks(samples: np.ndarray, cfg: FingerprintConfig) -> Peaks:
+    """The peaks of a reference track (kept by the catalog: its pairs are derived from them)."""
+    return find_peaks(spectrogram(samples, cfg), cfg, cfg.ref_peaks_per_s)
+
+
+def reference_pairs(peaks: Peaks, cfg: FingerprintConfig) -> Hashes:
+    """A reference track's pair hashes, which a candidate is verified against."""
     return hashes(peaks, cfg, cfg.ref_fanout)
 
 
+def reference_triplets(peaks: Peaks, cfg: FingerprintConfig) -> Hashes:
+    """A reference track's triplet hashes, the ones the index holds."""
+    return triplets(peaks, cfg, cfg.ref_triplet_fanout)
+
+
+def reference_hashes(samples: np.ndarray, cfg: FingerprintConfig) -> Hashes:
+    """The pair hashes of a reference recording."""
+    return reference_pairs(reference_peaks(samples, cfg), cfg)
+
+
 def query_peaks(samples: np.ndarray, cfg: FingerprintConfig) -> Peaks:
-    """The (denser) peaks of a query; hash them with `hashes(..., cfg.query_fanout, step)`."""
+    """The (denser) peaks of a query; hash them with `hashes(..., cfg.query_fanout, step)`
+    and `triplets(..., cfg.query_triplet_fanout, step)`."""
     return find_peaks(spectrogram(samples, cfg), cfg, cfg.query_peaks_per_s)

@@ -12,7 +12,7 @@ from pathlib import Path
 from .catalog import Catalog, FingerprintedTrack, Track, TrackMetadata, metadata_from_tags
 from .config import EngineConfig
 from .errors import DecodeFailed, FingerprintFailed, SongscanError
-from .fingerprint import reference_hashes
+from .fingerprint import reference_peaks, reference_triplets
 from .media import decode_all
 
 # A segment is written once a batch holds this many postings (or the input ends).
@@ -39,7 +39,8 @@ def fingerprint_file(item: IngestItem, cfg: EngineConfig) -> FingerprintedTrack:
     """Decode and fingerprint one reference file (runs in a worker process)."""
     samples = decode_all(item.path, cfg.fingerprint.sample_rate_hz)
     duration_s = samples.shape[0] / cfg.fingerprint.sample_rate_hz
-    found = reference_hashes(samples, cfg.fingerprint)
+    peaks = reference_peaks(samples, cfg.fingerprint)
+    found = reference_triplets(peaks, cfg.fingerprint)
     if len(found) == 0:
         raise FingerprintFailed("no fingerprint: the audio is too short or silent")
     metadata = metadata_from_tags(item.path)
@@ -50,6 +51,7 @@ def fingerprint_file(item: IngestItem, cfg: EngineConfig) -> FingerprintedTrack:
         hashes=found.hashes,
         frames=found.anchor_frames.round().astype("uint32"),
         duration_s=duration_s,
+        peaks=peaks,
         audio_id=item.audio_id,
         owner=item.owner,
         source=str(item.path),

@@ -1,11 +1,16 @@
-"""Query hashes + postings -> scored matches with song position and in-chunk extent.
+"""Query peaks -> scored matches with song position and in-chunk extent, in two stages.
 
-Per candidate track, hits vote for the offset between reference and query frames; a song that
-plays in the query piles its hits on one offset, random hits spread out. A match needs
-`min_aligned_hits` distinct query anchors on its best offset (within +-`offset_tolerance_frames`);
-anything less is no
-match, never a best guess. When nothing matches at the nominal speed, the query is re-hashed for
-the configured speed steps (the same peaks, no new FFT) and the best of those is taken.
+1. Candidates: the query's triplet hashes are looked up in the index; per track, hits vote for
+   the offset between reference and query frames, and the `max_nominees` tracks with the most
+   time-aligned hits go on. (Triplet hashes are specific enough to look up in a large catalog,
+   but fewer of them survive noise than pairs.)
+2. Verification: the query's pair hashes against those tracks' pair hashes (from the catalog's
+   peaks). A song that plays in the query piles its hits on one offset, random hits spread out.
+   A match needs `min_aligned_hits` distinct query anchors on its best offset (within
+   +-`offset_tolerance_frames`); anything less is no match, never a best guess.
+
+When nothing matches at the nominal speed, the query is re-hashed for the configured speed steps
+(the same peaks, no new FFT) and the best of those is taken.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .config import EngineConfig, MatchConfig, speed_factor
-from .fingerprint import Peaks, hashes, query_peaks
-from .index import PostingIndex, unpack_postings
+from .fingerprint import Hashes, Peaks, hashes, query_peaks, triplets
+from .index import PostingIndex, References, unpack_postings
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,14 @@ class Match:
 
 
 def match_samples(
-    samples: np.ndarray, index: PostingIndex, live_ids: np.ndarray, cfg: EngineConfig
+    samples: np.ndarray, refs: References, live_ids: np.ndarray, cfg: EngineConfig
 ) -> list[Match]:
     """Matches for one query (a chunk or a clip), best first; [] when nothing plays."""
-    return match_peaks(query_peaks(samples, cfg.fingerprint), index, live_ids, cfg)
+    return match_peaks(query_peaks(samples, cfg.fingerprint), refs, live_ids, cfg)
 
 
 def match_peaks(
-    peaks: Peaks, index: PostingIndex, live_ids: np.ndarray, cfg: EngineConfig
+    peaks: Peaks, refs: References, live_ids: np.ndarray, cfg: EngineConfig
 ) -> list[Match]:
     """Matches with at least `min_aligned_hits`; failing those, the best one with at least
     `weak_aligned_hits`, marked `weak` (a scan keeps it only when a neighbouring chunk plays
@@ -62,11 +67,11 @@ def match_peaks(
     if len(peaks) < 2 or live_ids.shape[0] == 0:
         return []
     mc = cfg.match
-    found = _match_steps(peaks, (0,), index, live_ids, cfg)
+    found = _match_steps(peaks, (0,), refs, live_ids, cfg)
     if _confident(found, mc):
         return _confident(found, mc)
     if mc.speed_steps:
-        other_speeds = _match_steps(peaks, mc.speed_steps, index, live_ids, cfg)
+        other_speeds = _match_steps(peaks, mc.speed_steps, refs, live_ids, cfg)
         if _confident(other_speeds, mc):
             return _confident(other_speeds, mc)
         found = sorted(found + other_speeds, key=lambda m: -m.aligned_hits)
@@ -80,54 +85,32 @@ def _confident(found: list[Match], mc: MatchConfig) -> list[Match]:
 def _match_steps(
     peaks: Peaks,
     steps: tuple[int, ...],
-    index: PostingIndex,
+    refs: References,
     live_ids: np.ndarray,
     cfg: EngineConfig,
 ) -> list[Match]:
     fp, mc = cfg.fingerprint, cfg.match
-    per_step = [hashes(peaks, fp, fp.query_fanout, step) for step in steps]
-    all_hashes = np.concatenate([h.hashes for h in per_step])
-    if all_hashes.shape[0] == 0:
+    candidates = _nominate(peaks, steps, refs.index, live_ids, cfg)
+    if candidates.shape[0] == 0:
         return []
-    query_idx, postings = index.lookup(all_hashes, mc.max_postings_per_lookup)
+    per_step = [hashes(peaks, fp, fp.query_fanout, step) for step in steps]
+    query_idx, postings = refs.pair_postings(
+        candidates, np.concatenate([h.hashes for h in per_step]), fp
+    )
     if query_idx.shape[0] == 0:
         return []
     tracks, ref_frames = unpack_postings(postings)
-    live = _is_live(tracks, live_ids)
-    query_idx, tracks, ref_frames = query_idx[live], tracks[live], ref_frames[live]
-    # Which step, and the query's anchor/end frames, of every hit.
-    bounds = np.cumsum([0] + [len(h) for h in per_step])
-    step_of = np.searchsorted(bounds, query_idx, side="right") - 1
-    anchors = np.concatenate([h.anchor_frames for h in per_step])[query_idx]
+    step_of, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
     ends = np.concatenate([h.end_frames for h in per_step])[query_idx]
-    factors = np.array([speed_factor(s, fp.log_step) for s in steps])[step_of]
-    offsets = np.rint(ref_frames - anchors * factors).astype(np.int64)
 
-    # Cheap prefilter: a track (and step) needs min_aligned_hits hits in total to be a candidate.
+    # Cheap prefilter: a track (and step) needs weak_aligned_hits hits in total to go on.
     group = tracks * len(steps) + step_of
     keep = np.bincount(group)[group] >= mc.weak_aligned_hits
     if not keep.any():
         return []
     group, offsets, anchors, ends = group[keep], offsets[keep], anchors[keep], ends[keep]
-
-    # Offset histogram per (track, step), counting each query anchor once per offset (a
-    # repeated motif must not vote twice); aligned hits = hits within +-tolerance of an offset.
     tol = mc.offset_tolerance_frames
-    base = offsets.min() - tol
-    span = int(offsets.max() - base) + tol + 1
-    key = group * span + (offsets - base)
-    anchor_slot = np.rint(anchors).astype(np.int64)
-    n_slots = int(anchor_slot.max()) + 1
-    distinct = np.unique(key * n_slots + anchor_slot) // n_slots
-    key_u, key_counts = np.unique(distinct, return_counts=True)
-    aligned = key_counts.copy()
-    for shift in range(1, tol + 1):
-        for direction in (-1, 1):
-            neighbour = key_u + direction * shift
-            pos = np.searchsorted(key_u, neighbour)
-            pos_ok = np.minimum(pos, key_u.shape[0] - 1)
-            hit = key_u[pos_ok] == neighbour
-            aligned += np.where(hit, key_counts[pos_ok], 0)
+    key_u, aligned, span, base = _votes(group, offsets, anchors, tol)
     group_u = key_u // span
     # Best offset per group: sort by (group, -aligned), keep the first of each group.
     order = np.lexsort((-aligned, group_u))
@@ -172,6 +155,81 @@ def _match_steps(
         if len(results) >= mc.max_candidates:
             break
     return results
+
+
+def _nominate(
+    peaks: Peaks,
+    steps: tuple[int, ...],
+    index: PostingIndex,
+    live_ids: np.ndarray,
+    cfg: EngineConfig,
+) -> np.ndarray:
+    """The live tracks (at most `max_nominees`) with the most time-aligned triplet hits at any
+    of `steps`, best first."""
+    fp, mc = cfg.fingerprint, cfg.match
+    per_step = [triplets(peaks, fp, fp.query_triplet_fanout, step) for step in steps]
+    all_hashes = np.concatenate([h.hashes for h in per_step])
+    if all_hashes.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    query_idx, postings = index.lookup(all_hashes, mc.max_postings_per_lookup)
+    if query_idx.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    tracks, ref_frames = unpack_postings(postings)
+    live = _is_live(tracks, live_ids)
+    query_idx, tracks, ref_frames = query_idx[live], tracks[live], ref_frames[live]
+    if query_idx.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    step_of, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
+    group = tracks * len(steps) + step_of
+    key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
+    # Rank by aligned hits, ties by all hits of the track and step.
+    group_u = key_u // span
+    order = np.lexsort((-np.bincount(group)[group_u], -aligned))
+    ranked = group_u[order] // len(steps)
+    _, first = np.unique(ranked, return_index=True)
+    return ranked[np.sort(first)][: mc.max_nominees]
+
+
+def _hit_offsets(
+    per_step: list[Hashes],
+    steps: tuple[int, ...],
+    query_idx: np.ndarray,
+    ref_frames: np.ndarray,
+    cfg: EngineConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each hit (query hash `query_idx` of the steps' hashes laid end to end, at
+    reference frame `ref_frames`): its step, query anchor frame, and reference-query offset."""
+    bounds = np.cumsum([0] + [len(h) for h in per_step])
+    step_of = np.searchsorted(bounds, query_idx, side="right") - 1
+    anchors = np.concatenate([h.anchor_frames for h in per_step])[query_idx]
+    factors = np.array([speed_factor(s, cfg.fingerprint.log_step) for s in steps])[step_of]
+    offsets = np.rint(ref_frames - anchors * factors).astype(np.int64)
+    return step_of, anchors, offsets
+
+
+def _votes(
+    group: np.ndarray, offsets: np.ndarray, anchors: np.ndarray, tol: int
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Offset histogram per group (track and step), counting each query anchor once per
+    offset (a repeated motif must not vote twice); aligned hits = hits within +-tol of an
+    offset. Returns the distinct keys `group * span + offset - base`, their aligned hits,
+    `span` and `base`."""
+    base = int(offsets.min()) - tol
+    span = int(offsets.max() - base) + tol + 1
+    key = group * span + (offsets - base)
+    anchor_slot = np.rint(anchors).astype(np.int64)
+    n_slots = int(anchor_slot.max()) + 1
+    distinct = np.unique(key * n_slots + anchor_slot) // n_slots
+    key_u, key_counts = np.unique(distinct, return_counts=True)
+    aligned = key_counts.copy()
+    for shift in range(1, tol + 1):
+        for direction in (-1, 1):
+            neighbour = key_u + direction * shift
+            pos = np.searchsorted(key_u, neighbour)
+            pos_ok = np.minimum(pos, key_u.shape[0] - 1)
+            hit = key_u[pos_ok] == neighbour
+            aligned += np.where(hit, key_counts[pos_ok], 0)
+    return key_u, aligned, span, base
 
 
 def _alternatives(

@@ -123,7 +123,7 @@ def recognize_clip(
     if samples.shape[0] < cfg.fingerprint.n_fft * 4:
         raise FingerprintFailed("the audio is too short to fingerprint")
     catalog = _catalog(Path(data_dir))
-    matches = match_samples(samples, catalog.index, catalog.live_ids(owners), cfg)
+    matches = match_samples(samples, catalog, catalog.live_ids(owners), cfg)
     matches = [m for m in matches if not m.weak]  # a clip has no neighbour to confirm it
     clip = Chunk(0, 0.0, samples.shape[0] / rate)
     return _songs(matches, clip, catalog, cfg)
@@ -337,7 +337,7 @@ def scan_unit(
 ) -> UnitResult:
     live = catalog.live_ids(owners)
     return [
-        (chunk, match_samples(samples, catalog.index, live, cfg))
+        (chunk, match_samples(samples, catalog, live, cfg))
         for chunk, samples in chunk_audio(path, unit, cfg)
     ]
 

@@ -17,10 +17,16 @@ import numpy as np
 import pytest
 
 from songscan.catalog import Catalog
+from songscan.config import DEFAULT
+from songscan.fingerprint import reference_peaks
 from songscan.index import unpack_postings
+from songscan.index.segments import HASH_BITS
+from songscan.media import decode_all
 from tests.audio import synth_song, write_audio
 
 from .conftest import excerpt, mix
+
+CFG = DEFAULT.fingerprint
 
 SONGSCAN = [sys.executable, "-m", "songscan.cli"]
 
@@ -152,10 +158,13 @@ def test_kill_9_during_ingest_leaves_each_track_whole_or_absent(tmp_path: Path) 
     catalog = Catalog(data)
     tracks = catalog.tracks()
     assert 3 <= len(tracks) < 24  # the kill landed mid-ingest
-    _, postings = catalog.index.lookup(np.arange(1 << 23, dtype=np.uint32))
+    _, postings = catalog.index.lookup(np.arange(1 << HASH_BITS, dtype=np.uint32))
     ids, _ = unpack_postings(postings)
-    for track in tracks:  # every visible track has every one of its postings
-        assert int((ids == track.id).sum()) == track.hash_count
+    for track in tracks:  # every visible track has every one of its postings, and its peaks
+        assert int((ids == track.id).sum()) == track.hash_count > 0
+        assert track.source is not None
+        expected = reference_peaks(decode_all(track.source, CFG.sample_rate_hz), CFG)
+        assert len(catalog.peaks(track.id)) == len(expected)
     # A fresh writer cleans up and carries on; the catalog then holds every file.
     again = run("--data", data, "add", folder, env={"SONGSCAN_INGEST_BATCH_POSTINGS": "1"})
     assert again.returncode == 0, again.stderr
@@ -163,7 +172,7 @@ def test_kill_9_during_ingest_leaves_each_track_whole_or_absent(tmp_path: Path) 
     sources = [t.source for t in catalog.tracks()]
     assert {Path(s).name for s in sources} == {f"t{i:02d}.flac" for i in range(24)}
     catalog.compact()
-    _, postings = catalog.index.lookup(np.arange(1 << 23, dtype=np.uint32))
+    _, postings = catalog.index.lookup(np.arange(1 << HASH_BITS, dtype=np.uint32))
     ids, _ = unpack_postings(postings)
     assert set(ids.tolist()) == {t.id for t in catalog.tracks()}
 

@@ -1,7 +1,9 @@
 """The fingerprint index: hash -> postings (track id, anchor frame).
 
 One narrow interface (`PostingIndex`) with one module per backend. The embedded default is
-`segments.SegmentIndex` (sorted, memory-mapped numpy segments with a SQLite manifest).
+`segments.SegmentIndex` (sorted, memory-mapped numpy segments with a JSON manifest). It holds
+the reference tracks' triplet hashes, which find candidates; the candidates' pair hashes come
+from the catalog's `References.pair_postings` (see matcher.py).
 
 Visibility is decided by the catalog, not the index: postings of a track are written first and
 the track becomes visible when its catalog row commits, so a crash at any point leaves every
@@ -11,9 +13,12 @@ and dropped by compaction.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import FingerprintConfig
 
 TRACK_SHIFT = 32
 FRAME_MASK = (1 << TRACK_SHIFT) - 1
@@ -30,6 +35,17 @@ def unpack_postings(postings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tracks = (postings >> np.uint64(TRACK_SHIFT)).astype(np.int64)
     frames = (postings & np.uint64(FRAME_MASK)).astype(np.int64)
     return tracks, frames
+
+
+def expand_runs(
+    order: np.ndarray, lo: np.ndarray, hi: np.ndarray, postings: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query index, posting) for every posting in the runs postings[lo[i]:hi[i]] of the
+    queries `order[i]`."""
+    counts = hi - lo
+    total = int(counts.sum())
+    run_start = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    return np.repeat(order, counts), np.asarray(postings[run_start + np.arange(total)])
 
 
 class PostingIndex(Protocol):
@@ -51,3 +67,16 @@ class PostingIndex(Protocol):
     def posting_count(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+class References(Protocol):
+    """What the matcher reads: the triplet index, and the pair hashes of given tracks."""
+
+    @property
+    def index(self) -> PostingIndex: ...
+
+    def pair_postings(
+        self, track_ids: np.ndarray, hashes: np.ndarray, cfg: FingerprintConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For each pair hash of the tracks `track_ids` that is in `hashes`: (index into
+        `hashes`, posting): what a pair index would return for those tracks."""

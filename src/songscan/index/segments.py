@@ -4,7 +4,7 @@ Layout of `DIR` (by default `DATA/index`):
     manifest.json              {"generation": n, "segments": [{"name": ..., "postings": n}, ...]}
     NAME.hashes.npy            uint32 hashes, sorted
     NAME.postings.npy          uint64 postings, in hash order
-    NAME.directory.npy         (large segments only) uint64 start of each hash value's run
+    NAME.directory.npy         (large segments only) start of each hash value's run
     writer.lock                flock held by the one writer while it changes anything
 
 Crash safety: a segment's files are written, fsynced and renamed into place before the manifest
@@ -27,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fingerprint import HASH_BITS
-from . import unpack_postings
+from ..fingerprint import TRIPLET_BITS
+from . import expand_runs, unpack_postings
 
-# Segments at least this large carry a directory (one offset per possible hash value) so that
-# a lookup is two array reads instead of two binary searches.
-DIRECTORY_MIN_POSTINGS = 1 << 22
+# Hashes are below 2^HASH_BITS. Segments with at least as many postings as there are hash
+# values carry a directory (one offset per hash value, a fraction of the segment's size) so
+# that a lookup is two array reads instead of two binary searches.
+HASH_BITS = TRIPLET_BITS
+DIRECTORY_MIN_POSTINGS = 1 << HASH_BITS
 # Small segments are merged once there are more than this many.
 MAX_SEGMENTS = 8
 
@@ -119,20 +121,10 @@ class SegmentIndex:
             if not keep.all():
                 order, sorted_queries = order[keep], sorted_queries[keep]
                 runs = [(lo[keep], hi[keep], segment) for lo, hi, segment in runs]
-        query_parts: list[np.ndarray] = []
-        posting_parts: list[np.ndarray] = []
-        for lo, hi, segment in runs:
-            counts = hi - lo
-            total = int(counts.sum())
-            if total == 0:
-                continue
-            run_start = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-            positions = run_start + np.arange(total)
-            query_parts.append(np.repeat(order, counts))
-            posting_parts.append(np.asarray(segment.postings[positions]))
-        if not query_parts:
+        found = [expand_runs(order, lo, hi, segment.postings) for lo, hi, segment in runs]
+        if not found:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-        return np.concatenate(query_parts), np.concatenate(posting_parts)
+        return np.concatenate([q for q, _ in found]), np.concatenate([p for _, p in found])
 
     def posting_count(self) -> int:
         self._refresh()
@@ -175,6 +167,8 @@ class SegmentIndex:
             raise ValueError("hashes and postings differ in length")
         if hashes.shape[0] == 0:
             return
+        if int(hashes.max()) >> HASH_BITS:
+            raise ValueError(f"hashes must be below 2^{HASH_BITS}")
         with self._writer() as manifest:
             name = self._write_segment(hashes, postings)
             manifest["segments"].append({"name": name, "postings": int(hashes.shape[0])})
@@ -219,9 +213,7 @@ class SegmentIndex:
         name = f"seg-{uuid.uuid4().hex[:12]}"
         files = {"hashes": hashes, "postings": postings}
         if hashes.shape[0] >= DIRECTORY_MIN_POSTINGS:
-            files["directory"] = np.searchsorted(
-                hashes, np.arange((1 << HASH_BITS) + 1, dtype=np.int64)
-            ).astype(np.uint64)
+            files["directory"] = directory(hashes)
         for kind, array in files.items():
             _write_durably(self.dir / f"{name}.{kind}.npy", array)
         return name
@@ -248,6 +240,13 @@ class SegmentIndex:
             if path.name.endswith(".tmp") or (stem.startswith("seg-") and stem not in named):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def directory(sorted_hashes: np.ndarray) -> np.ndarray:
+    """Where each hash value's run starts in `sorted_hashes` (and where the last one ends)."""
+    dtype = np.uint32 if sorted_hashes.shape[0] < (1 << 32) else np.uint64
+    values = np.arange((1 << HASH_BITS) + 1, dtype=np.int64)
+    return np.searchsorted(sorted_hashes, values).astype(dtype)
 
 
 def _rarest_within(counts: np.ndarray, budget: int) -> np.ndarray:
