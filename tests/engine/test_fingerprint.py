@@ -8,12 +8,18 @@ from scipy.signal import resample_poly
 from songscan.config import DEFAULT, speed_factor
 from songscan.fingerprint import (
     HASH_BITS,
+    TRIPLET_BITS,
     find_peaks,
+    fold,
     hashes,
     query_peaks,
     reference_hashes,
+    reference_peaks,
+    reference_triplets,
     running_max,
     spectrogram,
+    triplet_keys,
+    triplets,
 )
 from tests.audio import synth_song
 
@@ -55,3 +61,20 @@ def test_speed_step_rehash_recovers_the_reference_hashes() -> None:
     stepped = set(hashes(peaks, CFG, CFG.query_fanout, 3).hashes.tolist())
     assert speed_factor(3) == pytest.approx(1.0303, abs=1e-4)
     assert len(stepped & ref) > 4 * len(nominal & ref)
+
+
+def test_triplets_are_specific_and_follow_a_speed_step() -> None:
+    song = resample_poly(synth_song(9, 30.0), 8000, 22050).astype(np.float32)
+    ref = reference_triplets(reference_peaks(song, CFG), CFG)
+    assert len(ref) > 30 * 20 and int(ref.hashes.max()) < (1 << TRIPLET_BITS)
+    # The same peaks' triplets are their unfolded keys, folded; distinct keys stay distinct.
+    keys = triplet_keys(reference_peaks(song, CFG), CFG, CFG.ref_triplet_fanout).hashes
+    np.testing.assert_array_equal(fold(keys), ref.hashes)
+    assert len(np.unique(ref.hashes)) == len(np.unique(keys))
+    # Played 3 % fast and re-hashed at step 3, the query shares its triplets with the reference.
+    fast = resample_poly(song, 100, 103).astype(np.float32)
+    peaks = query_peaks(fast, CFG)
+    wanted = set(ref.hashes.tolist())
+    nominal = set(triplets(peaks, CFG, CFG.query_triplet_fanout, 0).hashes.tolist())
+    stepped = set(triplets(peaks, CFG, CFG.query_triplet_fanout, 3).hashes.tolist())
+    assert len(stepped & wanted) > 4 * max(1, len(nominal & wanted))

@@ -4,8 +4,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from songscan.index import pack_postings, unpack_postings
+from songscan.index import pack_postings, segments, unpack_postings
 from songscan.index.segments import MAX_SEGMENTS, SegmentIndex
 
 
@@ -27,6 +28,28 @@ def test_lookup_finds_every_posting(tmp_path: Path) -> None:
     assert {(q, v) for q, v in got} == want
     assert index.posting_count() == 20_000
     assert index.size_bytes() >= 20_000 * 12
+
+
+def test_large_segments_look_up_through_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segments, "DIRECTORY_MIN_POSTINGS", 1000)
+    rng = np.random.default_rng(2)
+    index = SegmentIndex(tmp_path)
+    keys = rng.integers(0, 1 << segments.HASH_BITS, 5000).astype(np.uint32)
+    keys[:100] = (1 << segments.HASH_BITS) - 1  # the last hash value has a run too
+    values = pack_postings(rng.integers(1, 50, 5000), rng.integers(0, 10_000, 5000))
+    index.add(keys, values)
+    index.add(keys[:10], values[:10])  # a small segment beside it, searched without one
+    assert len(list(tmp_path.glob("*.directory.npy"))) == 1
+    queries = np.unique(np.concatenate([keys[::7], rng.integers(0, 1 << segments.HASH_BITS, 500)]))
+    qi, found = SegmentIndex(tmp_path).lookup(queries.astype(np.uint32))
+    got = sorted((int(queries[i]), int(v)) for i, v in zip(qi, found, strict=True))
+    all_keys, all_values = np.concatenate([keys, keys[:10]]), np.concatenate([values, values[:10]])
+    want = sorted((int(q), int(v)) for q in queries for v in all_values[all_keys == q])
+    assert got == want
+    with pytest.raises(ValueError, match="below"):
+        index.add(np.array([1 << segments.HASH_BITS], dtype=np.uint32), values[:1])
 
 
 def test_segments_merge_and_compaction_drops_dead_tracks(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,15 +10,20 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from songscan.catalog import Catalog, Track
+from songscan.catalog import Catalog, FingerprintedTrack, Track, TrackMetadata
 from songscan.chunks import Chunk, PlanParams
 from songscan.config import DEFAULT
+from songscan.fingerprint import Peaks, query_peaks, triplets
+from songscan.index import pack_postings
+from songscan.index.segments import HASH_BITS
+from songscan.media import decode_all
 from songscan.scan import ChunkResult, SongMatch, confirm_weak, recognize_clip, scan_file
 from tests.audio import RATE, synth_song, write_audio
 
 from .conftest import Library, excerpt, mix
 
 SERIAL = DEFAULT.with_workers(1)
+RATE_8K = SERIAL.fingerprint.sample_rate_hz
 
 
 def test_round_trip_offsets_and_timecodes(library: Library, tmp_path: Path) -> None:
@@ -182,6 +188,43 @@ def test_weak_matches_need_a_confirming_neighbour(library: Library) -> None:
     # a chunk before the confident one is confirmed the same way (the song starts inside it)
     starts = _chunk_with(0, song(one, 18_100, weak=True))
     assert confirm_weak([starts, confident], 1.5)[0].songs[0].track.id == one.id
+
+
+def test_songs_are_found_under_a_posting_budget_among_decoys(
+    library: Library, tmp_path: Path
+) -> None:
+    """A large catalog in miniature: 300 decoy tracks hold the library's triplet hashes 30 times
+    over at random frames, so every lookup is crowded and none aligns. A budget that serves
+    only the rarest tenth of the postings still nominates the song, and its pairs verify it."""
+    data = tmp_path / "data"
+    shutil.copytree(library.data, data)
+    catalog = Catalog(data)
+    every_hash = np.arange(1 << HASH_BITS, dtype=np.uint32)
+    which, _ = catalog.index.lookup(every_hash)
+    real = every_hash[which]
+    no_peaks = Peaks(*(np.zeros(0, np.float32),) * 3)
+    empty = np.zeros(0, np.uint32)
+    decoys = catalog.add(
+        [
+            FingerprintedTrack(TrackMetadata(title=f"decoy {i}"), empty, empty, 60.0, no_peaks)
+            for i in range(300)
+        ]
+    )
+    rng = np.random.default_rng(11)
+    crowd = np.tile(real, 30)
+    ids = np.array([t.id for t in decoys])[rng.integers(0, 300, crowd.shape[0])]
+    catalog.index.add(crowd, pack_postings(ids, rng.integers(0, 2000, crowd.shape[0])))
+
+    path = write_audio(tmp_path / "clip.flac", excerpt(library.songs[3], 20.0, 24.0))
+    samples = decode_all(path, RATE_8K)[: 12 * RATE_8K]
+    queries = triplets(query_peaks(samples, SERIAL.fingerprint), SERIAL.fingerprint, 8).hashes
+    crowded = catalog.index.lookup(queries)[0].shape[0]
+    budget = crowded // 10
+    assert catalog.index.lookup(queries, budget)[0].shape[0] <= budget
+    tight = replace(SERIAL, match=replace(SERIAL.match, max_postings_per_lookup=budget))
+    result = scan_file(path, data, PlanParams(), tight)
+    assert [c.songs[0].track.audio_id for c in result.matched] == [3, 3]
+    assert abs(result.matched[0].songs[0].timecode_ms - 20_000) <= 50
 
 
 def test_evidence_below_the_threshold_alone_is_no_match(library: Library, tmp_path: Path) -> None:
