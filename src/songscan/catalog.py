@@ -235,7 +235,7 @@ class Catalog:
         self, track_ids: np.ndarray, hashes: np.ndarray, cfg: FingerprintConfig
     ) -> tuple[np.ndarray, np.ndarray]:
         """(index into `hashes`, posting) for each pair hash of `track_ids` found in `hashes`."""
-        order = np.argsort(hashes, kind="stable")
+        order = np.argsort(hashes)
         sorted_queries = hashes[order]
         found = []
         for track_id in track_ids:
@@ -255,7 +255,7 @@ class Catalog:
                 self._pairs.move_to_end(key)
                 return self._pairs[key]
         found = reference_pairs(self.peaks(track_id), cfg)
-        order = np.argsort(found.hashes, kind="stable")
+        order = np.argsort(found.hashes)
         frames = np.rint(found.anchor_frames[order]).astype(np.uint32)
         pairs = (found.hashes[order], pack_postings(track_id, frames))
         with self._lock:

@@ -90,13 +90,21 @@ def _match_steps(
     cfg: EngineConfig,
 ) -> list[Match]:
     fp, mc = cfg.fingerprint, cfg.match
-    candidates = _nominate(peaks, steps, refs.index, live_ids, cfg)
-    if candidates.shape[0] == 0:
+    nominees, nominee_steps = _nominate(peaks, steps, refs.index, live_ids, cfg)
+    if nominees.shape[0] == 0:
         return []
-    per_step = [hashes(peaks, fp, fp.query_fanout, step) for step in steps]
-    query_idx, postings = refs.pair_postings(
-        candidates, np.concatenate([h.hashes for h in per_step]), fp
-    )
+    # Each nominee is verified at the speed step its triplets chose.
+    verified = np.unique(nominee_steps)
+    per_step = [
+        hashes(peaks, fp, fp.query_fanout, step) if i in verified else _NO_HASHES
+        for i, step in enumerate(steps)
+    ]
+    bounds = np.cumsum([0] + [len(h) for h in per_step])
+    found = [
+        refs.pair_postings(nominees[nominee_steps == i], per_step[i].hashes, fp) for i in verified
+    ]
+    query_idx = np.concatenate([q + bounds[i] for (q, _), i in zip(found, verified, strict=True)])
+    postings = np.concatenate([p for _, p in found])
     if query_idx.shape[0] == 0:
         return []
     tracks, ref_frames = unpack_postings(postings)
@@ -163,31 +171,36 @@ def _nominate(
     index: PostingIndex,
     live_ids: np.ndarray,
     cfg: EngineConfig,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """The live tracks (at most `max_nominees`) with the most time-aligned triplet hits at any
-    of `steps`, best first."""
+    of `steps`, best first, and the index of the step at which each aligns best."""
     fp, mc = cfg.fingerprint, cfg.match
+    nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     per_step = [triplets(peaks, fp, fp.query_triplet_fanout, step) for step in steps]
     all_hashes = np.concatenate([h.hashes for h in per_step])
     if all_hashes.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
+        return nothing
     query_idx, postings = index.lookup(all_hashes, mc.max_postings_per_lookup)
     if query_idx.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
+        return nothing
     tracks, ref_frames = unpack_postings(postings)
     live = _is_live(tracks, live_ids)
     query_idx, tracks, ref_frames = query_idx[live], tracks[live], ref_frames[live]
     if query_idx.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
+        return nothing
     step_of, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
     group = tracks * len(steps) + step_of
     key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
     # Rank by aligned hits, ties by all hits of the track and step.
     group_u = key_u // span
     order = np.lexsort((-np.bincount(group)[group_u], -aligned))
-    ranked = group_u[order] // len(steps)
-    _, first = np.unique(ranked, return_index=True)
-    return ranked[np.sort(first)][: mc.max_nominees]
+    ranked = group_u[order]
+    _, first = np.unique(ranked // len(steps), return_index=True)
+    best = ranked[np.sort(first)][: mc.max_nominees]
+    return best // len(steps), best % len(steps)
+
+
+_NO_HASHES = Hashes(np.zeros(0, np.uint32), np.zeros(0, np.float32), np.zeros(0, np.float32))
 
 
 def _hit_offsets(

@@ -108,7 +108,7 @@ class SegmentIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         self._refresh()
         hashes = np.asarray(hashes, dtype=np.uint32)
-        order = np.argsort(hashes, kind="stable")
+        order = np.argsort(hashes)
         sorted_queries = hashes[order]
         runs = [
             (*segment.find(sorted_queries), segment)
