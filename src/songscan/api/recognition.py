@@ -6,6 +6,9 @@ the event loop) → in a worker thread: authenticate, check entitlements and par
 body. The temp dir is removed when the request ends, however it ends. Scans are CPU-bound and run
 in worker threads (bounded by `[api] concurrent_scans`) so the event loop keeps serving.
 
+An enterprise request with `async=true` is checked the same way, then queued as a long job
+(`songscan.jobs`; `api/jobs.py` runs it and serves `/enterprise/jobs`).
+
 Also here: `/healthz`, `/metrics` (Prometheus) and the access log (`songscan.access`, one JSON
 object per line, with the request id and the masked token).
 """
@@ -58,9 +61,11 @@ from songscan.errors import (
     MediaTooLarge,
     NoMedia,
     NotEntitled,
+    QuotaExceeded,
     SongscanError,
 )
 from songscan.ingest import IngestItem, ingest
+from songscan.jobs import JobStore, job_json
 from songscan.media import probe
 from songscan.results import (
     OutputOptions,
@@ -70,7 +75,13 @@ from songscan.results import (
     standard_response,
 )
 from songscan.scan import ScanResult, plan_for, recognize_clip, scan_file
-from songscan.sources import AllowList, fetch_media, temporary_media, timecode_from_url
+from songscan.sources import (
+    AllowList,
+    check_url,
+    fetch_media,
+    temporary_media,
+    timecode_from_url,
+)
 
 log = logging.getLogger("songscan.api")
 access_log = logging.getLogger("songscan.access")
@@ -78,6 +89,7 @@ access_log = logging.getLogger("songscan.access")
 router = APIRouter()
 
 RECOGNIZE, ENTERPRISE, UPLOAD = "recognize", "enterprise", "upload"
+ASYNC = "async"  # `/enterprise` parameter: `true` runs the request as a long job
 RESPONSE_TYPES = ("json", "csv", "segments")
 _MB = 1024 * 1024
 
@@ -95,6 +107,8 @@ class ApiSettings:
     # "reject": a standard clip over 25 s gets error 400; "first": its first 25 s are analysed.
     standard_long_clips: str = "reject"
     concurrent_scans: int = 0  # requests worked on at once; 0: one per core
+    concurrent_jobs: int = 1  # long jobs this server process runs at once
+    job_retention_days: float = 7.0  # finished jobs (and their results) are kept this long
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], plans_max_bytes: int) -> ApiSettings:
@@ -107,6 +121,8 @@ class ApiSettings:
             "standard_max_mb": (int, float),
             "standard_long_clips": (str,),
             "concurrent_scans": (int,),
+            "concurrent_jobs": (int,),
+            "job_retention_days": (int, float),
         }
         for key, value in section.items():
             if key not in known:
@@ -121,6 +137,8 @@ class ApiSettings:
         except ValueError as exc:
             raise ConfigError(f"[api].url_allow: {exc}") from None
         tmp_dir = section.get("tmp_dir")
+        if section.get("concurrent_jobs", 1) < 1:
+            raise ConfigError("[api].concurrent_jobs: expected at least 1")
         return cls(
             max_body_bytes=int(section.get("max_body_mb", plans_max_bytes / _MB) * _MB),
             tmp_dir=Path(tmp_dir) if tmp_dir else None,
@@ -129,6 +147,8 @@ class ApiSettings:
             standard_max_bytes=int(section.get("standard_max_mb", 10) * _MB),
             standard_long_clips=long_clips,
             concurrent_scans=int(section.get("concurrent_scans", 0)),
+            concurrent_jobs=int(section.get("concurrent_jobs", 1)),
+            job_retention_days=float(section.get("job_retention_days", 7.0)),
         )
 
 
@@ -178,6 +198,7 @@ class Call:
     access log and metrics."""
 
     api_method: str
+    http_method: str
     fields: dict[str, str]
     media: Path | None
     media_bytes: int
@@ -226,6 +247,7 @@ class Recognition:
         self.settings = ApiSettings.from_config(config, plans_max)
         self.engine_config = engine_config
         self.catalog = Catalog(self.data_dir)  # for uploads; scans open their own
+        self.jobs = JobStore(self.data_dir)
         self.metrics = Metrics()
         self._limiter: anyio.CapacityLimiter | None = None
 
@@ -256,17 +278,21 @@ class Recognition:
                 raise MediaTooLarge(f"the media is over this endpoint's limit of {_mb(max_bytes)}")
             path = call.media
         elif url := text_param(call.fields, "url"):
-            path = fetch_media(
-                url,
-                call.workdir,
-                max_bytes=max_bytes,
-                timeout_s=self.settings.fetch_timeout_s,
-                allow=self.settings.url_allow,
-            )
+            path = self.fetch(url, call.workdir, max_bytes)
         else:
             raise NoMedia()
         call.decoded_bytes = path.stat().st_size
         return path
+
+    def fetch(self, url: str, dest_dir: Path, max_bytes: int) -> Path:
+        """Download what `url` points to into `dest_dir` (errors 600, 400)."""
+        return fetch_media(
+            url,
+            dest_dir,
+            max_bytes=max_bytes,
+            timeout_s=self.settings.fetch_timeout_s,
+            allow=self.settings.url_allow,
+        )
 
     def _standard(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         cfg = self.engine_config
@@ -293,6 +319,8 @@ class Recognition:
 
     def _enterprise(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         request = enterprise_request(call.fields, call.media is not None, entitlements)
+        if bool_param(call.fields, ASYNC):
+            return self._submit_job(call, account, entitlements, request)
         path = self._media(call, entitlements.max_file_bytes)
         cfg = self.engine_config
         n_chunks = len(plan_for(path, request.params, cfg))
@@ -310,6 +338,44 @@ class Recognition:
         call.audio_s = sum(c.chunk.duration_s for c in result.chunks)
         result = replace(result, execution_time_s=time.perf_counter() - call.started)
         return enterprise_reply(result, request)
+
+    def _submit_job(
+        self, call: Call, account: Account, entitlements: Entitlements, request: EnterpriseRequest
+    ) -> Reply:
+        """Queue an enterprise request as a long job (api-contract.md §5). The synchronous
+        call's checks before its scan are made now, and a file's chunks are reserved now (so a
+        queued job cannot run out of quota); a `url` is downloaded by the job."""
+        if account.is_test:
+            raise NotEntitled("long jobs need an api_token of your own, not the public test token")
+        n_chunks: int | None = None
+        reservation = None
+        if call.media is not None:
+            path = self._media(call, entitlements.max_file_bytes)
+            n_chunks = len(plan_for(path, request.params, self.engine_config))
+            if n_chunks:
+                reservation = self.accounts.reserve(account, n_chunks, ENTERPRISE)
+        elif request.url:
+            check_url(request.url, self.settings.url_allow)
+            if self.accounts.remaining(account) + self.accounts.plan(account).overage_limit < 1:
+                raise QuotaExceeded()
+        else:
+            raise NoMedia()
+        masked = {**call.fields, "api_token": mask_token(text_param(call.fields, "api_token"))}
+        try:
+            record = self.jobs.create(
+                account.id,
+                masked,
+                call.http_method,
+                call.media,
+                chunks_total=n_chunks,
+                reservation_id=reservation.entry_id if reservation else None,
+                reserved=n_chunks or 0,
+            )
+        except BaseException as exc:
+            if reservation is not None:
+                self.accounts.settle(reservation, 0, _status(exc), 0)
+            raise
+        return Reply({"status": "success", "result": job_json(record)})
 
     def _upload(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         if not entitlements.custom_catalog:
@@ -446,6 +512,7 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
             enterprise_echo = api_method == ENTERPRISE
             call = Call(
                 api_method=api_method,
+                http_method=request.method,
                 fields=fields,
                 media=parsed.media,
                 media_bytes=parsed.media_bytes,
@@ -607,11 +674,14 @@ async def metrics(request: Request) -> Response:
 
 def install(app: FastAPI) -> None:
     """Add the recognition API to an app made by `create_app` (which has set
-    `app.state.data_dir`, `.config` and `.accounts`)."""
+    `app.state.data_dir`, `.config` and `.accounts`), and the long jobs' runner
+    (`app.state.job_runner`, which the app's lifespan starts and stops)."""
     app.state.recognition = Recognition(
         app.state.data_dir, app.state.config, app.state.accounts, DEFAULT
     )
     app.include_router(router)
-    from songscan.api import tryit  # it renders this module's replies
+    from songscan.api import jobs, tryit  # they use this module's requests and replies
 
+    app.state.job_runner = jobs.JobRunner(app.state.recognition)
+    app.include_router(jobs.router)
     app.include_router(tryit.router)
