@@ -5,32 +5,17 @@ Restart survival (a server killed under a running job) is in tests/test_jobs_res
 
 from __future__ import annotations
 
-import io
 import time
-import wave
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from scipy.signal import resample_poly
 
 from tests.api.conftest import Api, error_of, long_recording
-from tests.api.music import RATE, wav_bytes
+from tests.api.music import wav_8k, wav_bytes
 
 FINISHED = ("done", "failed", "cancelled")
-
-
-def wav_8k(samples: np.ndarray) -> bytes:
-    """`samples` (at the tests' 22 050 Hz) as an 8 kHz WAV: a long file in a small body."""
-    resampled = resample_poly(samples, 160, RATE // 50)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(8000)
-        out.writeframes((np.clip(resampled, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
