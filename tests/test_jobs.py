@@ -152,7 +152,16 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
         assert total == 240
         assert accounts.remaining(account) == before - total  # reserved once, at submission
 
+        # a graceful stop (SIGTERM) leaves the job to the next server, as a kill does
         _wait(port, token, job_id, lambda j: 0 < j["progress"]["chunks_done"] < total)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) in (0, -signal.SIGTERM)  # Uvicorn re-raises it when done
+        on_disk = JobStore(data).require(job_id)
+        assert on_disk.state == RUNNING and on_disk.attempts == 1
+
+        server, port = start_server(data)
+        servers.append(server)
+        _wait(port, token, job_id, lambda j: j["attempts"] == 2 and j["progress"]["chunks_done"])
         server.send_signal(signal.SIGKILL)  # mid-scan: no shutdown handler runs
         server.wait(timeout=30)
         on_disk = JobStore(data).require(job_id)
@@ -161,7 +170,7 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
 
         server, port = start_server(data)
         servers.append(server)
-        done = _wait(port, token, job_id, lambda j: j["state"] != RUNNING and j["attempts"] == 2)
+        done = _wait(port, token, job_id, lambda j: j["state"] != RUNNING and j["attempts"] == 3)
         assert done["state"] == "done", done
         assert done["progress"] == {"chunks_done": total, "chunks_total": total, "fraction": 1.0}
         assert done["billed"] == total

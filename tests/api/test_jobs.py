@@ -1,6 +1,6 @@
 """Long enterprise jobs (`/enterprise` with `async=true`, `/enterprise/jobs`) over real sockets.
 
-Restart survival (a server killed under a running job) is in tests/test_jobs_restart.py.
+Restart survival (a server killed under a running job) is in tests/test_jobs.py.
 """
 
 from __future__ import annotations
