@@ -200,8 +200,9 @@ class JobStore:
                     time.time(),
                 ),
             )
+        record = self.require(job_id)  # as submitted: a runner may start it at once
         self.changed.set()
-        return self.require(job_id)
+        return record
 
     def get(self, job_id: str) -> JobRecord | None:
         with contextlib.closing(self._connect()) as db:

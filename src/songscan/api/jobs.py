@@ -36,10 +36,10 @@ from songscan.api.recognition import (
     EnterpriseRequest,
     Recognition,
     Reply,
-    _error_reply,
-    _owners,
+    catalog_owners,
     enterprise_reply,
     enterprise_request,
+    reply_for_error,
 )
 from songscan.errors import InvalidParameters, NotEntitled, SongscanError
 from songscan.jobs import ACTIVE, CANCELLED, DONE, FAILED, FINISHED, JobRecord, job_json
@@ -173,7 +173,7 @@ class JobRunner:
             service.data_dir,
             request.params,
             cfg,
-            owners=_owners(account),
+            owners=catalog_owners(account),
             progress=lambda done, total: self._progress(record.id, done, total),
         )
         result = replace(result, execution_time_s=time.perf_counter() - started)
@@ -266,10 +266,10 @@ async def _job_call(request: Request, work: JobWork) -> Response:
 
         reply = await anyio.to_thread.run_sync(run)
     except SongscanError as exc:
-        reply = _error_reply(exc, fields, JOBS, request, started, True)
+        reply = reply_for_error(exc, fields, JOBS, request, started, True)
     except Exception:
         log.exception("request %s failed", request_id)
-        reply = _error_reply(UnexpectedError(request_id), fields, JOBS, request, started, True)
+        reply = reply_for_error(UnexpectedError(request_id), fields, JOBS, request, started, True)
     return reply.response(request_id)
 
 

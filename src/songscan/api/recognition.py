@@ -308,7 +308,7 @@ class Recognition:
             )
         reservation = self.accounts.reserve(account, 1, RECOGNIZE)
         try:
-            songs = recognize_clip(path, self.data_dir, cfg, owners=_owners(account))
+            songs = recognize_clip(path, self.data_dir, cfg, owners=catalog_owners(account))
         except BaseException as exc:
             self.accounts.settle(reservation, 0, _status(exc), 0)
             raise
@@ -326,7 +326,8 @@ class Recognition:
         n_chunks = len(plan_for(path, request.params, cfg))
         reservation = self.accounts.reserve(account, n_chunks, ENTERPRISE) if n_chunks else None
         try:
-            result = scan_file(path, self.data_dir, request.params, cfg, owners=_owners(account))
+            owners = catalog_owners(account)
+            result = scan_file(path, self.data_dir, request.params, cfg, owners=owners)
         except BaseException as exc:
             if reservation is not None:
                 self.accounts.settle(reservation, 0, _status(exc), 0)
@@ -466,7 +467,7 @@ def _owner(account: Account) -> str:
     return str(account.id)
 
 
-def _owners(account: Account) -> tuple[str, ...]:
+def catalog_owners(account: Account) -> tuple[str, ...]:
     """The tracks an account's queries match: the shared catalog and its own uploads."""
     return ("", _owner(account))
 
@@ -526,12 +527,12 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
         reply = Reply("", "text/plain", 400)
     except SongscanError as exc:
         error_code = exc.code
-        reply = _error_reply(exc, fields, api_method, request, started, enterprise_echo)
+        reply = reply_for_error(exc, fields, api_method, request, started, enterprise_echo)
     except Exception:
         log.exception("request %s failed", request_id)
         unexpected = UnexpectedError(request_id)
         error_code = unexpected.code
-        reply = _error_reply(unexpected, fields, api_method, request, started, enterprise_echo)
+        reply = reply_for_error(unexpected, fields, api_method, request, started, enterprise_echo)
     finally:
         service.metrics.in_progress.dec()
     elapsed = time.perf_counter() - started
@@ -558,7 +559,7 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
     return replace(reply, fields=fields)
 
 
-def _error_reply(
+def reply_for_error(
     exc: SongscanError,
     fields: Mapping[str, str],
     api_method: str,
