@@ -18,6 +18,7 @@ CONTRACT = {
         "use_timecode",
         "accurate_offsets",
         "response_type",
+        "async",
     ],
     "/upload/": ["api_token", "url", "file", "audio_id", "artist", "title", "release_date"],
 }
@@ -38,3 +39,22 @@ def test_openapi_lists_every_parameter_and_error_code(api: Api) -> None:
                 assert name in query or body[name].get("format") == "binary", (path, name)
             described = op["responses"]["200"]["description"]
             assert all(f"`{code}`" in described for code in CODES)
+
+
+def test_openapi_lists_the_long_job_routes(api: Api) -> None:
+    with api.client() as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    routes = {
+        "/enterprise/jobs": ["get"],
+        "/enterprise/jobs/{job_id}": ["get", "delete"],
+        "/enterprise/jobs/{job_id}/result": ["get"],
+        "/enterprise/jobs/{job_id}/cancel": ["post"],
+    }
+    for path, methods in routes.items():
+        for method in methods:
+            op = paths[path][method]
+            params = {p["name"]: p for p in op["parameters"]}
+            assert params["api_token"]["required"], (path, method)
+            assert ("job_id" in params) == ("{job_id}" in path)
+            assert "`running`" in op["responses"]["200"]["description"]
+    assert "limit" in {p["name"] for p in paths["/enterprise/jobs"]["get"]["parameters"]}

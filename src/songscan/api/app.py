@@ -1,8 +1,9 @@
 """The FastAPI application: `create_app(data_dir, config)`.
 
 Mounts the accounts pages (dashboard, sign-up, log-in, Stripe webhook). The recognition routes
-are added here by the API module. `app.state.accounts` is the accounts service and
-`app.state.payments` the payments side, both shared by every route.
+are added here by the API module, with the runner of long jobs that the lifespan starts and
+stops. `app.state.accounts` is the accounts service and `app.state.payments` the payments
+side, both shared by every route.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
     accounts = Accounts.open(data_dir, config)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.job_runner.start()
         yield
+        app.state.job_runner.stop()
         accounts.close()
         shutdown_pools()  # the scan pool's processes end with the server
 

@@ -31,6 +31,12 @@ ENTERPRISE_PARAMS = [
     ("use_timecode", "boolean", "Take skip_first_seconds from the URL's t/time_continue/start."),
     ("accurate_offsets", "boolean", "Add start_offset/end_offset (ms inside the chunk)."),
     ("response_type", "string", "`json` (default), `csv`, or `segments` (songscan extension)."),
+    (
+        "async",
+        "boolean",
+        "`true`: run as a long job (songscan extension): the answer is the job "
+        "(`job_id`, `state`), to poll at `/enterprise/jobs/{job_id}`.",
+    ),
 ]
 UPLOAD_PARAMS = [
     *COMMON[:3],
@@ -91,6 +97,40 @@ def operation(params: list[tuple[str, str, str]]) -> dict[str, Any]:
                 "`error.error_code`:\n" + errors,
             },
             "413": {"description": "the body is over the server's hard cap"},
+            "429": {"description": "rate limited; see `Retry-After`"},
+        },
+    }
+
+
+JOB_STATES = "`queued`, `running`, `done`, `failed` or `cancelled`"
+
+
+def job_operation(*, listing: bool = False) -> dict[str, Any]:
+    """`openapi_extra` for the long-job routes: `api_token` (and `limit` for the list)."""
+    params = [("api_token", "string", "The caller's token: a job is seen by its account only.")]
+    if listing:
+        params.append(("limit", "integer", "At most this many jobs, newest first (default 100)."))
+    errors = "\n".join(f"- `{code}`: {ERROR_CODES[code]}" for code in (900, 901, 904, 100))
+    return {
+        "parameters": [
+            {
+                "name": n,
+                "in": "query",
+                "required": n == "api_token",
+                "description": d,
+                "schema": _schema(k),
+            }
+            for n, k, d in params
+        ],
+        "responses": {
+            "200": {
+                "description": "`status: success` with the job: `job_id`, `state` "
+                f"({JOB_STATES}), `progress` (`chunks_done`, `chunks_total`, `fraction`), "
+                "`created_at`, `started_at`, `finished_at`, `billed`, and when done `response` "
+                "(the synchronous call's body), when failed `error`; or `status: error`:\n"
+                + errors
+                + "\n- `50`: no such job for this token, or it has no result yet",
+            },
             "429": {"description": "rate limited; see `Retry-After`"},
         },
     }

@@ -6,6 +6,9 @@ the event loop) → in a worker thread: authenticate, check entitlements and par
 body. The temp dir is removed when the request ends, however it ends. Scans are CPU-bound and run
 in worker threads (bounded by `[api] concurrent_scans`) so the event loop keeps serving.
 
+An enterprise request with `async=true` is checked the same way, then queued as a long job
+(`songscan.jobs`; `api/jobs.py` runs it and serves `/enterprise/jobs`).
+
 Also here: `/healthz`, `/metrics` (Prometheus) and the access log (`songscan.access`, one JSON
 object per line, with the request id and the masked token).
 """
@@ -58,9 +61,11 @@ from songscan.errors import (
     MediaTooLarge,
     NoMedia,
     NotEntitled,
+    QuotaExceeded,
     SongscanError,
 )
 from songscan.ingest import IngestItem, ingest
+from songscan.jobs import JobStore, job_json
 from songscan.media import probe
 from songscan.results import (
     OutputOptions,
@@ -69,8 +74,14 @@ from songscan.results import (
     segments_json,
     standard_response,
 )
-from songscan.scan import plan_for, recognize_clip, scan_file
-from songscan.sources import AllowList, fetch_media, temporary_media, timecode_from_url
+from songscan.scan import ScanResult, plan_for, recognize_clip, scan_file
+from songscan.sources import (
+    AllowList,
+    check_url,
+    fetch_media,
+    temporary_media,
+    timecode_from_url,
+)
 
 log = logging.getLogger("songscan.api")
 access_log = logging.getLogger("songscan.access")
@@ -78,6 +89,7 @@ access_log = logging.getLogger("songscan.access")
 router = APIRouter()
 
 RECOGNIZE, ENTERPRISE, UPLOAD = "recognize", "enterprise", "upload"
+ASYNC = "async"  # `/enterprise` parameter: `true` runs the request as a long job
 RESPONSE_TYPES = ("json", "csv", "segments")
 _MB = 1024 * 1024
 
@@ -95,6 +107,8 @@ class ApiSettings:
     # "reject": a standard clip over 25 s gets error 400; "first": its first 25 s are analysed.
     standard_long_clips: str = "reject"
     concurrent_scans: int = 0  # requests worked on at once; 0: one per core
+    concurrent_jobs: int = 1  # long jobs this server process runs at once
+    job_retention_days: float = 7.0  # finished jobs (and their results) are kept this long
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], plans_max_bytes: int) -> ApiSettings:
@@ -107,6 +121,8 @@ class ApiSettings:
             "standard_max_mb": (int, float),
             "standard_long_clips": (str,),
             "concurrent_scans": (int,),
+            "concurrent_jobs": (int,),
+            "job_retention_days": (int, float),
         }
         for key, value in section.items():
             if key not in known:
@@ -121,6 +137,8 @@ class ApiSettings:
         except ValueError as exc:
             raise ConfigError(f"[api].url_allow: {exc}") from None
         tmp_dir = section.get("tmp_dir")
+        if section.get("concurrent_jobs", 1) < 1:
+            raise ConfigError("[api].concurrent_jobs: expected at least 1")
         return cls(
             max_body_bytes=int(section.get("max_body_mb", plans_max_bytes / _MB) * _MB),
             tmp_dir=Path(tmp_dir) if tmp_dir else None,
@@ -129,6 +147,8 @@ class ApiSettings:
             standard_max_bytes=int(section.get("standard_max_mb", 10) * _MB),
             standard_long_clips=long_clips,
             concurrent_scans=int(section.get("concurrent_scans", 0)),
+            concurrent_jobs=int(section.get("concurrent_jobs", 1)),
+            job_retention_days=float(section.get("job_retention_days", 7.0)),
         )
 
 
@@ -173,11 +193,12 @@ class Metrics:
 
 # -- one request ----------------------------------------------------------------------------------
 @dataclass
-class Job:
+class Call:
     """One recognition request as the worker thread sees it; counters are filled in for the
     access log and metrics."""
 
     api_method: str
+    http_method: str
     fields: dict[str, str]
     media: Path | None
     media_bytes: int
@@ -226,6 +247,7 @@ class Recognition:
         self.settings = ApiSettings.from_config(config, plans_max)
         self.engine_config = engine_config
         self.catalog = Catalog(self.data_dir)  # for uploads; scans open their own
+        self.jobs = JobStore(self.data_dir)
         self.metrics = Metrics()
         self._limiter: anyio.CapacityLimiter | None = None
 
@@ -238,40 +260,44 @@ class Recognition:
         return self._limiter
 
     # -- the work, in a worker thread ---------------------------------------------------------
-    def run(self, job: Job) -> Reply:
-        account = self.accounts.authenticate(text_param(job.fields, "api_token"), job.client_addr)
-        job.account_id = account.id
+    def run(self, call: Call) -> Reply:
+        account = self.accounts.authenticate(text_param(call.fields, "api_token"), call.client_addr)
+        call.account_id = account.id
         self.accounts.check_rate(account)
         entitlements = self.accounts.entitlements(account)
-        if job.api_method == UPLOAD:
-            return self._upload(job, account, entitlements)
-        if job.api_method == ENTERPRISE:
-            return self._enterprise(job, account, entitlements)
-        return self._standard(job, account, entitlements)
+        if call.api_method == UPLOAD:
+            return self._upload(call, account, entitlements)
+        if call.api_method == ENTERPRISE:
+            return self._enterprise(call, account, entitlements)
+        return self._standard(call, account, entitlements)
 
-    def _media(self, job: Job, max_bytes: int) -> Path:
+    def _media(self, call: Call, max_bytes: int) -> Path:
         """The media to work on: the upload, else what `url` points to, else error 700."""
-        if job.media is not None:
-            if job.media_bytes > max_bytes:
+        if call.media is not None:
+            if call.media_bytes > max_bytes:
                 raise MediaTooLarge(f"the media is over this endpoint's limit of {_mb(max_bytes)}")
-            path = job.media
-        elif url := text_param(job.fields, "url"):
-            path = fetch_media(
-                url,
-                job.workdir,
-                max_bytes=max_bytes,
-                timeout_s=self.settings.fetch_timeout_s,
-                allow=self.settings.url_allow,
-            )
+            path = call.media
+        elif url := text_param(call.fields, "url"):
+            path = self.fetch(url, call.workdir, max_bytes)
         else:
             raise NoMedia()
-        job.decoded_bytes = path.stat().st_size
+        call.decoded_bytes = path.stat().st_size
         return path
 
-    def _standard(self, job: Job, account: Account, entitlements: Entitlements) -> Reply:
+    def fetch(self, url: str, dest_dir: Path, max_bytes: int) -> Path:
+        """Download what `url` points to into `dest_dir` (errors 600, 400)."""
+        return fetch_media(
+            url,
+            dest_dir,
+            max_bytes=max_bytes,
+            timeout_s=self.settings.fetch_timeout_s,
+            allow=self.settings.url_allow,
+        )
+
+    def _standard(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         cfg = self.engine_config
         max_bytes = min(entitlements.max_file_bytes, self.settings.standard_max_bytes)
-        path = self._media(job, max_bytes)
+        path = self._media(call, max_bytes)
         info = probe(path)
         limit_s = cfg.scan.standard_max_s
         too_long = info.duration_s is not None and info.duration_s > limit_s + 0.5
@@ -282,43 +308,26 @@ class Recognition:
             )
         reservation = self.accounts.reserve(account, 1, RECOGNIZE)
         try:
-            songs = recognize_clip(path, self.data_dir, cfg, owners=_owners(account))
+            songs = recognize_clip(path, self.data_dir, cfg, owners=catalog_owners(account))
         except BaseException as exc:
             self.accounts.settle(reservation, 0, _status(exc), 0)
             raise
         self.accounts.settle(reservation, 1, "ok", 1)
-        job.billed, job.chunks = 1, 1
-        job.audio_s = min(info.duration_s or limit_s, limit_s)
+        call.billed, call.chunks = 1, 1
+        call.audio_s = min(info.duration_s or limit_s, limit_s)
         return Reply(standard_response(songs))
 
-    def _enterprise(self, job: Job, account: Account, entitlements: Entitlements) -> Reply:
-        fields = job.fields
-        use_timecode = bool_param(fields, "use_timecode")
-        skip_first = float_param(fields, "skip_first_seconds", minimum=0)
-        if use_timecode and skip_first is not None:
-            raise InvalidParameters("use_timecode cannot be combined with skip_first_seconds")
-        params = PlanParams(
-            skip=_or(int_param(fields, "skip", minimum=0), 0),
-            every=_or(int_param(fields, "every", minimum=1), 1),
-            limit=int_param(fields, "limit", minimum=0),
-            skip_first_seconds=skip_first or 0.0,
-        )
-        opts = OutputOptions(
-            accurate_offsets=bool_param(fields, "accurate_offsets"),
-            enterprise_metadata=entitlements.enterprise_metadata,
-        )
-        response_type = choice_param(fields, "response_type", RESPONSE_TYPES)
-        url = text_param(fields, "url")
-        if job.media is None and url and not entitlements.enterprise_url_input:
-            raise NotEntitled("url input on /enterprise is not available to this token")
-        if use_timecode and url and job.media is None:
-            params = replace(params, skip_first_seconds=timecode_from_url(url) or 0.0)
-        path = self._media(job, entitlements.max_file_bytes)
+    def _enterprise(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
+        request = enterprise_request(call.fields, call.media is not None, entitlements)
+        if bool_param(call.fields, ASYNC):
+            return self._submit_job(call, account, entitlements, request)
+        path = self._media(call, entitlements.max_file_bytes)
         cfg = self.engine_config
-        n_chunks = len(plan_for(path, params, cfg))
+        n_chunks = len(plan_for(path, request.params, cfg))
         reservation = self.accounts.reserve(account, n_chunks, ENTERPRISE) if n_chunks else None
         try:
-            result = scan_file(path, self.data_dir, params, cfg, owners=_owners(account))
+            owners = catalog_owners(account)
+            result = scan_file(path, self.data_dir, request.params, cfg, owners=owners)
         except BaseException as exc:
             if reservation is not None:
                 self.accounts.settle(reservation, 0, _status(exc), 0)
@@ -326,25 +335,59 @@ class Recognition:
         used = min(result.billable_chunks, n_chunks)
         if reservation is not None:
             self.accounts.settle(reservation, used, "ok", result.billable_chunks)
-        job.billed, job.chunks = used, result.billable_chunks
-        job.audio_s = sum(c.chunk.duration_s for c in result.chunks)
-        result = replace(result, execution_time_s=time.perf_counter() - job.started)
-        if response_type == "csv":
-            return Reply(enterprise_csv(result, opts), "text/csv; charset=utf-8")
-        if response_type == "segments":
-            return Reply(segments_json(result))
-        return Reply(enterprise_response(result, opts))
+        call.billed, call.chunks = used, result.billable_chunks
+        call.audio_s = sum(c.chunk.duration_s for c in result.chunks)
+        result = replace(result, execution_time_s=time.perf_counter() - call.started)
+        return enterprise_reply(result, request)
 
-    def _upload(self, job: Job, account: Account, entitlements: Entitlements) -> Reply:
+    def _submit_job(
+        self, call: Call, account: Account, entitlements: Entitlements, request: EnterpriseRequest
+    ) -> Reply:
+        """Queue an enterprise request as a long job (api-contract.md §5). The synchronous
+        call's checks before its scan are made now, and a file's chunks are reserved now (so a
+        queued job cannot run out of quota); a `url` is downloaded by the job."""
+        if account.is_test:
+            raise NotEntitled("long jobs need an api_token of your own, not the public test token")
+        n_chunks: int | None = None
+        reservation = None
+        if call.media is not None:
+            path = self._media(call, entitlements.max_file_bytes)
+            n_chunks = len(plan_for(path, request.params, self.engine_config))
+            if n_chunks:
+                reservation = self.accounts.reserve(account, n_chunks, ENTERPRISE)
+        elif request.url:
+            check_url(request.url, self.settings.url_allow)
+            if self.accounts.remaining(account) + self.accounts.plan(account).overage_limit < 1:
+                raise QuotaExceeded()
+        else:
+            raise NoMedia()
+        masked = {**call.fields, "api_token": mask_token(text_param(call.fields, "api_token"))}
+        try:
+            record = self.jobs.create(
+                account.id,
+                masked,
+                call.http_method,
+                call.media,
+                chunks_total=n_chunks,
+                reservation_id=reservation.entry_id if reservation else None,
+                reserved=n_chunks or 0,
+            )
+        except BaseException as exc:
+            if reservation is not None:
+                self.accounts.settle(reservation, 0, _status(exc), 0)
+            raise
+        return Reply({"status": "success", "result": job_json(record)})
+
+    def _upload(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         if not entitlements.custom_catalog:
             raise NotEntitled("the custom catalog (/upload/) is not available to this token")
-        audio_id = int_param(job.fields, "audio_id", minimum=0)
+        audio_id = int_param(call.fields, "audio_id", minimum=0)
         if audio_id is None:
             raise InvalidParameters("audio_id is required: the integer id of this track")
         metadata = metadata_from_mapping(
-            {name: text_param(job.fields, name) for name in METADATA_FIELDS}
+            {name: text_param(call.fields, name) for name in METADATA_FIELDS}
         )
-        path = self._media(job, entitlements.max_file_bytes)
+        path = self._media(call, entitlements.max_file_bytes)
         info = probe(path)
         reservation = self.accounts.reserve(account, 1, UPLOAD)
         try:
@@ -356,9 +399,55 @@ class Recognition:
             self.accounts.settle(reservation, 0, _status(exc), 0)
             raise
         self.accounts.settle(reservation, 1, "ok", 0)
-        job.billed = 1
-        job.audio_s = info.duration_s or 0.0
+        call.billed = 1
+        call.audio_s = info.duration_s or 0.0
         return Reply({"status": "success", "result": None})
+
+
+@dataclass(frozen=True)
+class EnterpriseRequest:
+    """The checked parameters of an enterprise scan: which chunks, and how to answer."""
+
+    params: PlanParams
+    opts: OutputOptions
+    response_type: str
+    url: str | None  # the media's URL; None when a file was sent
+
+
+def enterprise_request(
+    fields: Mapping[str, str], has_file: bool, entitlements: Entitlements
+) -> EnterpriseRequest:
+    """The enterprise parameters in `fields`, or InvalidParameters (50) / NotEntitled (904)."""
+    use_timecode = bool_param(fields, "use_timecode")
+    skip_first = float_param(fields, "skip_first_seconds", minimum=0)
+    if use_timecode and skip_first is not None:
+        raise InvalidParameters("use_timecode cannot be combined with skip_first_seconds")
+    params = PlanParams(
+        skip=_or(int_param(fields, "skip", minimum=0), 0),
+        every=_or(int_param(fields, "every", minimum=1), 1),
+        limit=int_param(fields, "limit", minimum=0),
+        skip_first_seconds=skip_first or 0.0,
+    )
+    opts = OutputOptions(
+        accurate_offsets=bool_param(fields, "accurate_offsets"),
+        enterprise_metadata=entitlements.enterprise_metadata,
+    )
+    response_type = choice_param(fields, "response_type", RESPONSE_TYPES)
+    url = None if has_file else text_param(fields, "url")
+    if url and not entitlements.enterprise_url_input:
+        raise NotEntitled("url input on /enterprise is not available to this token")
+    if use_timecode and url:
+        params = replace(params, skip_first_seconds=timecode_from_url(url) or 0.0)
+    return EnterpriseRequest(params, opts, response_type, url)
+
+
+def enterprise_reply(result: ScanResult, request: EnterpriseRequest) -> Reply:
+    """The body of a finished enterprise scan, in the requested `response_type`."""
+    if request.response_type == "csv":
+        return Reply(enterprise_csv(result, request.opts), "text/csv; charset=utf-8")
+    if request.response_type == "segments":
+        return Reply(segments_json(result))
+    return Reply(enterprise_response(result, request.opts))
 
 
 def _or(value: int | None, default: int) -> int:
@@ -378,7 +467,7 @@ def _owner(account: Account) -> str:
     return str(account.id)
 
 
-def _owners(account: Account) -> tuple[str, ...]:
+def catalog_owners(account: Account) -> tuple[str, ...]:
     """The tracks an account's queries match: the shared catalog and its own uploads."""
     return ("", _owner(account))
 
@@ -410,7 +499,7 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
     enterprise_echo = api_method == ENTERPRISE
     client_addr = request.client.host if request.client else ""
     fields: dict[str, str] = dict(request.query_params)
-    job: Job | None = None
+    call: Call | None = None
     parsed = ParsedRequest()
     error_code = 0
     service.metrics.in_progress.inc()
@@ -422,8 +511,9 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
             fields = parsed.fields
             api_method = _api_method(request, route, fields)
             enterprise_echo = api_method == ENTERPRISE
-            job = Job(
+            call = Call(
                 api_method=api_method,
+                http_method=request.method,
                 fields=fields,
                 media=parsed.media,
                 media_bytes=parsed.media_bytes,
@@ -431,22 +521,22 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
                 client_addr=client_addr,
                 started=started,
             )
-            reply = await anyio.to_thread.run_sync(service.run, job, limiter=service.limiter)
+            reply = await anyio.to_thread.run_sync(service.run, call, limiter=service.limiter)
     except ClientDisconnect:
         error_code = -1  # nobody is left to answer
         reply = Reply("", "text/plain", 400)
     except SongscanError as exc:
         error_code = exc.code
-        reply = _error_reply(exc, fields, api_method, request, started, enterprise_echo)
+        reply = reply_for_error(exc, fields, api_method, request, started, enterprise_echo)
     except Exception:
         log.exception("request %s failed", request_id)
         unexpected = UnexpectedError(request_id)
         error_code = unexpected.code
-        reply = _error_reply(unexpected, fields, api_method, request, started, enterprise_echo)
+        reply = reply_for_error(unexpected, fields, api_method, request, started, enterprise_echo)
     finally:
         service.metrics.in_progress.dec()
     elapsed = time.perf_counter() - started
-    _record(service.metrics, api_method, error_code, elapsed, job)
+    _record(service.metrics, api_method, error_code, elapsed, call)
     access_log.info(
         json.dumps(
             {
@@ -456,12 +546,12 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
                 "path": request.url.path,
                 "api_method": api_method,
                 "token": mask_token(fields.get("api_token")),
-                "account": job.account_id if job else None,
+                "account": call.account_id if call else None,
                 "status": reply.http_status,
                 "error_code": error_code,
                 "body_bytes": parsed.body_bytes,
-                "chunks": job.chunks if job else 0,
-                "billed": job.billed if job else 0,
+                "chunks": call.chunks if call else 0,
+                "billed": call.billed if call else 0,
                 "duration_ms": round(elapsed * 1000, 1),
             }
         )
@@ -469,7 +559,7 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
     return replace(reply, fields=fields)
 
 
-def _error_reply(
+def reply_for_error(
     exc: SongscanError,
     fields: Mapping[str, str],
     api_method: str,
@@ -489,18 +579,18 @@ def _error_reply(
 
 
 def _record(
-    metrics: Metrics, api_method: str, error_code: int, elapsed: float, job: Job | None
+    metrics: Metrics, api_method: str, error_code: int, elapsed: float, call: Call | None
 ) -> None:
     if error_code == -1:
         metrics.requests.labels(api_method, "disconnected").inc()
     else:
         metrics.requests.labels(api_method, str(error_code)).inc()
     metrics.latency.labels(api_method).observe(elapsed)
-    if job is not None:
-        metrics.chunks.inc(job.chunks)
-        metrics.audio_seconds.inc(job.audio_s)
-        metrics.media_bytes.inc(job.decoded_bytes)
-        metrics.billed.inc(job.billed)
+    if call is not None:
+        metrics.chunks.inc(call.chunks)
+        metrics.audio_seconds.inc(call.audio_s)
+        metrics.media_bytes.inc(call.decoded_bytes)
+        metrics.billed.inc(call.billed)
 
 
 @router.api_route(
@@ -585,11 +675,14 @@ async def metrics(request: Request) -> Response:
 
 def install(app: FastAPI) -> None:
     """Add the recognition API to an app made by `create_app` (which has set
-    `app.state.data_dir`, `.config` and `.accounts`)."""
+    `app.state.data_dir`, `.config` and `.accounts`), and the long jobs' runner
+    (`app.state.job_runner`, which the app's lifespan starts and stops)."""
     app.state.recognition = Recognition(
         app.state.data_dir, app.state.config, app.state.accounts, DEFAULT
     )
     app.include_router(router)
-    from songscan.api import tryit  # it renders this module's replies
+    from songscan.api import jobs, tryit  # they use this module's requests and replies
 
+    app.state.job_runner = jobs.JobRunner(app.state.recognition)
+    app.include_router(jobs.router)
     app.include_router(tryit.router)

@@ -1,0 +1,326 @@
+"""Long enterprise jobs over HTTP (api-contract.md §5): the runner and `/enterprise/jobs`.
+
+`/enterprise` with `async=true` is checked and queued by the recognition module, with the
+synchronous call's checks, reservation and errors. Here, `JobRunner` runs queued jobs in this
+server process (`[api] concurrent_jobs` at a time, in threads started by the app's lifespan)
+with the synchronous call's scan, reply and ledger, and reports progress; the routes let a
+token list, poll and cancel its own jobs.
+
+Billing: a job's reservation is settled once, after the job's outcome is recorded (the
+ledger refuses a second settlement), so a job that is run again after a crash is billed once.
+A failed or cancelled job costs nothing, like a failed synchronous call.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from songscan.accounts.plans import Entitlements
+from songscan.accounts.service import Account, Reservation
+from songscan.api.errors import UnexpectedError, error_reply
+from songscan.api.openapi import job_operation
+from songscan.api.params import MAX_FIELDS, int_param, text_param
+from songscan.api.recognition import (
+    ENTERPRISE,
+    EnterpriseRequest,
+    Recognition,
+    Reply,
+    catalog_owners,
+    enterprise_reply,
+    enterprise_request,
+    reply_for_error,
+)
+from songscan.errors import InvalidParameters, NotEntitled, SongscanError
+from songscan.jobs import ACTIVE, CANCELLED, DONE, FAILED, FINISHED, JobRecord, job_json
+from songscan.results import to_json
+from songscan.scan import ScanResult, plan_for, scan_file
+
+log = logging.getLogger("songscan.api")
+
+JOBS = "jobs"  # `request_api_method` of the job routes' errors
+POLL_S = 1.0  # how often an idle runner looks for jobs queued or abandoned by other processes
+PRUNE_EVERY_S = 3600.0
+MAX_ATTEMPTS = 5  # a job whose server stopped under it this often is not run again
+LIST_LIMIT = 100
+
+
+class _Cancelled(Exception):
+    """The job was cancelled while it ran."""
+
+
+class _Stopping(Exception):
+    """The server is stopping: the job stays `running`, to be run again at the next start."""
+
+
+class JobRunner:
+    """Runs the jobs of the data directory, `concurrent_jobs` at a time, in this process."""
+
+    def __init__(self, service: Recognition) -> None:
+        self.service = service
+        self.store = service.jobs
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pruned_at = 0.0
+
+    def start(self) -> None:
+        self.store.remove_orphan_dirs()
+        for i in range(self.service.settings.concurrent_jobs):
+            thread = threading.Thread(target=self._loop, name=f"songscan-job-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Take no more jobs; a running scan stops at its next progress report."""
+        self._stopping.set()
+        self.store.changed.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads.clear()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._prune()
+                lock = self.store.claim()
+                if lock is None:
+                    self.store.changed.wait(POLL_S)
+                    self.store.changed.clear()
+                    continue
+                with lock:
+                    self._work(lock.job_id)
+            except Exception:
+                log.exception("the job runner failed; it carries on")
+                self._stopping.wait(POLL_S)
+
+    def _prune(self) -> None:
+        if time.monotonic() - self._pruned_at < PRUNE_EVERY_S and self._pruned_at:
+            return
+        self._pruned_at = time.monotonic()
+        pruned = self.store.prune(self.service.settings.job_retention_days * 86400)
+        if pruned:
+            log.info("pruned %d finished jobs", pruned)
+
+    def _work(self, job_id: str) -> None:
+        record = self.store.require(job_id)
+        if record.state in ACTIVE:
+            self._run(record)
+            record = self.store.require(job_id)
+        if record.state in FINISHED:
+            self._clean_up(record)
+
+    # -- one run of a job -------------------------------------------------------------------
+    def _run(self, record: JobRecord) -> None:
+        if not self.store.start(record.id):
+            return  # cancelled meanwhile
+        started = time.perf_counter()
+        try:
+            if record.attempts >= MAX_ATTEMPTS:
+                raise SongscanError(
+                    f"the job was interrupted {record.attempts} times (its server stopped while "
+                    "it ran); it is not run again"
+                )
+            reply, result, billed = self._scan(record, started)
+        except _Cancelled:
+            return
+        except Exception as exc:
+            if self._stopping.is_set():
+                return  # the server is stopping: the job runs again at the next start
+            self._fail(record, exc, started)
+            return
+        body = reply.body if isinstance(reply.body, str) else to_json(reply.body)
+        done = self.store.finish(
+            record.id,
+            DONE,
+            response=body,
+            media_type=reply.media_type,
+            billed=billed,
+            chunks=result.billable_chunks,
+        )
+        if done:
+            metrics = self.service.metrics
+            metrics.chunks.inc(result.billable_chunks)
+            metrics.audio_seconds.inc(sum(c.chunk.duration_s for c in result.chunks))
+
+    def _scan(self, record: JobRecord, started: float) -> tuple[Reply, ScanResult, int]:
+        """The synchronous call's work: media, plan, reservation, scan, reply."""
+        service = self.service
+        cfg = service.engine_config
+        account = service.accounts.account(record.account_id)
+        entitlements = service.accounts.entitlements(account)
+        request = enterprise_request(record.fields, record.media_name is not None, entitlements)
+        path = self._media(record, request, entitlements)
+        n_chunks = len(plan_for(path, request.params, cfg))
+        self._progress(record.id, 0, n_chunks)  # also: stop here if cancelled meanwhile
+        reserved = record.reserved
+        if record.reservation_id is None and n_chunks:  # a url job: now that its size is known
+            reservation = service.accounts.reserve(account, n_chunks, ENTERPRISE)
+            self.store.set_reservation(record.id, reservation.entry_id, n_chunks)
+            reserved = n_chunks
+        result = scan_file(
+            path,
+            service.data_dir,
+            request.params,
+            cfg,
+            owners=catalog_owners(account),
+            progress=lambda done, total: self._progress(record.id, done, total),
+        )
+        result = replace(result, execution_time_s=time.perf_counter() - started)
+        billed = min(result.billable_chunks, reserved)
+        return enterprise_reply(result, request), result, billed
+
+    def _media(
+        self, record: JobRecord, request: EnterpriseRequest, entitlements: Entitlements
+    ) -> Path:
+        job_dir = self.store.job_dir(record.id)
+        if record.media_name is not None:
+            return job_dir / record.media_name
+        assert request.url is not None  # checked at submission
+        download_dir = job_dir / "download"
+        shutil.rmtree(download_dir, ignore_errors=True)  # what an interrupted run left
+        download_dir.mkdir(parents=True)
+        return self.service.fetch(request.url, download_dir, entitlements.max_file_bytes)
+
+    def _progress(self, job_id: str, done: int, total: int) -> None:
+        if self._stopping.is_set():
+            raise _Stopping()
+        if not self.store.progress(job_id, done, total):
+            raise _Cancelled()
+
+    def _fail(self, record: JobRecord, exc: Exception, started: float) -> None:
+        """Record the error body the synchronous call would have answered."""
+        if not isinstance(exc, SongscanError):
+            log.exception("job %s failed", record.id)
+            exc = UnexpectedError(record.id)
+        body = error_reply(
+            exc,
+            params=record.fields,
+            api_method=ENTERPRISE,
+            http_method=record.http_method,
+            enterprise=True,
+            execution_time_s=time.perf_counter() - started,
+        ).body
+        body["requested_params"]["api_token"] = record.fields.get("api_token", "")  # masked
+        self.store.finish(
+            record.id,
+            FAILED,
+            response=to_json(body),
+            media_type="application/json",
+            error=(exc.code, exc.message),
+        )
+
+    def _clean_up(self, record: JobRecord) -> None:
+        """Settle the job's reservation (bill a done job, refund the others), delete its media."""
+        if record.reservation_id is not None:
+            used = record.billed if record.state == DONE else 0
+            status = {DONE: "ok", CANCELLED: "cancelled"}.get(
+                record.state, f"error {record.error_code}"
+            )
+            reservation = Reservation(
+                record.reservation_id, record.account_id, record.reserved, ENTERPRISE
+            )
+            try:
+                self.service.accounts.settle(reservation, used, status, record.chunks)
+                self.service.metrics.billed.inc(used)
+            except ValueError:
+                pass  # settled before this process went down: billed once
+        self.store.remove_media(record.id)
+        self.store.mark_cleaned(record.id)
+
+
+# -- routes -------------------------------------------------------------------------------------
+router = APIRouter()
+
+JobWork = Callable[[Recognition, Account, Mapping[str, str]], Reply]
+
+
+async def _job_call(request: Request, work: JobWork) -> Response:
+    """Authenticate the token, do `work` for its account, answer (errors as the contract's)."""
+    service: Recognition = request.app.state.recognition
+    request_id = secrets.token_hex(8)
+    started = time.perf_counter()
+    client_addr = request.client.host if request.client else ""
+    fields: dict[str, str] = dict(request.query_params)
+    try:
+        if request.method == "POST":
+            form = await request.form(max_files=0, max_fields=MAX_FIELDS)
+            fields.update({k: v for k, v in form.items() if isinstance(v, str)})
+
+        def run() -> Reply:
+            account = service.accounts.authenticate(text_param(fields, "api_token"), client_addr)
+            service.accounts.check_rate(account)
+            if account.is_test:
+                raise NotEntitled("long jobs need an api_token of your own")
+            return work(service, account, fields)
+
+        reply = await anyio.to_thread.run_sync(run)
+    except SongscanError as exc:
+        reply = reply_for_error(exc, fields, JOBS, request, started, True)
+    except Exception:
+        log.exception("request %s failed", request_id)
+        reply = reply_for_error(UnexpectedError(request_id), fields, JOBS, request, started, True)
+    return reply.response(request_id)
+
+
+def _success(result: object) -> Reply:
+    return Reply({"status": "success", "result": result})
+
+
+@router.get("/enterprise/jobs", response_model=None, openapi_extra=job_operation(listing=True))
+async def list_jobs(request: Request) -> Response:
+    """The token's long jobs, newest first (`limit`, default 100), without their responses."""
+
+    def work(service: Recognition, account: Account, fields: Mapping[str, str]) -> Reply:
+        limit = int_param(fields, "limit", minimum=1) or LIST_LIMIT
+        return _success([job_json(r) for r in service.jobs.of_account(account.id, limit)])
+
+    return await _job_call(request, work)
+
+
+@router.get("/enterprise/jobs/{job_id}", response_model=None, openapi_extra=job_operation())
+async def get_job(request: Request, job_id: str) -> Response:
+    """A job's state and progress; once done, `response`: the synchronous call's body."""
+
+    def work(service: Recognition, account: Account, _fields: Mapping[str, str]) -> Reply:
+        record = service.jobs.require(job_id, account.id)
+        return _success(job_json(record, with_response=True))
+
+    return await _job_call(request, work)
+
+
+@router.get("/enterprise/jobs/{job_id}/result", response_model=None, openapi_extra=job_operation())
+async def get_job_result(request: Request, job_id: str) -> Response:
+    """A finished job's body exactly as the synchronous call would have sent it (JSON, CSV,
+    segments, or the error)."""
+
+    def work(service: Recognition, account: Account, _fields: Mapping[str, str]) -> Reply:
+        record = service.jobs.require(job_id, account.id)
+        if record.state not in (DONE, FAILED) or record.response is None:
+            raise InvalidParameters(f"job {job_id} is {record.state}: it has no result")
+        return Reply(record.response, record.media_type or "application/json")
+
+    return await _job_call(request, work)
+
+
+@router.delete("/enterprise/jobs/{job_id}", response_model=None, openapi_extra=job_operation())
+@router.post("/enterprise/jobs/{job_id}/cancel", response_model=None, openapi_extra=job_operation())
+async def cancel_job(request: Request, job_id: str) -> Response:
+    """Cancel a queued or running job (it costs nothing); a finished job is left as it is."""
+
+    def work(service: Recognition, account: Account, _fields: Mapping[str, str]) -> Reply:
+        service.jobs.require(job_id, account.id)
+        service.jobs.cancel(job_id)
+        return _success(job_json(service.jobs.require(job_id)))
+
+    return await _job_call(request, work)
