@@ -191,10 +191,14 @@ def _nominate(
     step_of, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
     group = tracks * len(steps) + step_of
     key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
-    # Rank by aligned hits, ties by all hits of the track and step.
+    # Per group (keys are sorted, so grouped): its best offset's aligned hits; rank groups by
+    # that, ties by all their hits; each track once, at its best step.
     group_u = key_u // span
-    order = np.lexsort((-np.bincount(group)[group_u], -aligned))
-    ranked = group_u[order]
+    starts = _run_starts(group_u)
+    groups = group_u[starts]
+    best_aligned = np.maximum.reduceat(aligned, starts)
+    order = np.lexsort((-np.bincount(group)[groups], -best_aligned))
+    ranked = groups[order]
     _, first = np.unique(ranked // len(steps), return_index=True)
     best = ranked[np.sort(first)][: mc.max_nominees]
     return best // len(steps), best % len(steps)
@@ -225,24 +229,32 @@ def _votes(
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Offset histogram per group (track and step), counting each query anchor once per
     offset (a repeated motif must not vote twice); aligned hits = hits within +-tol of an
-    offset. Returns the distinct keys `group * span + offset - base`, their aligned hits,
-    `span` and `base`."""
+    offset. Returns the distinct keys `group * span + offset - base` (sorted), their aligned
+    hits, `span` and `base`. One sort; the rest is linear."""
     base = int(offsets.min()) - tol
     span = int(offsets.max() - base) + tol + 1
     key = group * span + (offsets - base)
     anchor_slot = np.rint(anchors).astype(np.int64)
     n_slots = int(anchor_slot.max()) + 1
-    distinct = np.unique(key * n_slots + anchor_slot) // n_slots
-    key_u, key_counts = np.unique(distinct, return_counts=True)
+    hits = np.sort(key * n_slots + anchor_slot)
+    keys = hits[_run_starts(hits)] // n_slots  # one entry per (key, anchor), sorted by key
+    starts = _run_starts(keys)
+    key_u = keys[starts]
+    key_counts = np.diff(np.append(starts, keys.shape[0]))
     aligned = key_counts.copy()
     for shift in range(1, tol + 1):
         for direction in (-1, 1):
             neighbour = key_u + direction * shift
-            pos = np.searchsorted(key_u, neighbour)
-            pos_ok = np.minimum(pos, key_u.shape[0] - 1)
-            hit = key_u[pos_ok] == neighbour
-            aligned += np.where(hit, key_counts[pos_ok], 0)
+            pos = np.minimum(np.searchsorted(key_u, neighbour), key_u.shape[0] - 1)
+            aligned += np.where(key_u[pos] == neighbour, key_counts[pos], 0)
     return key_u, aligned, span, base
+
+
+def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Indices where a run of equal values starts."""
+    starts = np.ones(sorted_values.shape[0], dtype=bool)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    return np.flatnonzero(starts)
 
 
 def _alternatives(
