@@ -78,6 +78,23 @@ def match_peaks(
     return [replace(found[0], weak=True)] if found else []
 
 
+def match_tracks(
+    peaks: Peaks, refs: References, track_ids: np.ndarray, cfg: EngineConfig
+) -> list[Match]:
+    """Like `match_peaks`, but checks only `track_ids` (songs heard in the neighbouring chunks),
+    at every speed step, without looking the triplets up."""
+    if len(peaks) < 2 or track_ids.shape[0] == 0:
+        return []
+    mc = cfg.match
+    steps = (0, *mc.speed_steps)
+    nominees = np.repeat(track_ids, len(steps))
+    nominee_steps = np.tile(np.arange(len(steps)), track_ids.shape[0])
+    found = _verify(peaks, steps, refs, nominees, nominee_steps, cfg)
+    if _confident(found, mc):
+        return _confident(found, mc)
+    return [replace(found[0], weak=True)] if found else []
+
+
 def _confident(found: list[Match], mc: MatchConfig) -> list[Match]:
     return [m for m in found if m.aligned_hits >= mc.min_aligned_hits]
 
@@ -89,11 +106,24 @@ def _match_steps(
     live_ids: np.ndarray,
     cfg: EngineConfig,
 ) -> list[Match]:
-    fp, mc = cfg.fingerprint, cfg.match
     nominees, nominee_steps = _nominate(peaks, steps, refs.index, live_ids, cfg)
+    # Each nominee is verified at the speed step its triplets chose.
+    return _verify(peaks, steps, refs, nominees, nominee_steps, cfg)
+
+
+def _verify(
+    peaks: Peaks,
+    steps: tuple[int, ...],
+    refs: References,
+    nominees: np.ndarray,
+    nominee_steps: np.ndarray,
+    cfg: EngineConfig,
+) -> list[Match]:
+    """Matches among the tracks `nominees`, each at the step `steps[nominee_steps]`, by their
+    pairs."""
+    fp, mc = cfg.fingerprint, cfg.match
     if nominees.shape[0] == 0:
         return []
-    # Each nominee is verified at the speed step its triplets chose.
     verified = np.unique(nominee_steps)
     per_step = [
         hashes(peaks, fp, fp.query_fanout, step) if i in verified else _NO_HASHES
@@ -242,11 +272,12 @@ def _votes(
     key_u = keys[starts]
     key_counts = np.diff(np.append(starts, keys.shape[0]))
     aligned = key_counts.copy()
-    for shift in range(1, tol + 1):
-        for direction in (-1, 1):
-            neighbour = key_u + direction * shift
-            pos = np.minimum(np.searchsorted(key_u, neighbour), key_u.shape[0] - 1)
-            aligned += np.where(key_u[pos] == neighbour, key_counts[pos], 0)
+    # Keys are distinct and sorted, so a key within +-tol of another is at most tol places
+    # away; keys of different groups are more than 2 * tol apart.
+    for lag in range(1, tol + 1):
+        near = key_u[lag:] - key_u[:-lag] <= tol
+        aligned[:-lag] += np.where(near, key_counts[lag:], 0)
+        aligned[lag:] += np.where(near, key_counts[:-lag], 0)
     return key_u, aligned, span, base
 
 

@@ -23,7 +23,8 @@ from .catalog import Catalog, Track
 from .chunks import Chunk, PlanParams, chunk_plan, runs
 from .config import DEFAULT, EngineConfig
 from .errors import DecodeFailed, FingerprintFailed
-from .matcher import Match, Placement, match_samples
+from .fingerprint import Peaks, query_peaks
+from .matcher import Match, Placement, match_peaks, match_samples, match_tracks
 from .media import decode, probe, sample_index
 
 
@@ -336,10 +337,45 @@ def scan_unit(
     owners: tuple[str, ...] | None = None,
 ) -> UnitResult:
     live = catalog.live_ids(owners)
-    return [
-        (chunk, match_samples(samples, catalog, live, cfg))
-        for chunk, samples in chunk_audio(path, unit, cfg)
-    ]
+    chunks, heard = [], []
+    for chunk, samples in chunk_audio(path, unit, cfg):
+        peaks = query_peaks(samples, cfg.fingerprint)
+        chunks.append(chunk)
+        heard.append((peaks, match_peaks(peaks, catalog, live, cfg)))
+    return list(zip(chunks, check_neighbours_songs(heard, catalog, cfg), strict=True))
+
+
+def check_neighbours_songs(
+    heard: list[tuple[Peaks, list[Match]]], catalog: Catalog, cfg: EngineConfig
+) -> list[list[Match]]:
+    """Each chunk's matches, after a chunk without a confident one is checked against the songs
+    its neighbours matched confidently: under heavy noise, or in a crowded index, the triplets
+    may not nominate a song that the pairs still recognise. Repeated while it finds more (a
+    song found in one chunk is followed into the next), so the result does not depend on the
+    order of the chunks."""
+    matches = [found for _, found in heard]
+    tried: list[set[int]] = [set() for _ in heard]
+    while True:
+        confident = [bool(m) and not m[0].weak for m in matches]
+        changed = False
+        for i, (peaks, _) in enumerate(heard):
+            if confident[i]:
+                continue
+            songs = {
+                m.track_id
+                for j in (i - 1, i + 1)
+                if 0 <= j < len(heard) and confident[j]
+                for m in matches[j]
+            } - tried[i]
+            if not songs:
+                continue
+            tried[i] |= songs
+            found = match_tracks(peaks, catalog, np.array(sorted(songs)), cfg)
+            if found and (not found[0].weak or not matches[i]):
+                matches[i] = found
+                changed = changed or not found[0].weak
+        if not changed:
+            return matches
 
 
 _catalogs: dict[Path, Catalog] = {}

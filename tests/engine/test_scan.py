@@ -16,8 +16,16 @@ from songscan.config import DEFAULT
 from songscan.fingerprint import Peaks, query_peaks, triplets
 from songscan.index import pack_postings
 from songscan.index.segments import HASH_BITS
+from songscan.matcher import match_peaks
 from songscan.media import decode_all
-from songscan.scan import ChunkResult, SongMatch, confirm_weak, recognize_clip, scan_file
+from songscan.scan import (
+    ChunkResult,
+    SongMatch,
+    check_neighbours_songs,
+    confirm_weak,
+    recognize_clip,
+    scan_file,
+)
 from tests.audio import RATE, synth_song, write_audio
 
 from .conftest import Library, excerpt, mix
@@ -225,6 +233,31 @@ def test_songs_are_found_under_a_posting_budget_among_decoys(
     result = scan_file(path, data, PlanParams(), tight)
     assert [c.songs[0].track.audio_id for c in result.matched] == [3, 3]
     assert abs(result.matched[0].songs[0].timecode_ms - 20_000) <= 50
+
+
+def test_songs_of_neighbouring_chunks_are_checked_where_nothing_was_nominated(
+    library: Library,
+) -> None:
+    """Chunks 1 and 2 play on the song of chunk 0 but come in with no match (as when their
+    triplets were lost in noise or a crowded index); chunk 3 is noise. The neighbours' song is
+    checked by its pairs: found in chunk 1, then followed into chunk 2; not in the noise."""
+    catalog = Catalog(library.data)
+    fp = SERIAL.fingerprint
+    song = resample_poly(library.songs[1], RATE_8K, RATE).astype(np.float32)
+    noise = np.random.default_rng(4).normal(0, 0.1, 12 * RATE_8K).astype(np.float32)
+    pieces = [song[i * 12 * RATE_8K : (i + 1) * 12 * RATE_8K] for i in (1, 2, 3)] + [noise]
+    peaks = [query_peaks(x, fp) for x in pieces]
+    first = match_peaks(peaks[0], catalog, catalog.live_ids(), SERIAL)
+    assert first and not first[0].weak
+    heard = [(peaks[0], first), (peaks[1], []), (peaks[2], []), (peaks[3], [])]
+    matches = check_neighbours_songs(heard, catalog, SERIAL)
+    track = catalog.get(1).id
+    for i in (1, 2):
+        assert matches[i][0].track_id == track and not matches[i][0].weak
+        # the song position: chunk i starts 12 s after chunk i - 1 in the song
+        shift_frames = 12 * i * fp.frames_per_s
+        assert abs(matches[i][0].offset_frames - first[0].offset_frames - shift_frames) <= 2
+    assert matches[0] == first and matches[3] == []
 
 
 def test_evidence_below_the_threshold_alone_is_no_match(library: Library, tmp_path: Path) -> None:
