@@ -239,16 +239,20 @@ class Catalog:
         sorted_queries = hashes[order]
         found = []
         for track_id in track_ids:
-            ref_hashes, ref_postings = self._track_pairs(int(track_id), cfg)
-            lo = np.searchsorted(ref_hashes, sorted_queries, side="left")
-            hi = np.searchsorted(ref_hashes, sorted_queries, side="right")
+            distinct, starts, ref_postings = self._track_pairs(int(track_id), cfg)
+            if distinct.shape[0] == 0:
+                continue
+            pos = np.minimum(np.searchsorted(distinct, sorted_queries), distinct.shape[0] - 1)
+            hit = distinct[pos] == sorted_queries
+            lo, hi = np.where(hit, starts[pos], 0), np.where(hit, starts[pos + 1], 0)
             found.append(expand_runs(order, lo, hi, ref_postings))
         if not found:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
         return np.concatenate([q for q, _ in found]), np.concatenate([p for _, p in found])
 
     def _track_pairs(self, track_id: int, cfg: FingerprintConfig) -> tuple[np.ndarray, ...]:
-        """A track's pair hashes (sorted) and their postings, from its stored peaks."""
+        """A track's pair hashes from its stored peaks: the distinct hashes (sorted), where
+        each one's run starts in the postings (and where the last ends), the postings."""
         key = (track_id, cfg)
         with self._lock:
             if key in self._pairs:
@@ -256,8 +260,11 @@ class Catalog:
                 return self._pairs[key]
         found = reference_pairs(self.peaks(track_id), cfg)
         order = np.argsort(found.hashes)
+        sorted_hashes = found.hashes[order]
         frames = np.rint(found.anchor_frames[order]).astype(np.uint32)
-        pairs = (found.hashes[order], pack_postings(track_id, frames))
+        distinct, starts = np.unique(sorted_hashes, return_index=True)
+        starts = np.append(starts, sorted_hashes.shape[0])
+        pairs = (distinct, starts, pack_postings(track_id, frames))
         with self._lock:
             self._pairs[key] = pairs
             while len(self._pairs) > PAIR_CACHE_TRACKS:

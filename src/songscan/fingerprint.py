@@ -77,9 +77,9 @@ def spectrogram(samples: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(samples, cfg.n_fft)[:: cfg.hop]
     spectrum = scipy.fft.rfft(frames * _window(cfg.n_fft), axis=1)
     lo, hi = _bin_range(cfg)
-    power = spectrum[:, lo:hi]
-    magnitude = np.abs(power).astype(np.float32, copy=False)
-    return np.log(magnitude + _EPS)
+    band = spectrum[:, lo:hi]
+    power = band.real**2 + band.imag**2  # float32; cheaper than np.abs of complex
+    return 0.5 * np.log(power + _EPS**2)
 
 
 def _bin_range(cfg: FingerprintConfig) -> tuple[int, int]:
