@@ -64,7 +64,7 @@ class MatchConfig:
     max_nominees: int = 10
     # Postings gathered per lookup at most; beyond it the commonest hashes are left out. Bounds
     # time and memory per chunk on a large index (a small one never reaches it).
-    max_postings_per_lookup: int = 300_000
+    max_postings_per_lookup: int = 200_000
     # A second song in the same chunk must reach this share of the best song's hits.
     secondary_min_share: float = 0.25
     # Another position of the same song (a repeated passage) is kept as an alternative when it

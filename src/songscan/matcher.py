@@ -220,6 +220,13 @@ def _nominate(
         return nothing
     step_of, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
     group = tracks * len(steps) + step_of
+    hits = np.bincount(group)
+    # A group (track and step) with one hit ranks below every group with more; in a large
+    # index most groups have one, so when enough tracks have more, only those are counted.
+    tracks_with_several = np.flatnonzero(hits >= 2) // len(steps)  # sorted
+    if _distinct_sorted(tracks_with_several) >= mc.max_nominees:
+        several = hits[group] >= 2
+        group, offsets, anchors = group[several], offsets[several], anchors[several]
     key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
     # Per group (keys are sorted, so grouped): its best offset's aligned hits; rank groups by
     # that, ties by all their hits; each track once, at its best step.
@@ -227,7 +234,7 @@ def _nominate(
     starts = _run_starts(group_u)
     groups = group_u[starts]
     best_aligned = np.maximum.reduceat(aligned, starts)
-    order = np.lexsort((-np.bincount(group)[groups], -best_aligned))
+    order = np.lexsort((-hits[groups], -best_aligned))
     ranked = groups[order]
     _, first = np.unique(ranked // len(steps), return_index=True)
     best = ranked[np.sort(first)][: mc.max_nominees]
@@ -279,6 +286,10 @@ def _votes(
         aligned[:-lag] += np.where(near, key_counts[lag:], 0)
         aligned[lag:] += np.where(near, key_counts[:-lag], 0)
     return key_u, aligned, span, base
+
+
+def _distinct_sorted(values: np.ndarray) -> int:
+    return 0 if values.shape[0] == 0 else 1 + int(np.count_nonzero(np.diff(values)))
 
 
 def _run_starts(sorted_values: np.ndarray) -> np.ndarray:

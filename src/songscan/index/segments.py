@@ -254,7 +254,7 @@ def _rarest_within(counts: np.ndarray, budget: int) -> np.ndarray:
     fewest postings first (a hash found everywhere says little about which song plays)."""
     if int(counts.sum()) <= budget:
         return np.ones(counts.shape[0], dtype=bool)
-    by_rarity = np.argsort(counts, kind="stable")
+    by_rarity = np.argsort(counts)
     fits = np.cumsum(counts[by_rarity]) <= budget
     keep = np.zeros(counts.shape[0], dtype=bool)
     keep[by_rarity[fits]] = True
