@@ -564,7 +564,7 @@ def profile_standard(
     this process, so that other load on the machine does not count)."""
     from songscan import settings
     from songscan.api.app import create_app
-    from songscan.api.recognition import RECOGNIZE, Job
+    from songscan.api.recognition import RECOGNIZE, Call
     from songscan.media import decode, probe
     from songscan.scan import recognize_clip
 
@@ -579,9 +579,10 @@ def profile_standard(
             p.write_bytes((out / "load-clips" / c.name).read_bytes())
             paths.append(p)
 
-        def job(i: int) -> Job:
+        def job(i: int) -> Call:
             p = paths[i % len(paths)]
-            return Job(RECOGNIZE, {"api_token": token}, p, p.stat().st_size, tmp, "127.0.0.1", 0.0)
+            fields = {"api_token": token}
+            return Call(RECOGNIZE, "POST", fields, p, p.stat().st_size, tmp, "127.0.0.1", 0.0)
 
         for i in range(len(paths)):  # warm
             service.run(job(i))

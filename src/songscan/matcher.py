@@ -107,8 +107,12 @@ def _match_steps(
     cfg: EngineConfig,
 ) -> list[Match]:
     nominees, nominee_steps = _nominate(peaks, steps, refs.index, live_ids, cfg)
-    # Each nominee is verified at the speed step its triplets chose.
-    return _verify(peaks, steps, refs, nominees, nominee_steps, cfg)
+    # Each nominee is verified at the speed step its triplets chose and the steps next to it
+    # (a speed between two steps hashes partly at each).
+    values = np.asarray(steps)
+    near = np.abs(values[nominee_steps][:, None] - values[None, :]) <= 1
+    which, step_idx = np.nonzero(near)
+    return _verify(peaks, steps, refs, nominees[which], step_idx, cfg)
 
 
 def _verify(
