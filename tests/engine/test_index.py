@@ -84,11 +84,15 @@ def test_reader_sees_whole_batches_while_a_writer_adds(tmp_path: Path) -> None:
     batch = 1000
     stop = threading.Event()
     seen: list[int] = []
+    failed: list[BaseException] = []
 
     def read() -> None:
-        while not stop.is_set():
-            _, postings = reader.lookup(np.arange(batch, dtype=np.uint32))
-            seen.append(postings.shape[0])
+        try:
+            while not stop.is_set():
+                _, postings = reader.lookup(np.arange(batch, dtype=np.uint32))
+                seen.append(postings.shape[0])
+        except BaseException as exc:  # reported below: a dead reader must fail the test
+            failed.append(exc)
 
     thread = threading.Thread(target=read)
     thread.start()
@@ -96,6 +100,7 @@ def test_reader_sees_whole_batches_while_a_writer_adds(tmp_path: Path) -> None:
         writer.add(np.arange(batch, dtype=np.uint32), pack_postings(track, np.arange(batch)))
     stop.set()
     thread.join()
+    assert failed == []
     assert seen and all(n % batch == 0 for n in seen)
     assert reader.lookup(np.arange(batch, dtype=np.uint32))[1].shape[0] == 29 * batch
 

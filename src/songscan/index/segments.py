@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from . import expand_runs, unpack_postings
 # that a lookup is two array reads instead of two binary searches.
 HASH_BITS = TRIPLET_BITS
 DIRECTORY_MIN_POSTINGS = 1 << HASH_BITS
+_NPY_HEADER_LOCK = threading.Lock()
 # Small segments are merged once there are more than this many.
 MAX_SEGMENTS = 8
 
@@ -97,10 +99,13 @@ class SegmentIndex:
         raise RuntimeError("the index manifest keeps changing; cannot open a consistent view")
 
     def _open_segment(self, name: str) -> _Segment:
-        hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
-        postings = np.load(self.dir / f"{name}.postings.npy", mmap_mode="r")
-        directory_path = self.dir / f"{name}.directory.npy"
-        directory = np.load(directory_path, mmap_mode="r") if directory_path.exists() else None
+        # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 cannot run
+        # in two threads at once (SystemError "AST constructor recursion depth mismatch").
+        with _NPY_HEADER_LOCK:
+            hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
+            postings = np.load(self.dir / f"{name}.postings.npy", mmap_mode="r")
+            directory_path = self.dir / f"{name}.directory.npy"
+            directory = np.load(directory_path, mmap_mode="r") if directory_path.exists() else None
         return _Segment(name, hashes, postings, directory)
 
     def lookup(
