@@ -31,7 +31,7 @@ import numpy as np
 from .config import FingerprintConfig
 from .errors import InvalidParameters, NotFound, SongscanError
 from .fingerprint import Peaks, reference_pairs
-from .index import expand_runs, pack_postings
+from .index import expand_runs, join_hits, pack_postings
 from .index.segments import SegmentIndex
 
 METADATA_FIELDS = (
@@ -246,9 +246,7 @@ class Catalog:
             hit = distinct[pos] == sorted_queries
             lo, hi = np.where(hit, starts[pos], 0), np.where(hit, starts[pos + 1], 0)
             found.append(expand_runs(order, lo, hi, ref_postings))
-        if not found:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-        return np.concatenate([q for q, _ in found]), np.concatenate([p for _, p in found])
+        return join_hits(found)
 
     def _track_pairs(self, track_id: int, cfg: FingerprintConfig) -> tuple[np.ndarray, ...]:
         """A track's pair hashes from its stored peaks: the distinct hashes (sorted), where

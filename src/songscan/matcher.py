@@ -68,14 +68,9 @@ def match_peaks(
         return []
     mc = cfg.match
     found = _match_steps(peaks, (0,), refs, live_ids, cfg)
-    if _confident(found, mc):
-        return _confident(found, mc)
-    if mc.speed_steps:
-        other_speeds = _match_steps(peaks, mc.speed_steps, refs, live_ids, cfg)
-        if _confident(other_speeds, mc):
-            return _confident(other_speeds, mc)
-        found = sorted(found + other_speeds, key=lambda m: -m.aligned_hits)
-    return [replace(found[0], weak=True)] if found else []
+    if not _confident(found, mc) and mc.speed_steps:
+        found += _match_steps(peaks, mc.speed_steps, refs, live_ids, cfg)
+    return _verdict(found, mc)
 
 
 def match_tracks(
@@ -89,14 +84,18 @@ def match_tracks(
     steps = (0, *mc.speed_steps)
     nominees = np.repeat(track_ids, len(steps))
     nominee_steps = np.tile(np.arange(len(steps)), track_ids.shape[0])
-    found = _verify(peaks, steps, refs, nominees, nominee_steps, cfg)
-    if _confident(found, mc):
-        return _confident(found, mc)
-    return [replace(found[0], weak=True)] if found else []
+    return _verdict(_verify(peaks, steps, refs, nominees, nominee_steps, cfg), mc)
 
 
 def _confident(found: list[Match], mc: MatchConfig) -> list[Match]:
     return [m for m in found if m.aligned_hits >= mc.min_aligned_hits]
+
+
+def _verdict(found: list[Match], mc: MatchConfig) -> list[Match]:
+    """The confident matches, best first; failing those, the best one, marked weak."""
+    if _confident(found, mc):
+        return _confident(found, mc)
+    return [replace(max(found, key=lambda m: m.aligned_hits), weak=True)] if found else []
 
 
 def _match_steps(
@@ -228,7 +227,7 @@ def _nominate(
     # A group (track and step) with one hit ranks below every group with more; in a large
     # index most groups have one, so when enough tracks have more, only those are counted.
     tracks_with_several = np.flatnonzero(hits >= 2) // len(steps)  # sorted
-    if _distinct_sorted(tracks_with_several) >= mc.max_nominees:
+    if _run_starts(tracks_with_several).shape[0] >= mc.max_nominees:
         several = hits[group] >= 2
         group, offsets, anchors = group[several], offsets[several], anchors[several]
     key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
@@ -290,10 +289,6 @@ def _votes(
         aligned[:-lag] += np.where(near, key_counts[lag:], 0)
         aligned[lag:] += np.where(near, key_counts[:-lag], 0)
     return key_u, aligned, span, base
-
-
-def _distinct_sorted(values: np.ndarray) -> int:
-    return 0 if values.shape[0] == 0 else 1 + int(np.count_nonzero(np.diff(values)))
 
 
 def _run_starts(sorted_values: np.ndarray) -> np.ndarray:

@@ -48,6 +48,13 @@ def expand_runs(
     return np.repeat(order, counts), np.asarray(postings[run_start + np.arange(total)])
 
 
+def join_hits(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The (query index, posting) pairs of several `expand_runs` calls, as one pair."""
+    if not found:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+    return np.concatenate([q for q, _ in found]), np.concatenate([p for _, p in found])
+
+
 class PostingIndex(Protocol):
     def add(self, hashes: np.ndarray, postings: np.ndarray) -> None:
         """Durably add postings (uint64, see pack_postings) under their hashes (uint32)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fingerprint import TRIPLET_BITS
-from . import expand_runs, unpack_postings
+from . import expand_runs, join_hits, unpack_postings
 
 # Hashes are below 2^HASH_BITS. Segments with at least as many postings as there are hash
 # values carry a directory (one offset per hash value, a fraction of the segment's size) so
@@ -126,10 +126,7 @@ class SegmentIndex:
             if not keep.all():
                 order, sorted_queries = order[keep], sorted_queries[keep]
                 runs = [(lo[keep], hi[keep], segment) for lo, hi, segment in runs]
-        found = [expand_runs(order, lo, hi, segment.postings) for lo, hi, segment in runs]
-        if not found:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-        return np.concatenate([q for q, _ in found]), np.concatenate([p for _, p in found])
+        return join_hits([expand_runs(order, lo, hi, segment.postings) for lo, hi, segment in runs])
 
     def posting_count(self) -> int:
         self._refresh()
