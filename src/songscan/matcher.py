@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import EngineConfig, MatchConfig, speed_factor
 from .fingerprint import Hashes, Peaks, hashes, query_peaks, triplets
-from .index import PostingIndex, References, unpack_postings
+from .index import PostingIndex, References, run_starts, unpack_postings
 
 
 @dataclass(frozen=True)
@@ -155,9 +155,7 @@ def _verify(
     group_u = key_u // span
     # Best offset per group: sort by (group, -aligned), keep the first of each group.
     order = np.lexsort((-aligned, group_u))
-    first = np.ones(order.shape[0], dtype=bool)
-    first[1:] = group_u[order][1:] != group_u[order][:-1]
-    best = order[first]
+    best = order[run_starts(group_u[order])]
     best = best[aligned[best] >= mc.weak_aligned_hits]
     if best.shape[0] == 0:
         return []
@@ -227,14 +225,14 @@ def _nominate(
     # A group (track and step) with one hit ranks below every group with more; in a large
     # index most groups have one, so when enough tracks have more, only those are counted.
     tracks_with_several = np.flatnonzero(hits >= 2) // len(steps)  # sorted
-    if _run_starts(tracks_with_several).shape[0] >= mc.max_nominees:
+    if run_starts(tracks_with_several).shape[0] >= mc.max_nominees:
         several = hits[group] >= 2
         group, offsets, anchors = group[several], offsets[several], anchors[several]
     key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
     # Per group (keys are sorted, so grouped): its best offset's aligned hits; rank groups by
     # that, ties by all their hits; each track once, at its best step.
     group_u = key_u // span
-    starts = _run_starts(group_u)
+    starts = run_starts(group_u)
     groups = group_u[starts]
     best_aligned = np.maximum.reduceat(aligned, starts)
     order = np.lexsort((-hits[groups], -best_aligned))
@@ -277,8 +275,8 @@ def _votes(
     anchor_slot = np.rint(anchors).astype(np.int64)
     n_slots = int(anchor_slot.max()) + 1
     hits = np.sort(key * n_slots + anchor_slot)
-    keys = hits[_run_starts(hits)] // n_slots  # one entry per (key, anchor), sorted by key
-    starts = _run_starts(keys)
+    keys = hits[run_starts(hits)] // n_slots  # one entry per (key, anchor), sorted by key
+    starts = run_starts(keys)
     key_u = keys[starts]
     key_counts = np.diff(np.append(starts, keys.shape[0]))
     aligned = key_counts.copy()
@@ -289,13 +287,6 @@ def _votes(
         aligned[:-lag] += np.where(near, key_counts[lag:], 0)
         aligned[lag:] += np.where(near, key_counts[:-lag], 0)
     return key_u, aligned, span, base
-
-
-def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
-    """Indices where a run of equal values starts."""
-    starts = np.ones(sorted_values.shape[0], dtype=bool)
-    starts[1:] = sorted_values[1:] != sorted_values[:-1]
-    return np.flatnonzero(starts)
 
 
 def _alternatives(

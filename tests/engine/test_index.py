@@ -10,22 +10,25 @@ from songscan.index import pack_postings, segments, unpack_postings
 from songscan.index.segments import MAX_SEGMENTS, SegmentIndex
 
 
-def brute_force(keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> set[tuple[int, int]]:
-    return {(int(q), int(v)) for i, q in enumerate(queries) for v in values[keys == q]}
-
-
-def test_lookup_finds_every_posting(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_bucket_entries", [segments.MAX_BUCKET_ENTRIES, 0])
+@pytest.mark.parametrize("key_range", [5000, 1 << segments.HASH_BITS])
+def test_lookup_finds_every_posting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_bucket_entries: int, key_range: int
+) -> None:
+    # Small segments are read through their in-memory bucket directory, or binary searched
+    # when the buckets are crowded (max_bucket_entries 0); keys crowd a few buckets or spread.
+    monkeypatch.setattr(segments, "MAX_BUCKET_ENTRIES", max_bucket_entries)
     rng = np.random.default_rng(1)
     index = SegmentIndex(tmp_path)
-    keys = rng.integers(0, 5000, 20_000).astype(np.uint32)
+    keys = rng.integers(0, key_range, 20_000).astype(np.uint32)
     values = pack_postings(rng.integers(1, 50, 20_000), rng.integers(0, 10_000, 20_000))
     for part in np.array_split(np.arange(20_000), 3):
         index.add(keys[part], values[part])
-    queries = rng.integers(0, 5000, 300).astype(np.uint32)
+    queries = np.concatenate([keys[::50], rng.integers(0, key_range, 300).astype(np.uint32)])
     qi, found = index.lookup(queries)
-    got = {(int(queries[i]), int(v)) for i, v in zip(qi, found, strict=True)}
-    want = brute_force(keys, values, np.unique(queries))
-    assert {(q, v) for q, v in got} == want
+    got = sorted((int(queries[i]), int(v)) for i, v in zip(qi, found, strict=True))
+    want = sorted((int(q), int(v)) for q in queries for v in values[keys == q])
+    assert got == want
     assert index.posting_count() == 20_000
     assert index.size_bytes() >= 20_000 * 12
 

@@ -42,10 +42,22 @@ def expand_runs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(query index, posting) for every posting in the runs postings[lo[i]:hi[i]] of the
     queries `order[i]`."""
+    run, at = run_positions(lo, hi)
+    return order[run], np.asarray(postings[at])
+
+
+def run_positions(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every position in the runs [lo[i], hi[i]), and the run `i` it belongs to."""
     counts = hi - lo
-    total = int(counts.sum())
-    run_start = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-    return np.repeat(order, counts), np.asarray(postings[run_start + np.arange(total)])
+    run = np.repeat(np.arange(counts.shape[0]), counts)
+    return run, np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(run.shape[0])
+
+
+def run_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Indices where a run of equal values starts."""
+    starts = np.ones(sorted_values.shape[0], dtype=bool)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    return np.flatnonzero(starts)
 
 
 def join_hits(found: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

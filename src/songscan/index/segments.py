@@ -5,6 +5,7 @@ Layout of `DIR` (by default `DATA/index`):
     NAME.hashes.npy            uint32 hashes, sorted
     NAME.postings.npy          uint64 postings, in hash order
     NAME.directory.npy         (large segments only) start of each hash value's run
+                               (smaller ones get a coarser one in memory when opened)
     writer.lock                flock held by the one writer while it changes anything
 
 Crash safety: a segment's files are written, fsynced and renamed into place before the manifest
@@ -29,16 +30,22 @@ from pathlib import Path
 import numpy as np
 
 from ..fingerprint import TRIPLET_BITS
-from . import expand_runs, join_hits, unpack_postings
+from . import expand_runs, join_hits, run_positions, run_starts, unpack_postings
 
 # Hashes are below 2^HASH_BITS. Segments with at least as many postings as there are hash
-# values carry a directory (one offset per hash value, a fraction of the segment's size) so
-# that a lookup is two array reads instead of two binary searches.
+# values carry a stored directory (where each hash value's run starts, a fraction of the
+# segment's size), so that a lookup is two array reads. Smaller segments get one in memory when
+# they are opened, over the hash's top bits (about one bucket per posting, as large as the
+# segment's hashes): a lookup then reads the few entries of its bucket instead of binary
+# searching the whole segment.
 HASH_BITS = TRIPLET_BITS
 DIRECTORY_MIN_POSTINGS = 1 << HASH_BITS
 _NPY_HEADER_LOCK = threading.Lock()
 # Small segments are merged once there are more than this many.
 MAX_SEGMENTS = 8
+# A lookup whose buckets hold more entries than this (a crowded mid-sized segment) binary
+# searches instead of comparing every entry of its buckets.
+MAX_BUCKET_ENTRIES = 1 << 20
 
 
 @dataclass
@@ -46,16 +53,30 @@ class _Segment:
     name: str
     hashes: np.ndarray
     postings: np.ndarray
-    directory: np.ndarray | None
+    directory: np.ndarray  # start of each bucket's run (hash >> shift), and the end
+    shift: int  # 0: one bucket per hash value
 
-    def find(self, sorted_queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[lo, hi) of each (sorted) query hash in this segment."""
-        if self.directory is not None:
-            q = sorted_queries.astype(np.int64)
-            return self.directory[q].astype(np.int64), self.directory[q + 1].astype(np.int64)
-        lo = np.searchsorted(self.hashes, sorted_queries, side="left")
-        hi = np.searchsorted(self.hashes, sorted_queries, side="right")
-        return lo, hi
+    def find(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[lo, hi) of each query hash's run in this segment."""
+        bucket = (queries >> self.shift).astype(np.intp)
+        lo = self.directory[bucket].astype(np.int64)
+        hi = self.directory[bucket + 1].astype(np.int64)
+        if self.shift == 0:
+            return lo, hi
+        entries = hi - lo
+        if int(entries.sum()) > MAX_BUCKET_ENTRIES:
+            return (
+                np.searchsorted(self.hashes, queries, side="left"),
+                np.searchsorted(self.hashes, queries, side="right"),
+            )
+        # Every entry of each query's bucket; the equal ones are a run (the bucket is sorted).
+        query, at = run_positions(lo, hi)
+        equal = self.hashes[at] == queries[query]
+        query, at = query[equal], at[equal]
+        first = run_starts(query)
+        lo = np.zeros(queries.shape[0], dtype=np.int64)
+        lo[query[first]] = at[first]
+        return lo, lo + np.bincount(query, minlength=queries.shape[0])
 
 
 class SegmentIndex:
@@ -105,26 +126,23 @@ class SegmentIndex:
             hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
             postings = np.load(self.dir / f"{name}.postings.npy", mmap_mode="r")
             directory_path = self.dir / f"{name}.directory.npy"
-            directory = np.load(directory_path, mmap_mode="r") if directory_path.exists() else None
-        return _Segment(name, hashes, postings, directory)
+            if directory_path.exists():
+                return _Segment(name, hashes, postings, np.load(directory_path, mmap_mode="r"), 0)
+        bits = min(HASH_BITS, max(0, hashes.shape[0].bit_length() - 1))
+        return _Segment(name, hashes, postings, directory(hashes, bits), HASH_BITS - bits)
 
     def lookup(
         self, hashes: np.ndarray, max_postings: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         self._refresh()
         hashes = np.asarray(hashes, dtype=np.uint32)
-        order = np.argsort(hashes)
-        sorted_queries = hashes[order]
-        runs = [
-            (*segment.find(sorted_queries), segment)
-            for segment in self._segments
-            if segment.hashes.shape[0]
-        ]
+        order = np.arange(hashes.shape[0])
+        runs = [(*segment.find(hashes), segment) for segment in self._segments]
         if max_postings is not None and runs:
             counts = sum(hi - lo for lo, hi, _ in runs)
             keep = _rarest_within(counts, max_postings)
             if not keep.all():
-                order, sorted_queries = order[keep], sorted_queries[keep]
+                order = order[keep]
                 runs = [(lo[keep], hi[keep], segment) for lo, hi, segment in runs]
         return join_hits([expand_runs(order, lo, hi, segment.postings) for lo, hi, segment in runs])
 
@@ -244,11 +262,14 @@ class SegmentIndex:
                     path.unlink()
 
 
-def directory(sorted_hashes: np.ndarray) -> np.ndarray:
-    """Where each hash value's run starts in `sorted_hashes` (and where the last one ends)."""
+def directory(sorted_hashes: np.ndarray, bits: int = HASH_BITS) -> np.ndarray:
+    """Where each bucket's run (hashes with the same top `bits` bits) starts in
+    `sorted_hashes`, and where the last one ends."""
     dtype = np.uint32 if sorted_hashes.shape[0] < (1 << 32) else np.uint64
-    values = np.arange((1 << HASH_BITS) + 1, dtype=np.int64)
-    return np.searchsorted(sorted_hashes, values).astype(dtype)
+    starts = np.zeros((1 << bits) + 1, dtype=dtype)
+    buckets = np.asarray(sorted_hashes) >> np.uint32(HASH_BITS - bits)
+    np.cumsum(np.bincount(buckets, minlength=1 << bits), out=starts[1:])
+    return starts
 
 
 def _rarest_within(counts: np.ndarray, budget: int) -> np.ndarray:
