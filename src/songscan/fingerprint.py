@@ -100,11 +100,14 @@ def find_peaks(spec: np.ndarray, cfg: FingerprintConfig, peaks_per_s: float) -> 
     # Edges cannot be refined (and are often artefacts of the window): leave them out.
     is_peak[0, :] = is_peak[-1, :] = False
     is_peak[:, 0] = is_peak[:, -1] = False
-    # A peak must stand above the level of its frame (silence and flat noise have none).
-    # (The median of every 4th bin: the same level, at a quarter of the cost.)
-    frame_level = np.median(spec[:, ::4], axis=1, keepdims=True)
+    # A peak must stand above the level of its frame (silence and flat noise have none): the
+    # median of every 4th bin (the same level at a quarter of the cost; np.partition, as
+    # np.median along an axis costs several times more).
+    sampled = spec[:, ::4]
+    middle = sampled.shape[1] // 2
+    frame_level = np.partition(sampled, middle, axis=1)[:, middle : middle + 1]
     is_peak &= spec > frame_level + 1.0
-    t, f = np.nonzero(is_peak)
+    t, f = np.divmod(np.flatnonzero(is_peak), is_peak.shape[1])  # np.nonzero, 10x cheaper
     if t.shape[0] == 0:
         return _no_peaks()
     strength = spec[t, f]
@@ -208,11 +211,11 @@ def _zone(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int) ->
     return _Zone(q=q, t=t, target=idx, ok=ok, dq=dq, dt=dt)
 
 
-def _anchor_q(zone: _Zone, anchor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Which anchors' quantised frequency fits Q_BITS, and that frequency."""
-    q1 = np.rint(zone.q[anchor])
-    fits = (q1 >= 0) & (q1 < (1 << Q_BITS))
-    return fits, q1.astype(np.int64)
+def _anchor_q(zone: _Zone) -> tuple[np.ndarray, np.ndarray]:
+    """Each peak's quantised frequency, and whether it fits Q_BITS (peaks that do not anchor
+    no hash)."""
+    q1 = np.rint(zone.q).astype(np.int64)
+    return (q1 >= 0) & (q1 < (1 << Q_BITS)), q1
 
 
 def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
@@ -224,11 +227,11 @@ def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 
     if len(peaks) < 2:
         return _no_hashes()
     zone = _zone(peaks, cfg, fanout, speed_step)
-    anchor, j = np.nonzero(zone.ok)
-    fits, q1 = _anchor_q(zone, anchor)
-    anchor, j, q1 = anchor[fits], j[fits], q1[fits]
+    fits, q1 = _anchor_q(zone)
+    ok = zone.ok & fits[:, None]
+    anchor, j = np.divmod(np.flatnonzero(ok), ok.shape[1])
     h = (
-        (q1.astype(np.uint32) << Q_SHIFT)
+        (q1[anchor].astype(np.uint32) << Q_SHIFT)
         | ((zone.dq[anchor, j] + DQ_BIAS).astype(np.uint32) << DT_BITS)
         | zone.dt[anchor, j].astype(np.uint32)
     )
@@ -253,26 +256,24 @@ def triplet_keys(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: 
         return _no_hashes(np.uint64)
     zone = _zone(peaks, cfg, fanout, speed_step)
     fanout = min(fanout, zone.ok.shape[1])
-    # Each row's valid candidates moved to the front: column c is the c-th target.
+    # Each row's valid targets moved to the front: column c is the c-th target, and the
+    # first `valid` columns are valid.
     slots = np.argsort(~zone.ok, axis=1, kind="stable")[:, :fanout]
-    ok = np.take_along_axis(zone.ok, slots, axis=1)
+    fits, q1 = _anchor_q(zone)
+    valid = np.where(fits, zone.ok.sum(axis=1), 0)
+    # The key's bits from the first target and from the second, per (peak, column).
+    dq = np.take_along_axis(zone.dq, slots, axis=1).astype(np.int64) + DQ_BIAS
+    dt = np.take_along_axis(zone.dt, slots, axis=1).astype(np.int64)
+    from_first, from_second = ((dq << 24) | (dt << 8)).ravel(), ((dq << 16) | dt).ravel()
     first, second = np.triu_indices(fanout, 1)
     n = len(peaks)
     anchor = np.repeat(np.arange(n), first.shape[0])
-    j = slots[anchor, np.tile(first, n)]
-    k = slots[anchor, np.tile(second, n)]
-    both = ok[anchor, np.tile(first, n)] & ok[anchor, np.tile(second, n)]
-    anchor, j, k = anchor[both], j[both], k[both]
-    fits, q1 = _anchor_q(zone, anchor)
-    anchor, j, k, q1 = anchor[fits], j[fits], k[fits], q1[fits]
-    keys = (
-        (q1 << 32)
-        | ((zone.dq[anchor, j].astype(np.int64) + DQ_BIAS) << 24)
-        | ((zone.dq[anchor, k].astype(np.int64) + DQ_BIAS) << 16)
-        | (zone.dt[anchor, j].astype(np.int64) << 8)
-        | zone.dt[anchor, k].astype(np.int64)
-    ).astype(np.uint64)
-    return Hashes(keys, zone.t[anchor], zone.t[zone.target[anchor, k]])
+    first, second = np.tile(first, n), np.tile(second, n)
+    keep = second < valid[anchor]
+    anchor = anchor[keep]
+    first, second = anchor * fanout + first[keep], anchor * fanout + second[keep]
+    keys = ((q1[anchor] << 32) | from_first[first] | from_second[second]).astype(np.uint64)
+    return Hashes(keys, zone.t[anchor], zone.t[zone.target[anchor, slots.ravel()[second]]])
 
 
 def fold(keys: np.ndarray) -> np.ndarray:
