@@ -60,8 +60,11 @@ class MatchConfig:
     # as steps of FingerprintConfig.log_step: +-3 % with the default 1 % step.
     speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3)
     max_candidates: int = 3
-    # Tracks whose pairs are checked: the ones with the most aligned triplet hits.
+    # Tracks whose pairs are checked: the ones with the most aligned triplet hits, and at least
+    # this many (one hit is aligned with nothing: any track may have one by chance).
     max_nominees: int = 10
+    min_nominee_hits: int = 1
+    min_speed_nominee_hits: int = 3
     # Postings gathered per lookup at most; beyond it the commonest hashes are left out. Bounds
     # time and memory per chunk on a large index (a small one never reaches it).
     max_postings_per_lookup: int = 200_000
@@ -84,8 +87,11 @@ class ScanConfig:
     min_final_chunk_s: float = 3.0
     standard_max_s: float = 25.0
     workers: int = 0  # 0: one per core
-    # Parallel scans split the file into segments of at least this many chunks.
-    min_chunks_per_segment: int = 25
+    # A scan's units of work: runs of at most this many consecutive chunks (decoded in one pass).
+    max_chunks_per_unit: int = 25
+    # A parallel scan hands each worker about this many stretches of consecutive units: more
+    # balance the load, fewer save opening and seeking (each stretch opens the file once).
+    stretches_per_worker: int = 4
     # Decoding restarts this early before a segment so that decoder and resampler settle.
     preroll_s: float = 2.0
 

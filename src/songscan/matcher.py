@@ -204,7 +204,8 @@ def _nominate(
     cfg: EngineConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The live tracks (at most `max_nominees`) with the most time-aligned triplet hits at any
-    of `steps`, best first, and the index of the step at which each aligns best."""
+    of `steps` (at least `min_nominee_hits`), best first, and the index of the step at which
+    each aligns best."""
     fp, mc = cfg.fingerprint, cfg.match
     nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     per_step = [triplets(peaks, fp, fp.query_triplet_fanout, step) for step in steps]
@@ -222,12 +223,13 @@ def _nominate(
     step_of, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
     group = tracks * len(steps) + step_of
     hits = np.bincount(group)
-    # A group (track and step) with one hit ranks below every group with more; in a large
-    # index most groups have one, so when enough tracks have more, only those are counted.
-    tracks_with_several = np.flatnonzero(hits >= 2) // len(steps)  # sorted
-    if run_starts(tracks_with_several).shape[0] >= mc.max_nominees:
-        several = hits[group] >= 2
-        group, offsets, anchors = group[several], offsets[several], anchors[several]
+    # A group (track and step) with fewer hits than a nominee needs aligned is left out (in a
+    # large index, most groups have one hit).
+    min_hits = mc.min_nominee_hits if steps == (0,) else mc.min_speed_nominee_hits
+    enough = hits[group] >= min_hits
+    group, offsets, anchors = group[enough], offsets[enough], anchors[enough]
+    if group.shape[0] == 0:
+        return nothing
     key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
     # Per group (keys are sorted, so grouped): its best offset's aligned hits; rank groups by
     # that, ties by all their hits; each track once, at its best step.
@@ -236,7 +238,7 @@ def _nominate(
     groups = group_u[starts]
     best_aligned = np.maximum.reduceat(aligned, starts)
     order = np.lexsort((-hits[groups], -best_aligned))
-    ranked = groups[order]
+    ranked = groups[order][best_aligned[order] >= min_hits]
     _, first = np.unique(ranked // len(steps), return_index=True)
     best = ranked[np.sort(first)][: mc.max_nominees]
     return best // len(steps), best % len(steps)

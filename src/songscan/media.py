@@ -91,28 +91,53 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         )
 
 
-def decode(
-    path: str | os.PathLike[str],
-    sample_rate_hz: int,
-    *,
-    start_s: float = 0.0,
-    end_s: float | None = None,
-    preroll_s: float = 2.0,
-) -> Iterator[np.ndarray]:
-    """Yield mono float32 blocks at `sample_rate_hz` covering [start_s, end_s) of the file.
+class Media:
+    """An open media file whose ranges are decoded one after another. Seeks reuse what the
+    demuxer learned reading the file, so decoding the parts of a long file in order costs no
+    more than one pass (a fresh open seeks by reading from the top in formats without an index,
+    such as MP3)."""
 
-    Seeks when `start_s` is past the pre-roll, then decodes from `preroll_s` before `start_s`
-    so that the decoder and resampler state match a decode from the top of the file.
-    Raises DecodeFailed when the audio cannot be decoded at all.
-    """
-    with _open(path) as container:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = path
+        self._container = _open(path)
+        self._fresh = True
+
+    def __enter__(self) -> Media:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+
+    def decode(
+        self,
+        sample_rate_hz: int,
+        *,
+        start_s: float = 0.0,
+        end_s: float | None = None,
+        preroll_s: float = 2.0,
+    ) -> Iterator[np.ndarray]:
+        """Yield mono float32 blocks at `sample_rate_hz` covering [start_s, end_s) of the file.
+
+        Seeks when `start_s` is past the pre-roll, then decodes from `preroll_s` before
+        `start_s` so that the decoder and resampler state match a decode from the top of the
+        file. Raises DecodeFailed when the audio cannot be decoded at all.
+        """
+        seek = start_s > preroll_s
+        if not seek and not self._fresh:  # from the top again: as a fresh open does
+            self._container.close()
+            self._container = _open(self._path)
+        self._fresh = False
+        container = self._container
         stream = container.streams.audio[0]
         time_base = stream.time_base or Fraction(1, stream.codec_context.sample_rate or 1)
         origin = stream.start_time if stream.start_time is not None else 0
         first_sample = sample_index(start_s, sample_rate_hz)
         end_sample = None if end_s is None else sample_index(end_s, sample_rate_hz)
         settle_frames = 0
-        if start_s > preroll_s:
+        if seek:
             target = origin + int((start_s - preroll_s) / time_base)
             try:
                 container.seek(target, stream=stream, backward=True, any_frame=False)
@@ -131,6 +156,19 @@ def decode(
             end_sample,
             settle_frames,
         )
+
+
+def decode(
+    path: str | os.PathLike[str],
+    sample_rate_hz: int,
+    *,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    preroll_s: float = 2.0,
+) -> Iterator[np.ndarray]:
+    """`Media.decode` of a file opened for this decode alone."""
+    with Media(path) as media:
+        yield from media.decode(sample_rate_hz, start_s=start_s, end_s=end_s, preroll_s=preroll_s)
 
 
 def _resampled(

@@ -25,7 +25,7 @@ from .config import DEFAULT, EngineConfig
 from .errors import DecodeFailed, FingerprintFailed
 from .fingerprint import Peaks, query_peaks
 from .matcher import Match, Placement, match_peaks, match_samples, match_tracks
-from .media import decode, probe, sample_index
+from .media import Media, decode, probe, sample_index
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def scan_file(
     started = time.perf_counter()
     duration_s = _duration(path)
     plan = chunk_plan(duration_s, params, cfg.scan)
-    units = runs(plan, cfg.scan.min_chunks_per_segment)
+    units = runs(plan, cfg.scan.max_chunks_per_unit)
     catalog = _catalog(Path(data_dir))
     results: list[ChunkResult] = []
     done = 0
@@ -288,7 +288,7 @@ UnitResult = list[tuple[Chunk, list[Match]]]
 
 
 def chunk_audio(
-    path: Path, unit: list[Chunk], cfg: EngineConfig
+    media: Media, unit: list[Chunk], cfg: EngineConfig
 ) -> Iterator[tuple[Chunk, np.ndarray]]:
     """The samples of each chunk of a run, decoding the run's stretch of the file once."""
     rate = cfg.fingerprint.sample_rate_hz
@@ -300,8 +300,8 @@ def chunk_audio(
     have = 0  # samples in `pending`
     consumed = 0  # samples of the run before pending[0]
     k = 0
-    for block in decode(
-        path, rate, start_s=unit[0].start_s, end_s=unit[-1].end_s, preroll_s=cfg.scan.preroll_s
+    for block in media.decode(
+        rate, start_s=unit[0].start_s, end_s=unit[-1].end_s, preroll_s=cfg.scan.preroll_s
     ):
         pending.append(block)
         have += block.shape[0]
@@ -330,7 +330,7 @@ def chunk_audio(
 
 
 def scan_unit(
-    path: Path,
+    media: Media,
     catalog: Catalog,
     unit: list[Chunk],
     cfg: EngineConfig,
@@ -338,7 +338,7 @@ def scan_unit(
 ) -> UnitResult:
     live = catalog.live_ids(owners)
     chunks, heard = [], []
-    for chunk, samples in chunk_audio(path, unit, cfg):
+    for chunk, samples in chunk_audio(media, unit, cfg):
         peaks = query_peaks(samples, cfg.fingerprint)
         chunks.append(chunk)
         heard.append((peaks, match_peaks(peaks, catalog, live, cfg)))
@@ -389,26 +389,43 @@ def _catalog(data_dir: Path) -> Catalog:
 
 
 Owners = tuple[str, ...] | None
-UnitArgs = tuple[Path, Path, list[Chunk], EngineConfig, Owners]
+StretchArgs = tuple[Path, Path, list[list[Chunk]], EngineConfig, Owners]
 
 
-def _worker_unit(args: UnitArgs) -> UnitResult:
-    path, data_dir, unit, cfg, owners = args
-    return scan_unit(path, _catalog(data_dir), unit, cfg, owners)
+def scan_stretch(
+    path: Path, catalog: Catalog, units: list[list[Chunk]], cfg: EngineConfig, owners: Owners
+) -> list[UnitResult]:
+    """The units of a stretch of the file, in order, through one open media file (its seeks
+    then cost what lies between units, not what lies before them)."""
+    with Media(path) as media:
+        return [scan_unit(media, catalog, unit, cfg, owners) for unit in units]
+
+
+def _worker_stretch(args: StretchArgs) -> list[UnitResult]:
+    path, data_dir, units, cfg, owners = args
+    return scan_stretch(path, _catalog(data_dir), units, cfg, owners)
 
 
 def _run_units(
     path: Path, data_dir: Path, units: list[list[Chunk]], cfg: EngineConfig, owners: Owners
 ) -> Iterator[UnitResult]:
-    workers = cfg.scan.workers or os.cpu_count() or 1
-    if workers <= 1 or len(units) <= 1:
+    """Each unit's result, in order. A parallel scan hands the workers `stretches_per_worker`
+    stretches each of consecutive units (a unit's result does not depend on the stretch)."""
+    workers = min(cfg.scan.workers or os.cpu_count() or 1, len(units))
+    if workers <= 1:
         catalog = _catalog(data_dir)
-        for unit in units:
-            yield scan_unit(path, catalog, unit, cfg, owners)
+        with Media(path) as media:
+            for unit in units:
+                yield scan_unit(media, catalog, unit, cfg, owners)
         return
-    pool = _pool(min(workers, len(units)))
-    args = [(path, data_dir, unit, cfg, owners) for unit in units]
-    yield from pool.map(_worker_unit, args, chunksize=1)
+    stretches = np.array_split(np.arange(len(units)), workers * cfg.scan.stretches_per_worker)
+    args = [
+        (path, data_dir, [units[i] for i in stretch], cfg, owners)
+        for stretch in stretches
+        if stretch.shape[0]
+    ]
+    for results in _pool(workers).map(_worker_stretch, args, chunksize=1):
+        yield from results
 
 
 _pools: dict[int, Executor] = {}

@@ -39,6 +39,18 @@ def test_seeking_decode_matches_decode_from_the_top(
     np.testing.assert_array_equal(part, whole[i : i + part.shape[0]])
 
 
+@pytest.mark.parametrize("suffix", [".flac", ".mp3"])
+def test_one_open_media_decodes_ranges_in_any_order_as_fresh_opens_do(
+    song_files: dict[str, Path], suffix: str
+) -> None:
+    ranges = [(17.25, 27.25), (30.0, 40.0), (3.0, 13.0), (0.0, 10.0), (30.0, 35.0), (1.0, 6.0)]
+    with media.Media(song_files[suffix]) as opened:
+        for start, end in ranges:
+            again = np.concatenate(list(opened.decode(8000, start_s=start, end_s=end)))
+            fresh = media.decode_all(song_files[suffix], 8000, start_s=start, end_s=end)
+            np.testing.assert_array_equal(again, fresh)
+
+
 def test_probe(song_files: dict[str, Path]) -> None:
     info = media.probe(song_files[".flac"])
     assert info.duration_s == pytest.approx(45.0, abs=0.01)

@@ -126,9 +126,9 @@ def test_parallel_equals_serial(library: Library, tmp_path: Path) -> None:
         path,
         library.data,
         PlanParams(),
-        replace(SERIAL, scan=replace(SERIAL.scan, min_chunks_per_segment=1000)),
+        replace(SERIAL, scan=replace(SERIAL.scan, max_chunks_per_unit=1000)),
     )
-    small_units = replace(DEFAULT.scan, workers=2, min_chunks_per_segment=2)
+    small_units = replace(DEFAULT.scan, workers=2, max_chunks_per_unit=2)
     parallel = scan_file(path, library.data, PlanParams(), replace(DEFAULT, scan=small_units))
     assert len(serial.matched) >= 8
     assert serial.chunks == parallel.chunks
