@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
+from songscan import media
 from songscan.catalog import Catalog, FingerprintedTrack, Track, TrackMetadata
 from songscan.chunks import Chunk, PlanParams
 from songscan.config import DEFAULT
@@ -132,6 +133,27 @@ def test_parallel_equals_serial(library: Library, tmp_path: Path) -> None:
     parallel = scan_file(path, library.data, PlanParams(), replace(DEFAULT, scan=small_units))
     assert len(serial.matched) >= 8
     assert serial.chunks == parallel.chunks
+
+
+def test_a_scan_opens_the_file_once_per_stretch(
+    library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seeking in a fresh open of an MP3 reads from the top: a long file opened once per run of
+    # chunks would scan in quadratic time. One open serves every run of a serial scan.
+    path = write_audio(tmp_path / "long.mp3", excerpt(library.songs[1], 0.0, 40.0))
+    opened: list[str] = []
+    real_open = media._open
+
+    def counting_open(p: Path) -> object:
+        opened.append(str(p))
+        return real_open(p)
+
+    monkeypatch.setattr(media, "_open", counting_open)
+    units_of_one = replace(SERIAL, scan=replace(SERIAL.scan, max_chunks_per_unit=1))
+    result = scan_file(path, library.data, PlanParams(), units_of_one)
+    assert result.billable_chunks == 4
+    assert [c.songs[0].track.audio_id for c in result.chunks] == [1, 1, 1, 1]
+    assert len(opened) == 2  # the probe, and one decode for the four runs
 
 
 def test_standard_recognition_of_a_clip(library: Library, tmp_path: Path) -> None:
