@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from songscan.allocator import tune_allocator
 from songscan.catalog import Catalog, iter_audio_files
 from songscan.chunks import PlanParams
 from songscan.config import DEFAULT
@@ -344,6 +345,7 @@ def targets(rows: list[dict[str, Any]], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()  # as the CLI does: scans run in this process too
     ap = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__)
     ap.add_argument("--minutes", type=float, default=30.0, help="programme minutes per recording")
     ap.add_argument("--seed", type=int, default=7)

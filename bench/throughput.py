@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from songscan.allocator import tune_allocator
 from songscan.catalog import Catalog, FingerprintedTrack, TrackMetadata, iter_audio_files
 from songscan.chunks import PlanParams
 from songscan.config import DEFAULT
@@ -368,6 +369,7 @@ def timed_scan(path: Path, data_dir: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()  # as the CLI does: scans run in this process too
     ap = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
     ap.add_argument("--hours", type=float, default=1.0, help="length of the scanned MP3")
     ap.add_argument("--seed", type=int, default=1)

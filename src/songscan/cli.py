@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import settings
+from .allocator import tune_allocator
 from .catalog import Catalog, TrackMetadata, iter_audio_files
 from .chunks import PlanParams
 from .config import DEFAULT
@@ -288,6 +289,7 @@ _mount_optional()
 
 
 def main() -> None:
+    tune_allocator()
     app()
 
 

@@ -9,6 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .allocator import tune_allocator
 from .catalog import Catalog, FingerprintedTrack, Track, TrackMetadata, metadata_from_tags
 from .config import EngineConfig
 from .errors import DecodeFailed, FingerprintFailed, SongscanError
@@ -117,5 +118,7 @@ def _fingerprints(
             yield _work((item, cfg))
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(n, len(items)), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(n, len(items)), mp_context=ctx, initializer=tune_allocator
+    ) as pool:
         yield from pool.map(_work, [(item, cfg) for item in items], chunksize=1)

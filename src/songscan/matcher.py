@@ -217,19 +217,23 @@ def _nominate(
         return nothing
     tracks, ref_frames = unpack_postings(postings)
     live = _is_live(tracks, live_ids)
-    query_idx, tracks, ref_frames = query_idx[live], tracks[live], ref_frames[live]
-    if query_idx.shape[0] == 0:
-        return nothing
-    step_of, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
-    group = tracks * len(steps) + step_of
+    if not live.all():
+        query_idx, tracks, ref_frames = query_idx[live], tracks[live], ref_frames[live]
+    group = tracks * len(steps) + _step_of(per_step)[query_idx]
     hits = np.bincount(group)
-    # A group (track and step) with fewer hits than a nominee needs aligned is left out (in a
-    # large index, most groups have one hit).
+    # A group (track and step) with fewer hits than a nominee needs aligned is left out. And
+    # one with a single hit ranks below every group with more: in a large index most groups
+    # have one, so when enough tracks have more, only those are counted (the same nominees).
     min_hits = mc.min_nominee_hits if steps == (0,) else mc.min_speed_nominee_hits
-    enough = hits[group] >= min_hits
-    group, offsets, anchors = group[enough], offsets[enough], anchors[enough]
-    if group.shape[0] == 0:
+    least_hits = min_hits
+    tracks_with_several = np.flatnonzero(hits >= 2) // len(steps)  # sorted
+    if run_starts(tracks_with_several).shape[0] >= mc.max_nominees:
+        least_hits = max(least_hits, 2)
+    enough = hits[group] >= least_hits
+    if not enough.any():
         return nothing
+    group, query_idx, ref_frames = group[enough], query_idx[enough], ref_frames[enough]
+    _, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
     key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
     # Per group (keys are sorted, so grouped): its best offset's aligned hits; rank groups by
     # that, ties by all their hits; each track once, at its best step.
@@ -256,12 +260,16 @@ def _hit_offsets(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each hit (query hash `query_idx` of the steps' hashes laid end to end, at
     reference frame `ref_frames`): its step, query anchor frame, and reference-query offset."""
-    bounds = np.cumsum([0] + [len(h) for h in per_step])
-    step_of = np.searchsorted(bounds, query_idx, side="right") - 1
+    step_of = _step_of(per_step)[query_idx]
     anchors = np.concatenate([h.anchor_frames for h in per_step])[query_idx]
     factors = np.array([speed_factor(s, cfg.fingerprint.log_step) for s in steps])[step_of]
     offsets = np.rint(ref_frames - anchors * factors).astype(np.int64)
     return step_of, anchors, offsets
+
+
+def _step_of(per_step: list[Hashes]) -> np.ndarray:
+    """The step of each hash of the steps' hashes laid end to end."""
+    return np.repeat(np.arange(len(per_step)), [len(h) for h in per_step])
 
 
 def _votes(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .allocator import tune_allocator
 from .catalog import Catalog, Track
 from .chunks import Chunk, PlanParams, chunk_plan, runs
 from .config import DEFAULT, EngineConfig
@@ -436,7 +437,9 @@ def _pool(workers: int) -> Executor:
     if workers not in _pools:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["songscan.scan"])
-        _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        _pools[workers] = ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=tune_allocator
+        )
     return _pools[workers]
 
 
