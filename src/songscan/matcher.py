@@ -241,6 +241,12 @@ def _nominate(
     starts = run_starts(group_u)
     groups = group_u[starts]
     best_aligned = np.maximum.reduceat(aligned, starts)
+    # Only groups at or above the m-th best alignment can hold a top track: m groups above a
+    # track's best belong to at least max_nominees other tracks.
+    m = mc.max_nominees * len(steps)
+    if groups.shape[0] > m:
+        contenders = best_aligned >= np.partition(best_aligned, -m)[-m]
+        groups, best_aligned = groups[contenders], best_aligned[contenders]
     order = np.lexsort((-hits[groups], -best_aligned))
     ranked = groups[order][best_aligned[order] >= min_hits]
     _, first = np.unique(ranked // len(steps), return_index=True)

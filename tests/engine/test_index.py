@@ -121,3 +121,17 @@ def test_a_posting_budget_leaves_out_the_commonest_hashes(tmp_path: Path) -> Non
     assert postings.shape[0] == 23
     qi, _ = index.lookup(queries, max_postings=12)  # the rarest first: hash 3, then one hash 2
     assert queries[qi].tolist().count(3) == 3 and qi.shape[0] <= 12
+
+
+def test_a_posting_budget_serves_the_rarest_hashes_first() -> None:
+    rng = np.random.default_rng(5)
+    for budget in (0, 1, 50, 333, 1000, 10_000):
+        counts = rng.integers(0, 40, 200)
+        keep = segments._rarest_within(counts, budget)
+        # The rarest first, ties in query order, as long as they fit.
+        by_rarity = np.lexsort((np.arange(200), counts))
+        fits = np.cumsum(counts[by_rarity]) <= budget
+        want = np.zeros(200, dtype=bool)
+        want[by_rarity[: np.argmin(fits) if not fits.all() else 200]] = True
+        assert np.array_equal(keep, want), budget
+        assert counts[keep].sum() <= budget

@@ -274,13 +274,17 @@ def directory(sorted_hashes: np.ndarray, bits: int = HASH_BITS) -> np.ndarray:
 
 def _rarest_within(counts: np.ndarray, budget: int) -> np.ndarray:
     """Which queries to serve so that at most `budget` postings come back: the ones with the
-    fewest postings first (a hash found everywhere says little about which song plays)."""
+    fewest postings first (a hash found everywhere says little about which song plays), ties
+    in query order. Linear: by a histogram of the counts, not a sort."""
     if int(counts.sum()) <= budget:
         return np.ones(counts.shape[0], dtype=bool)
-    by_rarity = np.argsort(counts)
-    fits = np.cumsum(counts[by_rarity]) <= budget
-    keep = np.zeros(counts.shape[0], dtype=bool)
-    keep[by_rarity[fits]] = True
+    postings_up_to = np.cumsum(np.bincount(counts) * np.arange(int(counts.max()) + 1))
+    # Every query with at most `full` postings fits; of those with full + 1, the first few do.
+    full = int(np.searchsorted(postings_up_to, budget, side="right")) - 1
+    keep = counts <= full
+    room = (budget - int(postings_up_to[full])) // (full + 1)
+    next_ones = np.flatnonzero(counts == full + 1)[:room]
+    keep[next_ones] = True
     return keep
 
 
