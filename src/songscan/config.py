@@ -29,6 +29,7 @@ class FingerprintConfig:
     # Triplets (anchor + two of its next targets) find candidates in the index; pairs verify.
     ref_triplet_fanout: int = 4
     query_triplet_fanout: int = 8
+    speed_triplet_fanout: int = 6
     max_dt_frames: int = 63
     max_df_steps: int = 100
     # Hash frequencies are quantised on a log scale: a speed change (pitch and tempo together)

@@ -208,7 +208,8 @@ def _nominate(
     each aligns best."""
     fp, mc = cfg.fingerprint, cfg.match
     nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    per_step = [triplets(peaks, fp, fp.query_triplet_fanout, step) for step in steps]
+    fanout = fp.query_triplet_fanout if steps == (0,) else fp.speed_triplet_fanout
+    per_step = [triplets(peaks, fp, fanout, step) for step in steps]
     all_hashes = np.concatenate([h.hashes for h in per_step])
     if all_hashes.shape[0] == 0:
         return nothing

@@ -150,9 +150,15 @@ def _songs(
 def _song(track: Track, m: Match, p: Placement, chunk: Chunk, cfg: EngineConfig) -> SongMatch:
     fp = cfg.fingerprint
     chunk_ms = round(chunk.duration_s * 1000)
-    start_ms = round(fp.frames_to_s(p.start_frame) * 1000)
+    # The matched hits are a sample of the fragment: the first and last fall on average one
+    # spacing of hits inside its edges (as for uniform samples of an interval), so the edges
+    # are estimated one mean spacing beyond them.
+    spacing = (p.end_frame - p.start_frame) / max(1, p.aligned_hits - 1)
+    start_ms = round(fp.frames_to_s(p.start_frame - spacing) * 1000)
     # The fragment ends where the last matched peak's analysis window ends (half a window on).
-    end_ms = round(fp.frames_to_s(p.end_frame) * 1000 + fp.n_fft / fp.sample_rate_hz * 500)
+    end_ms = round(
+        fp.frames_to_s(p.end_frame + spacing) * 1000 + fp.n_fft / fp.sample_rate_hz * 500
+    )
     position_ms = round(fp.frames_to_s(p.offset_frames) * 1000)
     return SongMatch(
         track=track,
