@@ -79,6 +79,11 @@ class MatchConfig:
     repeat_tie_share: float = 0.9
     # A chunk's song position may follow the previous chunk's within this tolerance.
     continuity_tolerance_s: float = 1.5
+    # A song followed from a neighbouring chunk at its predicted position needs this many times
+    # the coinciding peaks it has at positions these many frames either side (and at least
+    # min_aligned_hits). Uneven shifts, so that a beat or bar of repetition is not all of them.
+    follow_min_ratio: float = 2.0
+    follow_null_shifts_frames: tuple[int, ...] = (7, 13, 23, 37, 53)
 
 
 @dataclass(frozen=True)

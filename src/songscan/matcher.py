@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import EngineConfig, MatchConfig, speed_factor
 from .fingerprint import Hashes, Peaks, hashes, query_peaks, triplets
-from .index import PostingIndex, References, run_starts, unpack_postings
+from .index import PostingIndex, References, run_positions, run_starts, unpack_postings
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,77 @@ def match_tracks(
     nominees = np.repeat(track_ids, len(steps))
     nominee_steps = np.tile(np.arange(len(steps)), track_ids.shape[0])
     return _verdict(_verify(peaks, steps, refs, nominees, nominee_steps, cfg), mc)
+
+
+def follow(
+    peaks: Peaks, refs: References, lead: Match, shift_frames: float, cfg: EngineConfig
+) -> Match | None:
+    """The song of `lead` (a neighbouring chunk's confident match) playing on in this query,
+    at the position the lead predicts `shift_frames` (query frames) later: a match when the
+    track's peaks coincide there with at least `min_aligned_hits` of the query's peaks, and
+    `follow_min_ratio` times as many as at any of the nearby positions
+    `follow_null_shifts_frames` away (what the song's own repetitions and chance give).
+
+    Where noise drowns most of a quiet passage, single peaks survive in numbers while their
+    pairs do not: a peak needs one surviving peak, a pair two, with the same quantised
+    distances. The lead tells where to look, so single peaks suffice."""
+    mc = cfg.match
+    ref = refs.peaks(lead.track_id)
+    if len(peaks) == 0 or len(ref) == 0:
+        return None
+    offset = lead.offset_frames + shift_frames * lead.speed
+    found = _coinciding(peaks, ref, offset, lead.speed, cfg)
+    hits = int(found.sum())
+    if hits < mc.min_aligned_hits:
+        return None
+    chance = max(
+        int(_coinciding(peaks, ref, offset + sign * d, lead.speed, cfg).sum())
+        for d in mc.follow_null_shifts_frames
+        for sign in (-1, 1)
+    )
+    if hits < mc.follow_min_ratio * max(chance, 1):
+        return None
+    first, last = _densest_run(found, 2 * max(chance, 1) / len(peaks))
+    return Match(
+        track_id=lead.track_id,
+        aligned_hits=int(found[first : last + 1].sum()),
+        speed=lead.speed,
+        offset_frames=round(offset),
+        start_frame=float(peaks.time_frames[first]),
+        end_frame=float(peaks.time_frames[last]),
+    )
+
+
+def _densest_run(found: np.ndarray, rate: float) -> tuple[int, int]:
+    """The first and last index of the run of peaks (in time order) where coinciding ones are
+    densest against `rate` (twice the chance rate): each coinciding peak scores 1 - rate, each
+    other one -rate, and the run with the highest sum is the song's part of the query (chance
+    coincidences outside it do not stretch it)."""
+    rate = min(rate, 0.5)
+    score = np.concatenate([[0.0], np.cumsum(np.where(found, 1.0 - rate, -rate))])
+    low = np.minimum.accumulate(score)
+    end = int(np.argmax(score - low))  # the run ends before peak `end`
+    start = int(np.argmin(score[: end + 1]))
+    return start, end - 1
+
+
+def _coinciding(
+    peaks: Peaks, ref: Peaks, offset_frames: float, speed: float, cfg: EngineConfig
+) -> np.ndarray:
+    """Which query peaks have a reference peak at their place when query frame 0 plays
+    reference frame `offset_frames` (within `offset_tolerance_frames` and one FFT bin)."""
+    fp = cfg.fingerprint
+    tol = cfg.match.offset_tolerance_frames
+    at = offset_frames + peaks.time_frames * speed
+    lo = np.searchsorted(ref.time_frames, at - tol, side="left")
+    hi = np.searchsorted(ref.time_frames, at + tol, side="right")
+    query, candidate = run_positions(lo, hi)
+    near = np.abs(ref.freq_hz[candidate] - peaks.freq_hz[query] / speed) <= (
+        fp.sample_rate_hz / fp.n_fft
+    )
+    found = np.zeros(len(peaks), dtype=bool)
+    found[query[near]] = True
+    return found
 
 
 def _confident(found: list[Match], mc: MatchConfig) -> list[Match]:

@@ -25,7 +25,7 @@ from .chunks import Chunk, PlanParams, chunk_plan, runs
 from .config import DEFAULT, EngineConfig
 from .errors import DecodeFailed, FingerprintFailed
 from .fingerprint import Peaks, query_peaks
-from .matcher import Match, Placement, match_peaks, match_samples, match_tracks
+from .matcher import Match, Placement, follow, match_peaks, match_samples, match_tracks
 from .media import Media, decode, probe, sample_index
 
 
@@ -348,39 +348,58 @@ def scan_unit(
     for chunk, samples in chunk_audio(media, unit, cfg):
         peaks = query_peaks(samples, cfg.fingerprint)
         chunks.append(chunk)
-        heard.append((peaks, match_peaks(peaks, catalog, live, cfg)))
+        heard.append((chunk.start_s, peaks, match_peaks(peaks, catalog, live, cfg)))
     return list(zip(chunks, check_neighbours_songs(heard, catalog, cfg), strict=True))
 
 
 def check_neighbours_songs(
-    heard: list[tuple[Peaks, list[Match]]], catalog: Catalog, cfg: EngineConfig
+    heard: list[tuple[float, Peaks, list[Match]]], catalog: Catalog, cfg: EngineConfig
 ) -> list[list[Match]]:
-    """Each chunk's matches, after a chunk without a confident one is checked against the songs
-    its neighbours matched confidently: under heavy noise, or in a crowded index, the triplets
-    may not nominate a song that the pairs still recognise. Repeated while it finds more (a
-    song found in one chunk is followed into the next), so the result does not depend on the
-    order of the chunks."""
-    matches = [found for _, found in heard]
-    tried: list[set[int]] = [set() for _ in heard]
+    """Each chunk's matches, for a run of consecutive chunks given as (start second, peaks,
+    matches), after a chunk without a confident match is checked against the songs its
+    neighbours matched confidently: first by their pairs, anywhere in the song (under heavy
+    noise, or in a crowded index, the triplets may not nominate a song that the pairs still
+    recognise); failing that, by single peaks at the position the neighbour's match predicts
+    (`matcher.follow`: a quiet passage under noise). Repeated while it finds more (a song found
+    in one chunk is followed into the next), so the result does not depend on the order of
+    the chunks."""
+    frames_per_s = cfg.fingerprint.frames_per_s
+    matches = [found for _, _, found in heard]
+    tried_songs: list[set[int]] = [set() for _ in heard]
+    tried_leads: list[set[tuple[float, int, int]]] = [set() for _ in heard]
     while True:
         confident = [bool(m) and not m[0].weak for m in matches]
         changed = False
-        for i, (peaks, _) in enumerate(heard):
+        for i, (start, peaks, _) in enumerate(heard):
             if confident[i]:
                 continue
-            songs = {
-                m.track_id
+            leads = [
+                (heard[j][0], m)
                 for j in (i - 1, i + 1)
                 if 0 <= j < len(heard) and confident[j]
                 for m in matches[j]
-            } - tried[i]
-            if not songs:
-                continue
-            tried[i] |= songs
-            found = match_tracks(peaks, catalog, np.array(sorted(songs)), cfg)
-            if found and (not found[0].weak or not matches[i]):
-                matches[i] = found
-                changed = changed or not found[0].weak
+                if not m.weak
+            ]
+            songs = {m.track_id for _, m in leads} - tried_songs[i]
+            if songs:
+                tried_songs[i] |= songs
+                found = match_tracks(peaks, catalog, np.array(sorted(songs)), cfg)
+                if found and (not found[0].weak or not matches[i]):
+                    matches[i] = found
+                    if not found[0].weak:
+                        changed = True
+                        continue
+            followed = []
+            for lead_start, lead in leads:
+                key = (lead_start, lead.track_id, lead.offset_frames)
+                if key not in tried_leads[i]:
+                    tried_leads[i].add(key)
+                    shift = (start - lead_start) * frames_per_s
+                    followed.append(follow(peaks, catalog, lead, shift, cfg))
+            best = max((m for m in followed if m), key=lambda m: m.aligned_hits, default=None)
+            if best:
+                matches[i] = [best]
+                changed = True
         if not changed:
             return matches
 

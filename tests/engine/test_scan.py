@@ -17,7 +17,7 @@ from songscan.config import DEFAULT
 from songscan.fingerprint import Peaks, query_peaks, triplets
 from songscan.index import pack_postings
 from songscan.index.segments import HASH_BITS
-from songscan.matcher import match_peaks
+from songscan.matcher import follow, match_peaks, match_tracks
 from songscan.media import decode_all
 from songscan.scan import (
     ChunkResult,
@@ -272,7 +272,12 @@ def test_songs_of_neighbouring_chunks_are_checked_where_nothing_was_nominated(
     peaks = [query_peaks(x, fp) for x in pieces]
     first = match_peaks(peaks[0], catalog, catalog.live_ids(), SERIAL)
     assert first and not first[0].weak
-    heard = [(peaks[0], first), (peaks[1], []), (peaks[2], []), (peaks[3], [])]
+    heard = [
+        (0.0, peaks[0], first),
+        (12.0, peaks[1], []),
+        (24.0, peaks[2], []),
+        (36.0, peaks[3], []),
+    ]
     matches = check_neighbours_songs(heard, catalog, SERIAL)
     track = catalog.get(1).id
     for i in (1, 2):
@@ -281,6 +286,35 @@ def test_songs_of_neighbouring_chunks_are_checked_where_nothing_was_nominated(
         shift_frames = 12 * i * fp.frames_per_s
         assert abs(matches[i][0].offset_frames - first[0].offset_frames - shift_frames) <= 2
     assert matches[0] == first and matches[3] == []
+
+
+def test_a_song_is_followed_by_its_peaks_where_noise_leaves_no_pairs(library: Library) -> None:
+    """Chunk 1 plays on the song of chunk 0, 19 dB under noise: no pair survives, but single
+    peaks coincide with the song's where chunk 0's match says it plays on. Noise alone, or
+    another song, at that place coincides by chance only, and is no match."""
+    catalog = Catalog(library.data)
+    fp = SERIAL.fingerprint
+    rate = fp.sample_rate_hz
+    song = resample_poly(library.songs[1], rate, RATE).astype(np.float32)
+    other = resample_poly(library.songs[2], rate, RATE).astype(np.float32)
+    noise = np.random.default_rng(1).normal(0, 0.1, 12 * rate).astype(np.float32)
+    lead_peaks = query_peaks(song[12 * rate : 24 * rate], fp)
+    lead = match_peaks(lead_peaks, catalog, catalog.live_ids(), SERIAL)
+    assert lead and not lead[0].weak
+    track, next_chunk = catalog.get(1).id, 12 * fp.frames_per_s
+
+    quiet = query_peaks(0.3 * song[24 * rate : 36 * rate] + noise, fp)
+    assert match_tracks(quiet, catalog, np.array([track]), SERIAL) == []
+    followed = follow(quiet, catalog, lead[0], next_chunk, SERIAL)
+    assert followed is not None and followed.track_id == track
+    assert followed.aligned_hits >= SERIAL.match.min_aligned_hits
+    assert abs(followed.offset_frames - lead[0].offset_frames - next_chunk) <= 1
+
+    for elsewhere in (noise, other[24 * rate : 36 * rate] + noise):
+        assert follow(query_peaks(elsewhere, fp), catalog, lead[0], next_chunk, SERIAL) is None
+
+    matches = check_neighbours_songs([(0.0, lead_peaks, lead), (12.0, quiet, [])], catalog, SERIAL)
+    assert matches[1] == [followed]
 
 
 def test_evidence_below_the_threshold_alone_is_no_match(library: Library, tmp_path: Path) -> None:

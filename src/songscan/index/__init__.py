@@ -19,6 +19,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..config import FingerprintConfig
+    from ..fingerprint import Peaks
 
 TRACK_SHIFT = 32
 FRAME_MASK = (1 << TRACK_SHIFT) - 1
@@ -99,3 +100,6 @@ class References(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """For each pair hash of the tracks `track_ids` that is in `hashes`: (index into
         `hashes`, posting): what a pair index would return for those tracks."""
+
+    def peaks(self, track_id: int) -> Peaks:
+        """A track's peaks (sorted by frame)."""
