@@ -340,11 +340,13 @@ def growth(
         log(f"building {n} synthetic tracks in {big}")
         info = add_synthetic(big, n, rate, p, seed=n)
         per_hash = expected_postings_per_query_hash(p, info["synthetic_postings"])
-        # The matcher gathers at most max_postings_per_lookup postings per lookup: one lookup
-        # at nominal speed, one for all the other speed steps together.
-        budget = DEFAULT.match.max_postings_per_lookup
+        # The matcher gathers at most max_postings_per_lookup postings at nominal speed and
+        # max_speed_postings_per_lookup for all the other speed steps together.
+        mc = DEFAULT.match
         nominal_hits = base["query_hashes_per_chunk"] * per_hash
-        hits = min(nominal_hits, budget) + min(nominal_hits * (SPEED_STEPS - 1), budget)
+        hits = min(nominal_hits, mc.max_postings_per_lookup) + min(
+            nominal_hits * (SPEED_STEPS - 1), mc.max_speed_postings_per_lookup
+        )
         projected = hits * BYTES_PER_HIT
         full = projected <= a.mem_budget_gb * 1e9
         info["expected_postings_per_query_hash"] = per_hash

@@ -284,7 +284,8 @@ def _nominate(
     all_hashes = np.concatenate([h.hashes for h in per_step])
     if all_hashes.shape[0] == 0:
         return nothing
-    query_idx, postings = index.lookup(all_hashes, mc.max_postings_per_lookup)
+    budget = mc.max_postings_per_lookup if steps == (0,) else mc.max_speed_postings_per_lookup
+    query_idx, postings = index.lookup(all_hashes, budget)
     if query_idx.shape[0] == 0:
         return nothing
     tracks, ref_frames = unpack_postings(postings)
