@@ -11,6 +11,10 @@
 
 When nothing matches at the nominal speed, the query is re-hashed for the configured speed steps
 (the same peaks, no new FFT) and the best of those is taken.
+
+A scan also has neighbours: `match_tracks` checks a chunk against the songs of the chunks next
+to it (pairs, anywhere in the song), and `follow` looks for a neighbour's song at the very
+position the neighbour predicts, by single peaks (a quiet passage under noise).
 """
 
 from __future__ import annotations
@@ -275,8 +279,8 @@ def _nominate(
     cfg: EngineConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The live tracks (at most `max_nominees`) with the most time-aligned triplet hits at any
-    of `steps` (at least `min_nominee_hits`), best first, and the index of the step at which
-    each aligns best."""
+    of `steps` (at least `min_nominee_hits` at the nominal speed, `min_speed_nominee_hits` in
+    the speed pass), best first, and the index of the step at which each aligns best."""
     fp, mc = cfg.fingerprint, cfg.match
     nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     fanout = fp.query_triplet_fanout if steps == (0,) else fp.speed_triplet_fanout
