@@ -604,8 +604,8 @@ def render(res: dict[str, Any], command: str) -> str:
         "- *scan*: `songscan.scan.scan_file` on every chunk, `DEFAULT` config (one worker per "
         "core, persistent pool started beforehand by a warm-up scan of the first 25 chunks "
         "per worker, so that every worker has opened the catalog; the accurate offsets are "
-        "always computed). The workers take stretches of consecutive 25-chunk runs, 4 per "
-        "worker, each through one open of the file.",
+        "always computed). The workers take the 25-chunk runs in file order, each keeping "
+        "the file open between its runs of one scan.",
         "- *ingest*: `songscan.ingest.ingest` of every file in the corpus's `reference/`, "
         "default workers, into a fresh data dir, process-pool start included.",
         "- *peak memory*: `songscan --data D scan FILE --format json --accurate-offsets` runs "

@@ -101,9 +101,6 @@ class ScanConfig:
     workers: int = 0  # 0: one per core
     # A scan's units of work: runs of at most this many consecutive chunks (decoded in one pass).
     max_chunks_per_unit: int = 25
-    # A parallel scan hands each worker about this many stretches of consecutive units: more
-    # balance the load, fewer save opening and seeking (each stretch opens the file once).
-    stretches_per_worker: int = 4
     # Decoding restarts this early before a segment so that decoder and resampler settle.
     preroll_s: float = 2.0
 

@@ -4,14 +4,18 @@ One function, `scan_file`, serves the CLI and the HTTP API. A long file is cut i
 consecutive chunks; runs are decoded and matched on all cores by a process pool, and results
 come back in file order. Each run decodes only its own stretch of the file (seeking, with a
 pre-roll that makes its samples identical to a decode from the top), so the result does not
-depend on how the file is split or how many processes work on it.
+depend on how the file is split or how many processes work on it. A process keeps the file
+open between its runs: seeks then cost what lies between runs, not what lies before them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -415,28 +419,67 @@ def _catalog(data_dir: Path) -> Catalog:
 
 
 Owners = tuple[str, ...] | None
-StretchArgs = tuple[Path, Path, list[list[Chunk]], EngineConfig, Owners]
+UnitArgs = tuple[Path, Path, list[Chunk], EngineConfig, Owners, str]
 
 
-def scan_stretch(
-    path: Path, catalog: Catalog, units: list[list[Chunk]], cfg: EngineConfig, owners: Owners
-) -> list[UnitResult]:
-    """The units of a stretch of the file, in order, through one open media file (its seeks
-    then cost what lies between units, not what lies before them)."""
-    with Media(path) as media:
-        return [scan_unit(media, catalog, unit, cfg, owners) for unit in units]
+class _WorkerMedia:
+    """The file a pool worker scans, kept open between its units of one scan: a fresh open of
+    an MP3 seeks by reading from the top, so opening it per unit made a long scan quadratic;
+    an open file's demuxer remembers what it read, and the worker's units come in file order.
+    Closed when a unit of another scan comes, and after `IDLE_CLOSE_S` without a unit (a
+    finished scan's file, often a temporary one, is not held open)."""
+
+    IDLE_CLOSE_S = 2.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[Path, str] | None = None
+        self._media: Media | None = None
+        self._uses = 0  # units started: an idle timer closes only if none came since
+
+    @contextlib.contextmanager
+    def open(self, path: Path, scan_id: str) -> Iterator[Media]:
+        with self._lock:
+            self._uses += 1
+            if self._media is None or self._key != (path, scan_id):
+                self._close()
+                self._media, self._key = Media(path), (path, scan_id)
+            media = self._media
+        try:
+            yield media
+        except BaseException:
+            with self._lock:  # left mid-stream by an error: not worth keeping
+                self._close()
+            raise
+        uses = self._uses
+        timer = threading.Timer(self.IDLE_CLOSE_S, self._close_if_idle, (uses,))
+        timer.daemon = True
+        timer.start()
+
+    def _close_if_idle(self, uses: int) -> None:
+        with self._lock:
+            if self._uses == uses:
+                self._close()
+
+    def _close(self) -> None:
+        if self._media is not None:
+            self._media.close()
+        self._media = self._key = None
 
 
-def _worker_stretch(args: StretchArgs) -> list[UnitResult]:
-    path, data_dir, units, cfg, owners = args
-    return scan_stretch(path, _catalog(data_dir), units, cfg, owners)
+_worker_media = _WorkerMedia()
+
+
+def _worker_unit(args: UnitArgs) -> UnitResult:
+    path, data_dir, unit, cfg, owners, scan_id = args
+    with _worker_media.open(path, scan_id) as media:
+        return scan_unit(media, _catalog(data_dir), unit, cfg, owners)
 
 
 def _run_units(
     path: Path, data_dir: Path, units: list[list[Chunk]], cfg: EngineConfig, owners: Owners
 ) -> Iterator[UnitResult]:
-    """Each unit's result, in order. A parallel scan hands the workers `stretches_per_worker`
-    stretches each of consecutive units (a unit's result does not depend on the stretch)."""
+    """Each unit's result, in order: in this process through one open file, or on the pool."""
     workers = min(cfg.scan.workers or os.cpu_count() or 1, len(units))
     if workers <= 1:
         catalog = _catalog(data_dir)
@@ -444,14 +487,9 @@ def _run_units(
             for unit in units:
                 yield scan_unit(media, catalog, unit, cfg, owners)
         return
-    stretches = np.array_split(np.arange(len(units)), workers * cfg.scan.stretches_per_worker)
-    args = [
-        (path, data_dir, [units[i] for i in stretch], cfg, owners)
-        for stretch in stretches
-        if stretch.shape[0]
-    ]
-    for results in _pool(workers).map(_worker_stretch, args, chunksize=1):
-        yield from results
+    scan_id = uuid.uuid4().hex
+    args = [(path, data_dir, unit, cfg, owners, scan_id) for unit in units]
+    yield from _pool(workers).map(_worker_unit, args, chunksize=1)
 
 
 _pools: dict[int, Executor] = {}

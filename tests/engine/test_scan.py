@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from songscan import media
+from songscan import media, scan
 from songscan.catalog import Catalog, FingerprintedTrack, Track, TrackMetadata
 from songscan.chunks import Chunk, PlanParams
 from songscan.config import DEFAULT
@@ -136,7 +138,7 @@ def test_parallel_equals_serial(library: Library, tmp_path: Path) -> None:
     assert serial.chunks == parallel.chunks
 
 
-def test_a_scan_opens_the_file_once_per_stretch(
+def test_a_serial_scan_opens_the_file_once(
     library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Seeking in a fresh open of an MP3 reads from the top: a long file opened once per run of
@@ -155,6 +157,40 @@ def test_a_scan_opens_the_file_once_per_stretch(
     assert result.billable_chunks == 4
     assert [c.songs[0].track.audio_id for c in result.chunks] == [1, 1, 1, 1]
     assert len(opened) == 2  # the probe, and one decode for the four runs
+
+
+def test_a_pool_worker_keeps_the_file_open_between_its_runs_of_one_scan(
+    library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_audio(tmp_path / "long.mp3", excerpt(library.songs[1], 0.0, 40.0))
+    opened: list[str] = []
+    real_open = media._open
+
+    def counting_open(p: Path) -> object:
+        opened.append(str(p))
+        return real_open(p)
+
+    def held_open() -> bool:
+        fds = Path("/proc/self/fd")
+        return any(str(path) == os.path.realpath(fd) for fd in fds.iterdir())
+
+    monkeypatch.setattr(media, "_open", counting_open)
+    monkeypatch.setattr(scan._WorkerMedia, "IDLE_CLOSE_S", 0.2)
+    plan = [Chunk(i, 12.0 * i, 12.0 * (i + 1)) for i in range(3)]
+    runs = [(path, library.data, [chunk], SERIAL, None, "scan-1") for chunk in plan]
+    found = [scan._worker_unit(run) for run in runs]  # as a worker takes them, in file order
+    assert [m[0][1][0].track_id for m in found] == [catalog_id(library, 1)] * 3
+    assert len(opened) == 1 and held_open()
+    scan._worker_unit((*runs[0][:5], "scan-2"))  # another scan: its own open
+    assert len(opened) == 2
+    deadline = time.monotonic() + 5
+    while held_open():  # idle: closed, so a finished scan's file is not held
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def catalog_id(library: Library, audio_id: int) -> int:
+    return Catalog(library.data).get(audio_id).id
 
 
 def test_standard_recognition_of_a_clip(library: Library, tmp_path: Path) -> None:
