@@ -436,11 +436,14 @@ class _WorkerMedia:
         self._key: tuple[Path, str] | None = None
         self._media: Media | None = None
         self._uses = 0  # units started: an idle timer closes only if none came since
+        self._timer: threading.Timer | None = None
 
     @contextlib.contextmanager
     def open(self, path: Path, scan_id: str) -> Iterator[Media]:
         with self._lock:
             self._uses += 1
+            if self._timer is not None:
+                self._timer.cancel()
             if self._media is None or self._key != (path, scan_id):
                 self._close()
                 self._media, self._key = Media(path), (path, scan_id)
@@ -451,10 +454,10 @@ class _WorkerMedia:
             with self._lock:  # left mid-stream by an error: not worth keeping
                 self._close()
             raise
-        uses = self._uses
-        timer = threading.Timer(self.IDLE_CLOSE_S, self._close_if_idle, (uses,))
-        timer.daemon = True
-        timer.start()
+        with self._lock:
+            self._timer = threading.Timer(self.IDLE_CLOSE_S, self._close_if_idle, (self._uses,))
+            self._timer.daemon = True
+            self._timer.start()
 
     def _close_if_idle(self, uses: int) -> None:
         with self._lock:
