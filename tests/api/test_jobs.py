@@ -5,6 +5,8 @@ Restart survival (a server killed under a running job) is in tests/test_jobs.py.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Any
 
@@ -215,6 +217,27 @@ def test_a_token_sees_only_its_own_jobs(api: Api, long_wav: bytes) -> None:
         assert error_of(client.get(f"/enterprise/jobs/{job_id}"))[0] == 901
         r = client.get(f"/enterprise/jobs/{job_id}", params={"api_token": "not-a-real-token"})
         assert error_of(r)[0] == 900
+
+
+def test_job_routes_are_logged_and_counted(
+    api: Api, long_wav: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = api.new_token("enterprise")
+    with caplog.at_level(logging.INFO, logger="songscan.access"), api.client() as client:
+        job_id = submit(client, token, {}, long_wav)["job_id"]
+        seen = client.get(f"/enterprise/jobs/{job_id}", params={"api_token": token})
+        missing = client.get("/enterprise/jobs/no-such-job", params={"api_token": token})
+        metrics = client.get("/metrics").text
+        wait_for(client, token, job_id)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "songscan.access"]
+    by_id = {line["request_id"]: line for line in lines}
+    line = by_id[seen.headers["x-request-id"]]
+    assert line["api_method"] == "jobs" and line["error_code"] == 0 and line["status"] == 200
+    assert line["path"] == f"/enterprise/jobs/{job_id}" and line["account"] is not None
+    assert line["token"] == f"{token[:2]}***{token[-2:]}" and token not in caplog.text
+    assert by_id[missing.headers["x-request-id"]]["error_code"] == 50
+    assert 'songscan_requests_total{api_method="jobs",error_code="0"}' in metrics
+    assert 'songscan_requests_total{api_method="jobs",error_code="50"}' in metrics
 
 
 def _drained(api: Api, plan: str) -> str:

@@ -39,6 +39,8 @@ from songscan.api.recognition import (
     catalog_owners,
     enterprise_reply,
     enterprise_request,
+    log_access,
+    record_request,
     reply_for_error,
 )
 from songscan.errors import InvalidParameters, NotEntitled, SongscanError
@@ -252,13 +254,17 @@ async def _job_call(request: Request, work: JobWork) -> Response:
     started = time.perf_counter()
     client_addr = request.client.host if request.client else ""
     fields: dict[str, str] = dict(request.query_params)
+    account_id: int | None = None
+    error_code = 0
     try:
         if request.method == "POST":
             form = await request.form(max_files=0, max_fields=MAX_FIELDS)
             fields.update({k: v for k, v in form.items() if isinstance(v, str)})
 
         def run() -> Reply:
+            nonlocal account_id
             account = service.accounts.authenticate(text_param(fields, "api_token"), client_addr)
+            account_id = account.id
             service.accounts.check_rate(account)
             if account.is_test:
                 raise NotEntitled("long jobs need an api_token of your own")
@@ -266,10 +272,25 @@ async def _job_call(request: Request, work: JobWork) -> Response:
 
         reply = await anyio.to_thread.run_sync(run)
     except SongscanError as exc:
+        error_code = exc.code
         reply = reply_for_error(exc, fields, JOBS, request, started, True)
     except Exception:
         log.exception("request %s failed", request_id)
-        reply = reply_for_error(UnexpectedError(request_id), fields, JOBS, request, started, True)
+        unexpected = UnexpectedError(request_id)
+        error_code = unexpected.code
+        reply = reply_for_error(unexpected, fields, JOBS, request, started, True)
+    elapsed = time.perf_counter() - started
+    record_request(service.metrics, JOBS, error_code, elapsed)
+    log_access(
+        request,
+        request_id,
+        JOBS,
+        fields,
+        account_id=account_id,
+        status=reply.http_status,
+        error_code=error_code,
+        elapsed=elapsed,
+    )
     return reply.response(request_id)
 
 

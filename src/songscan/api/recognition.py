@@ -536,27 +536,57 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
     finally:
         service.metrics.in_progress.dec()
     elapsed = time.perf_counter() - started
-    _record(service.metrics, api_method, error_code, elapsed, call)
+    record_request(service.metrics, api_method, error_code, elapsed, call)
+    log_access(
+        request,
+        request_id,
+        api_method,
+        fields,
+        account_id=call.account_id if call else None,
+        status=reply.http_status,
+        error_code=error_code,
+        elapsed=elapsed,
+        body_bytes=parsed.body_bytes,
+        chunks=call.chunks if call else 0,
+        billed=call.billed if call else 0,
+    )
+    return replace(reply, fields=fields)
+
+
+def log_access(
+    request: Request,
+    request_id: str,
+    api_method: str,
+    fields: Mapping[str, str],
+    *,
+    account_id: int | None,
+    status: int,
+    error_code: int,
+    elapsed: float,
+    body_bytes: int = 0,
+    chunks: int = 0,
+    billed: int = 0,
+) -> None:
+    """One JSON line per request on `songscan.access` (the token masked)."""
     access_log.info(
         json.dumps(
             {
                 "request_id": request_id,
-                "client": client_addr,
+                "client": request.client.host if request.client else "",
                 "http_method": request.method,
                 "path": request.url.path,
                 "api_method": api_method,
                 "token": mask_token(fields.get("api_token")),
-                "account": call.account_id if call else None,
-                "status": reply.http_status,
+                "account": account_id,
+                "status": status,
                 "error_code": error_code,
-                "body_bytes": parsed.body_bytes,
-                "chunks": call.chunks if call else 0,
-                "billed": call.billed if call else 0,
+                "body_bytes": body_bytes,
+                "chunks": chunks,
+                "billed": billed,
                 "duration_ms": round(elapsed * 1000, 1),
             }
         )
     )
-    return replace(reply, fields=fields)
 
 
 def reply_for_error(
@@ -578,8 +608,8 @@ def reply_for_error(
     return Reply(reply.body, http_status=reply.http_status, headers=reply.headers)
 
 
-def _record(
-    metrics: Metrics, api_method: str, error_code: int, elapsed: float, call: Call | None
+def record_request(
+    metrics: Metrics, api_method: str, error_code: int, elapsed: float, call: Call | None = None
 ) -> None:
     if error_code == -1:
         metrics.requests.labels(api_method, "disconnected").inc()
