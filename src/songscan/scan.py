@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -423,36 +424,38 @@ UnitArgs = tuple[Path, Path, list[Chunk], EngineConfig, Owners, str]
 
 
 class _WorkerMedia:
-    """The file a pool worker scans, kept open between its units of one scan: a fresh open of
-    an MP3 seeks by reading from the top, so opening it per unit made a long scan quadratic;
-    an open file's demuxer remembers what it read, and the worker's units come in file order.
-    Closed when a unit of another scan comes, and after `IDLE_CLOSE_S` without a unit (a
-    finished scan's file, often a temporary one, is not held open)."""
+    """The files a pool worker scans, each kept open between its units of one scan: a fresh
+    open of an MP3 seeks by reading from the top, so opening it per unit made a long scan
+    quadratic; an open file's demuxer remembers what it read, and a scan's units come to a
+    worker in file order. Up to `MAX_OPEN` scans at once (a server's concurrent scans share
+    the pool); all are closed after `IDLE_CLOSE_S` without a unit, so a finished scan's file
+    (often a temporary one) is not held open."""
 
     IDLE_CLOSE_S = 2.0
+    MAX_OPEN = 4
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._key: tuple[Path, str] | None = None
-        self._media: Media | None = None
+        self._open: OrderedDict[tuple[Path, str], Media] = OrderedDict()
         self._uses = 0  # units started: an idle timer closes only if none came since
         self._timer: threading.Timer | None = None
 
     @contextlib.contextmanager
     def open(self, path: Path, scan_id: str) -> Iterator[Media]:
+        key = (path, scan_id)
         with self._lock:
             self._uses += 1
             if self._timer is not None:
                 self._timer.cancel()
-            if self._media is None or self._key != (path, scan_id):
-                self._close()
-                self._media, self._key = Media(path), (path, scan_id)
-            media = self._media
+            media = self._open.pop(key, None) or Media(path)
+            self._open[key] = media
+            while len(self._open) > self.MAX_OPEN:
+                self._open.popitem(last=False)[1].close()
         try:
             yield media
         except BaseException:
             with self._lock:  # left mid-stream by an error: not worth keeping
-                self._close()
+                self._open.pop(key, media).close()
             raise
         with self._lock:
             self._timer = threading.Timer(self.IDLE_CLOSE_S, self._close_if_idle, (self._uses,))
@@ -462,12 +465,8 @@ class _WorkerMedia:
     def _close_if_idle(self, uses: int) -> None:
         with self._lock:
             if self._uses == uses:
-                self._close()
-
-    def _close(self) -> None:
-        if self._media is not None:
-            self._media.close()
-        self._media = self._key = None
+                while self._open:
+                    self._open.popitem()[1].close()
 
 
 _worker_media = _WorkerMedia()

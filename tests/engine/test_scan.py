@@ -159,7 +159,7 @@ def test_a_serial_scan_opens_the_file_once(
     assert len(opened) == 2  # the probe, and one decode for the four runs
 
 
-def test_a_pool_worker_keeps_the_file_open_between_its_runs_of_one_scan(
+def test_a_pool_worker_keeps_a_scans_file_open_between_its_runs(
     library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_audio(tmp_path / "long.mp3", excerpt(library.songs[1], 0.0, 40.0))
@@ -182,6 +182,7 @@ def test_a_pool_worker_keeps_the_file_open_between_its_runs_of_one_scan(
     assert [m[0][1][0].track_id for m in found] == [catalog_id(library, 1)] * 3
     assert len(opened) == 1 and held_open()
     scan._worker_unit((*runs[0][:5], "scan-2"))  # another scan: its own open
+    scan._worker_unit(runs[2])  # scans running at once share the pool: each keeps its open
     assert len(opened) == 2
     deadline = time.monotonic() + 5
     while held_open():  # idle: closed, so a finished scan's file is not held
