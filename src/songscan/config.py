@@ -62,13 +62,11 @@ class MatchConfig:
     speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3)
     max_candidates: int = 3
     # Tracks whose pairs are checked: the ones with the most aligned triplet hits, with at least
-    # min_nominee_hits of them at the nominal speed (under heavy noise a song may keep a single
-    # one), min_speed_nominee_hits in the speed pass (which runs on every chunk without a match,
-    # mostly music not in the catalog: one hit is aligned with nothing, any track has one by
-    # chance).
+    # this many (one hit is aligned with nothing: any track has one by chance), at the nominal
+    # speed and in the speed pass. (Under heavy noise a song's chunk may keep a single one; the
+    # scan's neighbour checks find such chunks from the chunks around them.)
     max_nominees: int = 10
-    min_nominee_hits: int = 1
-    min_speed_nominee_hits: int = 2
+    min_nominee_hits: int = 2
     # Postings gathered per lookup at most; beyond it the commonest hashes are left out. Bounds
     # time and memory per chunk on a large index (a small one never reaches it).
     max_postings_per_lookup: int = 200_000

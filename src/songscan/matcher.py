@@ -279,8 +279,8 @@ def _nominate(
     cfg: EngineConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The live tracks (at most `max_nominees`) with the most time-aligned triplet hits at any
-    of `steps` (at least `min_nominee_hits` at the nominal speed, `min_speed_nominee_hits` in
-    the speed pass), best first, and the index of the step at which each aligns best."""
+    of `steps` (at least `min_nominee_hits`), best first, and the index of the step at which
+    each aligns best."""
     fp, mc = cfg.fingerprint, cfg.match
     nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     fanout = fp.query_triplet_fanout if steps == (0,) else fp.speed_triplet_fanout
@@ -298,15 +298,9 @@ def _nominate(
         query_idx, tracks, ref_frames = query_idx[live], tracks[live], ref_frames[live]
     group = tracks * len(steps) + _step_of(per_step)[query_idx]
     hits = np.bincount(group)
-    # A group (track and step) with fewer hits than a nominee needs aligned is left out. And
-    # one with a single hit ranks below every group with more: in a large index most groups
-    # have one, so when enough tracks have more, only those are counted (the same nominees).
-    min_hits = mc.min_nominee_hits if steps == (0,) else mc.min_speed_nominee_hits
-    least_hits = min_hits
-    tracks_with_several = np.flatnonzero(hits >= 2) // len(steps)  # sorted
-    if run_starts(tracks_with_several).shape[0] >= mc.max_nominees:
-        least_hits = max(least_hits, 2)
-    enough = hits[group] >= least_hits
+    # A group (track and step) with fewer hits than a nominee needs aligned cannot be one (in a
+    # large index most groups have a single hit).
+    enough = hits[group] >= mc.min_nominee_hits
     if not enough.any():
         return nothing
     group, query_idx, ref_frames = group[enough], query_idx[enough], ref_frames[enough]
@@ -325,7 +319,7 @@ def _nominate(
         contenders = best_aligned >= np.partition(best_aligned, -m)[-m]
         groups, best_aligned = groups[contenders], best_aligned[contenders]
     order = np.lexsort((-hits[groups], -best_aligned))
-    ranked = groups[order][best_aligned[order] >= min_hits]
+    ranked = groups[order][best_aligned[order] >= mc.min_nominee_hits]
     _, first = np.unique(ranked // len(steps), return_index=True)
     best = ranked[np.sort(first)][: mc.max_nominees]
     return best // len(steps), best % len(steps)

@@ -28,6 +28,8 @@ _MAX_DECODE_ERRORS = 50
 _SETTLE_FRAMES = 4
 # Resampled audio is handed on in blocks of about this many samples (fewer, larger arrays).
 _BLOCK_SAMPLES = 16384
+# Decoded frames are resampled this many seconds at a time.
+_RESAMPLE_BATCH_S = 0.25
 _MAX_SETTLE_FRAMES = 500
 
 
@@ -182,6 +184,8 @@ def _resampled(
     settle_frames: int,
 ) -> Iterator[np.ndarray]:
     resampler: av.AudioResampler | None = None
+    batch = av.AudioFifo()
+    batch_samples = 0
     position: int | None = None  # output sample index (file timeline) of the next resampled sample
     errors = 0
     decoded_any = False
@@ -217,9 +221,17 @@ def _resampled(
                 in_pos += skip
             position = in_pos * rate // in_rate
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            batch_samples = round(in_rate * _RESAMPLE_BATCH_S)
+        # Frames are resampled in batches: one call per frame costs as much as the decoding (the
+        # output is the same, the resampler is a stream filter). Positions are counted here, so
+        # the FIFO need not check the frames' timestamps.
+        frame.pts = None
         try:
-            outputs = resampler.resample(frame)
-        except av.error.FFmpegError:
+            batch.write(frame)
+            if batch.samples < batch_samples:
+                continue
+            outputs = resampler.resample(batch.read())
+        except (av.error.FFmpegError, ValueError):
             errors += 1
             if errors > _MAX_DECODE_ERRORS:
                 raise DecodeFailed("the audio stream is damaged") from None
@@ -239,6 +251,8 @@ def _resampled(
     if not decoded_any:
         raise DecodeFailed("no audio could be decoded from the media")
     if resampler is not None and position is not None:
+        if batch.samples:
+            pending.extend(_samples(out) for out in resampler.resample(batch.read()))
         pending.extend(_samples(out) for out in resampler.resample(None))
         if pending:
             block = _trim(np.concatenate(pending), position, first_sample, end_sample)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -49,6 +50,21 @@ def test_one_open_media_decodes_ranges_in_any_order_as_fresh_opens_do(
             again = np.concatenate(list(opened.decode(8000, start_s=start, end_s=end)))
             fresh = media.decode_all(song_files[suffix], 8000, start_s=start, end_s=end)
             np.testing.assert_array_equal(again, fresh)
+
+
+@pytest.mark.parametrize("suffix", [".flac", ".wav"])
+def test_batched_resampling_gives_the_samples_of_frame_by_frame_resampling(
+    song_files: dict[str, Path], suffix: str
+) -> None:
+    # decode() hands the resampler a quarter second of frames at a time; the resampler is a
+    # stream filter, so the output is that of resampling every decoded frame on its own.
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=8000)
+    with av.open(str(song_files[suffix])) as container:
+        frames = [f for f in container.decode(audio=0)] + [None]
+        one_by_one = np.concatenate(
+            [out.to_ndarray()[0] for f in frames for out in resampler.resample(f)]
+        )
+    np.testing.assert_array_equal(media.decode_all(song_files[suffix], 8000), one_by_one)
 
 
 def test_probe(song_files: dict[str, Path]) -> None:
