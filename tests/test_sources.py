@@ -14,7 +14,7 @@ import wave
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,6 +35,7 @@ from songscan.sources import (
 )
 from songscan.sources.netguard import Deadline, guarded_client
 from songscan.sources.webpage import find_embedded_media
+from tests.servers import QuietHTTPServer
 
 LIMIT = 1_000_000
 SHORT = 10.0  # generous; only the stall tests rely on a limit being hit
@@ -173,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
 def servers() -> Iterator[tuple[Server, Server]]:
     started = []
     for _ in range(2):
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        httpd = QuietHTTPServer(("127.0.0.1", 0), _Handler)
         httpd.daemon_threads = True
         port = httpd.server_address[1]
         state = Server(base=f"http://127.0.0.1:{port}", port=port)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from songscan.catalog import Catalog, TrackMetadata
 from songscan.config import DEFAULT
 from songscan.ingest import IngestItem, ingest
 from tests.api.music import excerpt, music, wav_bytes, write_wav
-from tests.servers import UvicornThread
+from tests.servers import QuietHTTPServer, UvicornThread
 
 CATALOG_SEEDS = {1: 101, 2: 102, 3: 103}  # audio_id -> seed of its synthetic song
 SONG_S = 60.0
@@ -70,7 +70,7 @@ class MediaServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         return self
