@@ -11,13 +11,20 @@ from songscan.index.segments import MAX_SEGMENTS, SegmentIndex
 
 
 @pytest.mark.parametrize("max_bucket_entries", [segments.MAX_BUCKET_ENTRIES, 0])
+@pytest.mark.parametrize("directory_bits", [segments.MEMORY_DIRECTORY_BITS, 4])
 @pytest.mark.parametrize("key_range", [5000, 1 << segments.HASH_BITS])
 def test_lookup_finds_every_posting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_bucket_entries: int, key_range: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    max_bucket_entries: int,
+    directory_bits: int,
+    key_range: int,
 ) -> None:
-    # Small segments are read through their in-memory bucket directory, or binary searched
-    # when the buckets are crowded (max_bucket_entries 0); keys crowd a few buckets or spread.
+    # Small segments are read through their in-memory bucket directory (one bucket per
+    # posting, or a few large ones when its size is capped), or binary searched when the
+    # buckets are crowded (max_bucket_entries 0); keys crowd a few buckets or spread.
     monkeypatch.setattr(segments, "MAX_BUCKET_ENTRIES", max_bucket_entries)
+    monkeypatch.setattr(segments, "MEMORY_DIRECTORY_BITS", directory_bits)
     rng = np.random.default_rng(1)
     index = SegmentIndex(tmp_path)
     keys = rng.integers(0, key_range, 20_000).astype(np.uint32)

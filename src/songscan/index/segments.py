@@ -35,14 +35,17 @@ from . import expand_runs, join_hits, run_positions, run_starts, unpack_postings
 # Hashes are below 2^HASH_BITS. Segments with at least as many postings as there are hash
 # values carry a stored directory (where each hash value's run starts, a fraction of the
 # segment's size), so that a lookup is two array reads. Smaller segments get one in memory when
-# they are opened, over the hash's top bits (about one bucket per posting, as large as the
-# segment's hashes): a lookup then reads the few entries of its bucket instead of binary
+# they are opened, over the hash's top bits (about one bucket per posting, up to
+# MEMORY_DIRECTORY_BITS): a lookup then reads the few entries of its bucket instead of binary
 # searching the whole segment.
 HASH_BITS = TRIPLET_BITS
 DIRECTORY_MIN_POSTINGS = 1 << HASH_BITS
 _NPY_HEADER_LOCK = threading.Lock()
 # Small segments are merged once there are more than this many.
 MAX_SEGMENTS = 8
+# In-memory directories have at most 2^20 buckets (4 MiB a segment, whatever the segment's
+# size below DIRECTORY_MIN_POSTINGS: each process of a server holds them).
+MEMORY_DIRECTORY_BITS = 20
 # A lookup whose buckets hold more entries than this (a crowded mid-sized segment) binary
 # searches instead of comparing every entry of its buckets.
 MAX_BUCKET_ENTRIES = 1 << 20
@@ -128,7 +131,7 @@ class SegmentIndex:
             directory_path = self.dir / f"{name}.directory.npy"
             if directory_path.exists():
                 return _Segment(name, hashes, postings, np.load(directory_path, mmap_mode="r"), 0)
-        bits = min(HASH_BITS, max(0, hashes.shape[0].bit_length() - 1))
+        bits = min(MEMORY_DIRECTORY_BITS, max(0, hashes.shape[0].bit_length() - 1))
         return _Segment(name, hashes, postings, directory(hashes, bits), HASH_BITS - bits)
 
     def lookup(
