@@ -138,20 +138,26 @@ def test_parallel_equals_serial(library: Library, tmp_path: Path) -> None:
     assert serial.chunks == parallel.chunks
 
 
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths media files are opened at, in order, from here on."""
+    paths: list[str] = []
+    real_open = media._open
+
+    def counting_open(p: Path) -> object:
+        paths.append(str(p))
+        return real_open(p)
+
+    monkeypatch.setattr(media, "_open", counting_open)
+    return paths
+
+
 def test_a_serial_scan_opens_the_file_once(
-    library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    library: Library, tmp_path: Path, opened: list[str]
 ) -> None:
     # Seeking in a fresh open of an MP3 reads from the top: a long file opened once per run of
     # chunks would scan in quadratic time. One open serves every run of a serial scan.
     path = write_audio(tmp_path / "long.mp3", excerpt(library.songs[1], 0.0, 40.0))
-    opened: list[str] = []
-    real_open = media._open
-
-    def counting_open(p: Path) -> object:
-        opened.append(str(p))
-        return real_open(p)
-
-    monkeypatch.setattr(media, "_open", counting_open)
     units_of_one = replace(SERIAL, scan=replace(SERIAL.scan, max_chunks_per_unit=1))
     result = scan_file(path, library.data, PlanParams(), units_of_one)
     assert result.billable_chunks == 4
@@ -160,21 +166,14 @@ def test_a_serial_scan_opens_the_file_once(
 
 
 def test_a_pool_worker_keeps_a_scans_file_open_between_its_runs(
-    library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[str]
 ) -> None:
     path = write_audio(tmp_path / "long.mp3", excerpt(library.songs[1], 0.0, 40.0))
-    opened: list[str] = []
-    real_open = media._open
-
-    def counting_open(p: Path) -> object:
-        opened.append(str(p))
-        return real_open(p)
 
     def held_open() -> bool:
         fds = Path("/proc/self/fd")
         return any(str(path) == os.path.realpath(fd) for fd in fds.iterdir())
 
-    monkeypatch.setattr(media, "_open", counting_open)
     monkeypatch.setattr(scan._WorkerMedia, "IDLE_CLOSE_S", 0.2)
     plan = [Chunk(i, 12.0 * i, 12.0 * (i + 1)) for i in range(3)]
     runs = [(path, library.data, [chunk], SERIAL, None, "scan-1") for chunk in plan]
