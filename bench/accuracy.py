@@ -255,8 +255,8 @@ def grow_index(data_dir: Path, tracks: int) -> tuple[Path, dict[str, Any]]:
     stats = catalog.stats()
     catalog.close()
     rate = stats["postings"] / (stats["hours"] * 3600)
-    p = throughput.hash_distribution(data_dir)
-    return big, throughput.add_synthetic(big, tracks, rate, p, seed=tracks)
+    model = throughput.TripletModel(data_dir)
+    return big, throughput.add_synthetic(big, tracks, rate, model, seed=tracks)
 
 
 def large_section(

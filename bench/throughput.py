@@ -46,7 +46,7 @@ from songscan.chunks import PlanParams
 from songscan.config import DEFAULT
 from songscan.fingerprint import TRIPLET_BITS, Peaks, fold, query_peaks, triplet_keys, triplets
 from songscan.index import pack_postings
-from songscan.index.segments import SegmentIndex
+from songscan.index.segments import SegmentIndex, directory_bits
 from songscan.ingest import IngestItem, ingest
 from songscan.media import Media, decode, probe
 from songscan.scan import chunk_audio, plan_for, scan_file, shutdown_pools
@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACK_EQUIV_S = 210.0  # 3.5 minutes
 RATE = DEFAULT.fingerprint.sample_rate_hz
 BATCH_POSTINGS = 50_000_000
+DRAW_BATCH = 1 << 26  # keys drawn at a time by TripletModel
 
 
 def log(msg: str) -> None:
@@ -146,51 +147,55 @@ def peak_memory(cmd: list[str]) -> dict[str, Any]:
 
 
 # ---- synthetic index growth -----------------------------------------------------------------
-def hash_distribution(data_dir: Path, samples: int = 1 << 28, seed: int = 0) -> np.ndarray:
-    """P(hash) over all 2^TRIPLET_BITS values, modelled on the real reference triplets.
+class TripletModel:
+    """The triplet hashes of a large catalog, modelled on the real reference triplets.
 
-    The real catalog holds a few hundred thousand distinct triplet keys: sampling a billion
+    The real catalog holds a few hundred thousand distinct triplet keys: drawing a billion
     postings from that empirical distribution would pile thousands of postings on each and make
     every lookup far costlier than a real large catalog. The model keeps the real skew but
     factorises each unfolded key (see `triplet_keys`) into two independent halves: the anchor
     frequency with the first target's frequency step, P_emp(q1, dq1), times the rest,
-    P_emp(dq2, dt1, dt2). `samples` keys are drawn from that product (halves of random real
-    keys), folded like the engine folds them, and counted.
+    P_emp(dq2, dt1, dt2). Postings' keys are drawn from that product (halves of random real
+    keys) and folded like the engine folds them.
     """
-    cfg = DEFAULT.fingerprint
-    catalog = Catalog(data_dir)
-    keys = np.concatenate(
-        [
-            triplet_keys(catalog.peaks(int(t)), cfg, cfg.ref_triplet_fanout).hashes
-            for t in catalog.live_ids()
-        ]
-    )
-    catalog.close()
-    low = keys & np.uint64(0xFF_FFFF)  # dq2, dt1, dt2
-    high = keys ^ low  # q1, dq1
-    rng = np.random.default_rng(seed)
-    counts = np.zeros(1 << TRIPLET_BITS, dtype=np.int64)
-    batch = 1 << 24
-    for _ in range(samples // batch):
-        drawn = (
-            high[rng.integers(0, keys.shape[0], batch)] | low[rng.integers(0, keys.shape[0], batch)]
+
+    def __init__(self, data_dir: Path) -> None:
+        cfg = DEFAULT.fingerprint
+        catalog = Catalog(data_dir)
+        keys = np.concatenate(
+            [
+                triplet_keys(catalog.peaks(int(t)), cfg, cfg.ref_triplet_fanout).hashes
+                for t in catalog.live_ids()
+            ]
         )
-        counts += np.bincount(fold(drawn), minlength=1 << TRIPLET_BITS)
-    return counts / counts.sum()
+        catalog.close()
+        self.low = keys & np.uint64(0xFF_FFFF)  # dq2, dt1, dt2
+        self.high = keys ^ self.low  # q1, dq1
+
+    def hash_counts(self, total: int, rng: np.random.Generator) -> np.ndarray:
+        """How many of `total` drawn postings fall on each of the 2^TRIPLET_BITS hashes."""
+        counts = np.zeros(1 << TRIPLET_BITS, dtype=np.int64)
+        n = self.high.shape[0]
+        for lo in range(0, total, DRAW_BATCH):
+            size = min(DRAW_BATCH, total - lo)
+            drawn = self.high[rng.integers(0, n, size)] | self.low[rng.integers(0, n, size)]
+            counts += np.bincount(fold(drawn), minlength=1 << TRIPLET_BITS)
+        return counts
 
 
 def add_synthetic(
-    data_dir: Path, n_tracks: int, rate_per_s: float, p: np.ndarray, seed: int
+    data_dir: Path, n_tracks: int, rate_per_s: float, model: TripletModel, seed: int
 ) -> dict[str, Any]:
     """Adds `n_tracks` synthetic tracks of 3.5 min: catalog rows, then one sorted segment.
 
     Catalog rows go through `Catalog.add` (empty hash arrays, so the rows are live tracks and
     the matcher pays the live filter and the histograms for their hits). Their postings are
-    written as one big segment (hashes drawn from `hash_distribution`, already in hash order,
-    uniform random track ids among the new rows and anchor frames within 3.5 min) straight
-    into `DATA/index`, in batches of 50M postings through memory-mapped .npy files, and named in
-    the index manifest under the index's writer lock. This bypasses `SegmentIndex.add`, whose
-    argsort would need ~37 GB of RAM at 100k tracks; the files are the same format.
+    written as one big segment (hashes drawn from `model`, already in hash order, uniform random
+    track ids among the new rows and anchor frames within 3.5 min) straight into `DATA/index`,
+    in batches of 50M postings through memory-mapped .npy files, with the directory the index
+    would store, and named in the index manifest under the index's writer lock. This bypasses
+    `SegmentIndex.add`, whose argsort would need ~37 GB of RAM at 100k tracks; the files are the
+    same format.
     """
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -212,8 +217,11 @@ def add_synthetic(
         ids.extend(t.id for t in catalog.add(batch))
     id_arr = np.asarray(ids, dtype=np.int64)
     total = round(n_tracks * TRACK_EQUIV_S * rate_per_s)
-    counts = rng.multinomial(total, p)
+    counts = model.hash_counts(total, rng)
+    # A query hash drawn from the model meets, on average, sum(p * count) postings.
+    per_hash = float((counts.astype(np.float64) ** 2).sum() / total)
     cum = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
+    del counts
     max_frame = round(TRACK_EQUIV_S * DEFAULT.fingerprint.frames_per_s)
     index = SegmentIndex(data_dir / "index")
     with index._writer() as manifest:
@@ -226,17 +234,23 @@ def add_synthetic(
             d / f"{name}.postings.npy", mode="w+", dtype=np.uint64, shape=(total,)
         )
         bounds = np.searchsorted(cum, np.arange(0, total, BATCH_POSTINGS, dtype=np.uint64))
-        bounds = np.unique(np.concatenate([bounds, [counts.shape[0]]]))
+        bounds = np.unique(np.concatenate([bounds, [cum.shape[0] - 1]]))
         for h_lo, h_hi in itertools.pairwise(bounds):
             a, b = int(cum[h_lo]), int(cum[h_hi])
-            hashes_mm[a:b] = np.repeat(np.arange(h_lo, h_hi, dtype=np.uint32), counts[h_lo:h_hi])
+            hashes_mm[a:b] = np.repeat(
+                np.arange(h_lo, h_hi, dtype=np.uint32),
+                np.diff(cum[h_lo : h_hi + 1]).astype(np.int64),
+            )
             tracks = id_arr[rng.integers(0, id_arr.shape[0], b - a)]
             frames = rng.integers(0, max_frame, b - a, dtype=np.uint32)
             post_mm[a:b] = pack_postings(tracks, frames)
         hashes_mm.flush()
         post_mm.flush()
         del hashes_mm, post_mm
-        np.save(d / f"{name}.directory.npy", cum)
+        # The stored directory: every (1 << shift)-th hash value's start.
+        shift = TRIPLET_BITS - directory_bits(total, per_bucket=4)
+        dtype = np.uint32 if total < (1 << 32) else np.uint64
+        np.save(d / f"{name}.directory.npy", cum[:: 1 << shift].astype(dtype))
         manifest["segments"].append({"name": name, "postings": total})
         index._commit(manifest)
     index.close()
@@ -245,14 +259,10 @@ def add_synthetic(
     return {
         "synthetic_tracks": n_tracks,
         "synthetic_postings": total,
+        "expected_postings_per_query_hash": per_hash,
         "build_s": time.perf_counter() - t0,
         **stats,
     }
-
-
-def expected_postings_per_query_hash(p: np.ndarray, total: int) -> float:
-    """Mean postings a lookup returns for a query hash drawn from the same distribution."""
-    return float((p * p).sum() * total)
 
 
 # ---- index growth ---------------------------------------------------------------------------
@@ -325,7 +335,7 @@ def growth(
     base = measure_index(path, small, a.growth_chunks, True)
     rows.append({"tracks": 0, **base})
     log(f"growth, small index: {base}")
-    p = hash_distribution(small)
+    model = TripletModel(small)
     for n in sizes:
         big = out / f"throughput-data-{n // 1000}k"
         if big.exists():
@@ -338,8 +348,8 @@ def growth(
             continue
         shutil.copytree(small, big)
         log(f"building {n} synthetic tracks in {big}")
-        info = add_synthetic(big, n, rate, p, seed=n)
-        per_hash = expected_postings_per_query_hash(p, info["synthetic_postings"])
+        info = add_synthetic(big, n, rate, model, seed=n)
+        per_hash = info["expected_postings_per_query_hash"]
         # The matcher gathers at most max_postings_per_lookup postings at nominal speed and
         # max_speed_postings_per_lookup for all the other speed steps together.
         mc = DEFAULT.match
@@ -349,7 +359,6 @@ def growth(
         )
         projected = hits * BYTES_PER_HIT
         full = projected <= a.mem_budget_gb * 1e9
-        info["expected_postings_per_query_hash"] = per_hash
         info["projected_peak_gb"] = projected / 1e9
         log(f"built: {info}; full scan: {full}")
         row = {"tracks": n, **info, **measure_index(path, big, a.growth_chunks, full)}
@@ -623,7 +632,8 @@ def render(res: dict[str, Any], command: str) -> str:
         "real postings rate per track) written directly in the index's segment format. Triplet "
         "hashes follow the real ones' distribution, factorised as P(anchor freq, first freq "
         "step) × P(second freq step, both time steps), both empirical from the reference "
-        "corpus (2^28 keys drawn, folded, counted: `hash_distribution`); track ids uniform among "
+        "corpus (each posting's key drawn from the product and folded: `TripletModel`); track "
+        "ids uniform among "
         "the synthetic tracks, anchor frames uniform within 3.5 min. Synthetic tracks have no "
         "peaks, so a nominated synthetic track verifies with no pair hits. Each index size "
         "is measured in one process (`workers=1`: the matcher's per-chunk temporaries grow with "

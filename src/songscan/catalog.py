@@ -69,7 +69,7 @@ CREATE TRIGGER IF NOT EXISTS tracks_drop_peaks AFTER DELETE ON tracks
 BEGIN DELETE FROM peaks WHERE track_id = OLD.id; END;
 """
 # The data directory's format (SQLite user_version): bumped when the index's content changes.
-FORMAT = 2
+FORMAT = 3
 # Tracks whose pair postings each process keeps (a scan hears the same songs chunk after chunk).
 PAIR_CACHE_TRACKS = 64
 

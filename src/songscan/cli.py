@@ -62,6 +62,15 @@ def _fail(exc: SongscanError) -> typer.Exit:
     return typer.Exit(2 if isinstance(exc, InvalidParameters) else 1)
 
 
+def _run_app() -> None:
+    """The app, with songscan errors raised outside a command body (opening a data dir of
+    another format, say) ending in one line too."""
+    try:
+        app()
+    except SongscanError as exc:
+        raise SystemExit(_fail(exc).exit_code) from None
+
+
 def _guard(fn: Callable[[], T]) -> T:
     """Run a command body: songscan errors end in one line on stderr and a non-zero exit."""
     try:
@@ -290,7 +299,7 @@ _mount_optional()
 
 def main() -> None:
     tune_allocator()
-    app()
+    _run_app()
 
 
 if __name__ == "__main__":

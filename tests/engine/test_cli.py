@@ -13,14 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from songscan.catalog import Catalog
 from songscan.config import DEFAULT
 from songscan.fingerprint import reference_peaks
 from songscan.index import unpack_postings
-from songscan.index.segments import HASH_BITS
 from songscan.media import decode_all
 from tests.audio import synth_song, write_audio
 
@@ -135,6 +133,20 @@ def test_bad_input_ends_in_one_line_and_non_zero_exit(
     assert_clean_error(proc)
 
 
+@pytest.mark.parametrize(
+    "args", [["catalog", "stats"], ["catalog", "list"], ["catalog", "compact"], ["scan", "{f}"]]
+)
+def test_a_data_dir_of_another_format_ends_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    data = tmp_path / "data"
+    f = write_audio(tmp_path / "clip.flac", synth_song(3, 15.0))
+    assert run("--data", data, "add", f).returncode == 0
+    with sqlite3.connect(data / "catalog.sqlite") as db:
+        db.execute("PRAGMA user_version = 2")
+    proc = run("--data", data, *[a.format(f=f) for a in args])
+    assert_clean_error(proc)
+    assert "format 2" in proc.stderr
+
+
 def test_kill_9_during_ingest_leaves_each_track_whole_or_absent(tmp_path: Path) -> None:
     folder = tmp_path / "tracks"
     folder.mkdir()
@@ -158,7 +170,7 @@ def test_kill_9_during_ingest_leaves_each_track_whole_or_absent(tmp_path: Path) 
     catalog = Catalog(data)
     tracks = catalog.tracks()
     assert 3 <= len(tracks) < 24  # the kill landed mid-ingest
-    _, postings = catalog.index.lookup(np.arange(1 << HASH_BITS, dtype=np.uint32))
+    _, postings = catalog.index.every_posting()
     ids, _ = unpack_postings(postings)
     for track in tracks:  # every visible track has every one of its postings, and its peaks
         assert int((ids == track.id).sum()) == track.hash_count > 0
@@ -172,7 +184,7 @@ def test_kill_9_during_ingest_leaves_each_track_whole_or_absent(tmp_path: Path) 
     sources = [t.source for t in catalog.tracks()]
     assert {Path(s).name for s in sources} == {f"t{i:02d}.flac" for i in range(24)}
     catalog.compact()
-    _, postings = catalog.index.lookup(np.arange(1 << HASH_BITS, dtype=np.uint32))
+    _, postings = catalog.index.every_posting()
     ids, _ = unpack_postings(postings)
     assert set(ids.tolist()) == {t.id for t in catalog.tracks()}
 

@@ -40,26 +40,35 @@ def test_lookup_finds_every_posting(
     assert index.size_bytes() >= 20_000 * 12
 
 
-def test_large_segments_look_up_through_a_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("hash_bits", [segments.HASH_BITS, 10])
+def test_large_segments_look_up_through_a_stored_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hash_bits: int
 ) -> None:
+    # One bucket per four postings: 1024 buckets over 2^28 hash values (a lookup compares the
+    # entries of its bucket), or one bucket per hash value when there are fewer (2^10).
     monkeypatch.setattr(segments, "DIRECTORY_MIN_POSTINGS", 1000)
+    monkeypatch.setattr(segments, "HASH_BITS", hash_bits)
     rng = np.random.default_rng(2)
     index = SegmentIndex(tmp_path)
-    keys = rng.integers(0, 1 << segments.HASH_BITS, 5000).astype(np.uint32)
-    keys[:100] = (1 << segments.HASH_BITS) - 1  # the last hash value has a run too
+    keys = rng.integers(0, 1 << hash_bits, 5000).astype(np.uint32)
+    keys[:100] = (1 << hash_bits) - 1  # the last hash value has a run too
     values = pack_postings(rng.integers(1, 50, 5000), rng.integers(0, 10_000, 5000))
     index.add(keys, values)
     index.add(keys[:10], values[:10])  # a small segment beside it, searched without one
-    assert len(list(tmp_path.glob("*.directory.npy"))) == 1
-    queries = np.unique(np.concatenate([keys[::7], rng.integers(0, 1 << segments.HASH_BITS, 500)]))
+    (stored,) = tmp_path.glob("*.directory.npy")
+    assert np.load(stored).shape[0] == (1 << 10) + 1
+    queries = np.unique(np.concatenate([keys[::7], rng.integers(0, 1 << hash_bits, 500)]))
     qi, found = SegmentIndex(tmp_path).lookup(queries.astype(np.uint32))
     got = sorted((int(queries[i]), int(v)) for i, v in zip(qi, found, strict=True))
     all_keys, all_values = np.concatenate([keys, keys[:10]]), np.concatenate([values, values[:10]])
     want = sorted((int(q), int(v)) for q in queries for v in all_values[all_keys == q])
     assert got == want
+    every_hash, every_posting = index.every_posting()
+    assert sorted(zip(every_hash.tolist(), every_posting.tolist(), strict=True)) == sorted(
+        zip(all_keys.tolist(), all_values.tolist(), strict=True)
+    )
     with pytest.raises(ValueError, match="below"):
-        index.add(np.array([1 << segments.HASH_BITS], dtype=np.uint32), values[:1])
+        index.add(np.array([1 << hash_bits], dtype=np.uint32), values[:1])
 
 
 def test_segments_merge_and_compaction_drops_dead_tracks(tmp_path: Path) -> None:

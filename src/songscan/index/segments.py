@@ -32,14 +32,14 @@ import numpy as np
 from ..fingerprint import TRIPLET_BITS
 from . import expand_runs, join_hits, run_positions, run_starts, unpack_postings
 
-# Hashes are below 2^HASH_BITS. Segments with at least as many postings as there are hash
-# values carry a stored directory (where each hash value's run starts, a fraction of the
-# segment's size), so that a lookup is two array reads. Smaller segments get one in memory when
-# they are opened, over the hash's top bits (about one bucket per posting, up to
-# MEMORY_DIRECTORY_BITS): a lookup then reads the few entries of its bucket instead of binary
-# searching the whole segment.
+# Hashes are below 2^HASH_BITS. Every segment is read through a directory: where each bucket
+# of hashes (the same top `bits` bits) starts, so that a lookup reads its bucket's few entries
+# and keeps the equal ones (two array reads when a bucket is one hash value). Segments of at
+# least DIRECTORY_MIN_POSTINGS postings store theirs beside them, one bucket per four postings
+# up to one per hash value (4 bytes a bucket: at most 1 byte a posting, against the posting's
+# 12); smaller ones get one in memory when they are opened, one bucket per posting.
 HASH_BITS = TRIPLET_BITS
-DIRECTORY_MIN_POSTINGS = 1 << HASH_BITS
+DIRECTORY_MIN_POSTINGS = 1 << 24
 _NPY_HEADER_LOCK = threading.Lock()
 # Small segments are merged once there are more than this many.
 MAX_SEGMENTS = 8
@@ -130,8 +130,10 @@ class SegmentIndex:
             postings = np.load(self.dir / f"{name}.postings.npy", mmap_mode="r")
             directory_path = self.dir / f"{name}.directory.npy"
             if directory_path.exists():
-                return _Segment(name, hashes, postings, np.load(directory_path, mmap_mode="r"), 0)
-        bits = min(MEMORY_DIRECTORY_BITS, max(0, hashes.shape[0].bit_length() - 1))
+                stored = np.load(directory_path, mmap_mode="r")
+                bits = (stored.shape[0] - 1).bit_length() - 1
+                return _Segment(name, hashes, postings, stored, HASH_BITS - bits)
+        bits = min(MEMORY_DIRECTORY_BITS, directory_bits(hashes.shape[0], per_bucket=1))
         return _Segment(name, hashes, postings, directory(hashes, bits), HASH_BITS - bits)
 
     def lookup(
@@ -148,6 +150,17 @@ class SegmentIndex:
                 order = order[keep]
                 runs = [(lo[keep], hi[keep], segment) for lo, hi, segment in runs]
         return join_hits([expand_runs(order, lo, hi, segment.postings) for lo, hi, segment in runs])
+
+    def every_posting(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (hash, posting) stored, in memory at once: for audits and tests of small
+        indexes."""
+        self._refresh()
+        if not self._segments:
+            return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint64)
+        return (
+            np.concatenate([np.asarray(s.hashes) for s in self._segments]),
+            np.concatenate([np.asarray(s.postings) for s in self._segments]),
+        )
 
     def posting_count(self) -> int:
         self._refresh()
@@ -236,7 +249,7 @@ class SegmentIndex:
         name = f"seg-{uuid.uuid4().hex[:12]}"
         files = {"hashes": hashes, "postings": postings}
         if hashes.shape[0] >= DIRECTORY_MIN_POSTINGS:
-            files["directory"] = directory(hashes)
+            files["directory"] = directory(hashes, directory_bits(hashes.shape[0], per_bucket=4))
         for kind, array in files.items():
             _write_durably(self.dir / f"{name}.{kind}.npy", array)
         return name
@@ -265,7 +278,13 @@ class SegmentIndex:
                     path.unlink()
 
 
-def directory(sorted_hashes: np.ndarray, bits: int = HASH_BITS) -> np.ndarray:
+def directory_bits(postings: int, per_bucket: int) -> int:
+    """The bits of a directory with about `per_bucket` postings a bucket (a power of two), and
+    at most one bucket per hash value."""
+    return min(HASH_BITS, max(0, postings.bit_length() - per_bucket.bit_length()))
+
+
+def directory(sorted_hashes: np.ndarray, bits: int) -> np.ndarray:
     """Where each bucket's run (hashes with the same top `bits` bits) starts in
     `sorted_hashes`, and where the last one ends."""
     dtype = np.uint32 if sorted_hashes.shape[0] < (1 << 32) else np.uint64
