@@ -46,7 +46,7 @@ from songscan.chunks import PlanParams
 from songscan.config import DEFAULT
 from songscan.fingerprint import TRIPLET_BITS, Peaks, fold, query_peaks, triplet_keys, triplets
 from songscan.index import pack_postings
-from songscan.index.segments import SegmentIndex, directory_bits
+from songscan.index.segments import SegmentIndex, stored_directory_bits
 from songscan.ingest import IngestItem, ingest
 from songscan.media import Media, decode, probe
 from songscan.scan import chunk_audio, plan_for, scan_file, shutdown_pools
@@ -192,8 +192,9 @@ def add_synthetic(
     the matcher pays the live filter and the histograms for their hits). Their postings are
     written as one big segment (hashes drawn from `model`, already in hash order, uniform random
     track ids among the new rows and anchor frames within 3.5 min) straight into `DATA/index`,
-    in batches of 50M postings through memory-mapped .npy files, with the directory the index
-    would store, and named in the index manifest under the index's writer lock. This bypasses
+    in batches of 50M postings through memory-mapped .npy files, laid out as the index would
+    store them (`stored_directory_bits`), and named in the index manifest under the index's
+    writer lock. This bypasses
     `SegmentIndex.add`, whose argsort would need ~37 GB of RAM at 100k tracks; the files are the
     same format.
     """
@@ -227,9 +228,14 @@ def add_synthetic(
     with index._writer() as manifest:
         name = f"seg-{uuid.uuid4().hex[:12]}"
         d = index.dir
-        hashes_mm = np.lib.format.open_memmap(
-            d / f"{name}.hashes.npy", mode="w+", dtype=np.uint32, shape=(total,)
-        )
+        # The layout the index would write: a stored directory, and the hashes unless the
+        # directory has one bucket per hash value.
+        bits = stored_directory_bits(total)
+        hashes_mm = None
+        if bits < TRIPLET_BITS:
+            hashes_mm = np.lib.format.open_memmap(
+                d / f"{name}.hashes.npy", mode="w+", dtype=np.uint32, shape=(total,)
+            )
         post_mm = np.lib.format.open_memmap(
             d / f"{name}.postings.npy", mode="w+", dtype=np.uint64, shape=(total,)
         )
@@ -237,20 +243,21 @@ def add_synthetic(
         bounds = np.unique(np.concatenate([bounds, [cum.shape[0] - 1]]))
         for h_lo, h_hi in itertools.pairwise(bounds):
             a, b = int(cum[h_lo]), int(cum[h_hi])
-            hashes_mm[a:b] = np.repeat(
-                np.arange(h_lo, h_hi, dtype=np.uint32),
-                np.diff(cum[h_lo : h_hi + 1]).astype(np.int64),
-            )
+            if hashes_mm is not None:
+                hashes_mm[a:b] = np.repeat(
+                    np.arange(h_lo, h_hi, dtype=np.uint32),
+                    np.diff(cum[h_lo : h_hi + 1]).astype(np.int64),
+                )
             tracks = id_arr[rng.integers(0, id_arr.shape[0], b - a)]
             frames = rng.integers(0, max_frame, b - a, dtype=np.uint32)
             post_mm[a:b] = pack_postings(tracks, frames)
-        hashes_mm.flush()
+        if hashes_mm is not None:
+            hashes_mm.flush()
         post_mm.flush()
         del hashes_mm, post_mm
-        # The stored directory: every (1 << shift)-th hash value's start.
-        shift = TRIPLET_BITS - directory_bits(total, per_bucket=4)
+        # The directory: every (1 << shift)-th hash value's start.
         dtype = np.uint32 if total < (1 << 32) else np.uint64
-        np.save(d / f"{name}.directory.npy", cum[:: 1 << shift].astype(dtype))
+        np.save(d / f"{name}.directory.npy", cum[:: 1 << (TRIPLET_BITS - bits)].astype(dtype))
         manifest["segments"].append({"name": name, "postings": total})
         index._commit(manifest)
     index.close()

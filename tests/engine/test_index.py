@@ -40,12 +40,13 @@ def test_lookup_finds_every_posting(
     assert index.size_bytes() >= 20_000 * 12
 
 
-@pytest.mark.parametrize("hash_bits", [segments.HASH_BITS, 10])
+@pytest.mark.parametrize("hash_bits", [segments.HASH_BITS, 9])
 def test_large_segments_look_up_through_a_stored_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hash_bits: int
 ) -> None:
-    # One bucket per four postings: 1024 buckets over 2^28 hash values (a lookup compares the
-    # entries of its bucket), or one bucket per hash value when there are fewer (2^10).
+    # One bucket per 8 postings: 512 buckets over 2^28 hash values (a lookup compares the
+    # entries of its bucket); or, with more postings than hash values (2^9), one bucket per
+    # hash value, and no hashes file: the directory implies them.
     monkeypatch.setattr(segments, "DIRECTORY_MIN_POSTINGS", 1000)
     monkeypatch.setattr(segments, "HASH_BITS", hash_bits)
     rng = np.random.default_rng(2)
@@ -54,19 +55,24 @@ def test_large_segments_look_up_through_a_stored_directory(
     keys[:100] = (1 << hash_bits) - 1  # the last hash value has a run too
     values = pack_postings(rng.integers(1, 50, 5000), rng.integers(0, 10_000, 5000))
     index.add(keys, values)
-    index.add(keys[:10], values[:10])  # a small segment beside it, searched without one
     (stored,) = tmp_path.glob("*.directory.npy")
-    assert np.load(stored).shape[0] == (1 << 10) + 1
-    queries = np.unique(np.concatenate([keys[::7], rng.integers(0, 1 << hash_bits, 500)]))
-    qi, found = SegmentIndex(tmp_path).lookup(queries.astype(np.uint32))
-    got = sorted((int(queries[i]), int(v)) for i, v in zip(qi, found, strict=True))
+    assert np.load(stored).shape[0] == (1 << 9) + 1
+    assert len(list(tmp_path.glob("*.hashes.npy"))) == (hash_bits > 9)
+    index.add(keys[:10], values[:10])  # a small segment beside it, searched without one
     all_keys, all_values = np.concatenate([keys, keys[:10]]), np.concatenate([values, values[:10]])
+    queries = np.unique(np.concatenate([keys[::7], rng.integers(0, 1 << hash_bits, 500)]))
     want = sorted((int(q), int(v)) for q in queries for v in all_values[all_keys == q])
-    assert got == want
-    every_hash, every_posting = index.every_posting()
-    assert sorted(zip(every_hash.tolist(), every_posting.tolist(), strict=True)) == sorted(
-        zip(all_keys.tolist(), all_values.tolist(), strict=True)
-    )
+    everything = sorted(zip(all_keys.tolist(), all_values.tolist(), strict=True))
+    for compacted in (False, True):
+        if compacted:  # merged into one segment: its hashes come from the directory
+            index.compact(None)
+            assert index.segment_count() == 1
+        qi, found = SegmentIndex(tmp_path).lookup(queries.astype(np.uint32))
+        got = sorted((int(queries[i]), int(v)) for i, v in zip(qi, found, strict=True))
+        assert got == want
+        every_hash, every_posting = index.every_posting()
+        assert sorted(zip(every_hash.tolist(), every_posting.tolist(), strict=True)) == everything
+        assert index.posting_count() == 5010
     with pytest.raises(ValueError, match="below"):
         index.add(np.array([1 << hash_bits], dtype=np.uint32), values[:1])
 

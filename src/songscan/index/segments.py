@@ -2,10 +2,11 @@
 
 Layout of `DIR` (by default `DATA/index`):
     manifest.json              {"generation": n, "segments": [{"name": ..., "postings": n}, ...]}
-    NAME.hashes.npy            uint32 hashes, sorted
+    NAME.hashes.npy            uint32 hashes, sorted (not stored when the directory has one
+                               bucket per hash value: it implies them)
     NAME.postings.npy          uint64 postings, in hash order
-    NAME.directory.npy         (large segments only) start of each hash value's run
-                               (smaller ones get a coarser one in memory when opened)
+    NAME.directory.npy         (large segments only) where each bucket of hashes starts
+                               (smaller ones get one in memory when opened)
     writer.lock                flock held by the one writer while it changes anything
 
 Crash safety: a segment's files are written, fsynced and renamed into place before the manifest
@@ -35,11 +36,14 @@ from . import expand_runs, join_hits, run_positions, run_starts, unpack_postings
 # Hashes are below 2^HASH_BITS. Every segment is read through a directory: where each bucket
 # of hashes (the same top `bits` bits) starts, so that a lookup reads its bucket's few entries
 # and keeps the equal ones (two array reads when a bucket is one hash value). Segments of at
-# least DIRECTORY_MIN_POSTINGS postings store theirs beside them, one bucket per four postings
-# up to one per hash value (4 bytes a bucket: at most 1 byte a posting, against the posting's
-# 12); smaller ones get one in memory when they are opened, one bucket per posting.
+# least DIRECTORY_MIN_POSTINGS postings store theirs beside them (4 bytes a bucket): one bucket
+# per STORED_BUCKET_POSTINGS postings (half a byte a posting, against the posting's 12), and one
+# per hash value once there are as many postings as hash values. That directory implies the
+# hashes, so their file is left out: never more bytes than the hashes, and a lookup is two
+# array reads. Smaller segments get one in memory when they are opened, one bucket per posting.
 HASH_BITS = TRIPLET_BITS
 DIRECTORY_MIN_POSTINGS = 1 << 24
+STORED_BUCKET_POSTINGS = 8
 _NPY_HEADER_LOCK = threading.Lock()
 # Small segments are merged once there are more than this many.
 MAX_SEGMENTS = 8
@@ -54,10 +58,16 @@ MAX_BUCKET_ENTRIES = 1 << 20
 @dataclass
 class _Segment:
     name: str
-    hashes: np.ndarray
+    hashes: np.ndarray | None  # None when the directory has one bucket per hash value
     postings: np.ndarray
     directory: np.ndarray  # start of each bucket's run (hash >> shift), and the end
     shift: int  # 0: one bucket per hash value
+
+    def all_hashes(self) -> np.ndarray:
+        if self.hashes is not None:
+            return np.asarray(self.hashes)
+        values = np.arange(self.directory.shape[0] - 1, dtype=np.uint32)
+        return np.repeat(values, np.diff(self.directory).astype(np.int64))
 
     def find(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[lo, hi) of each query hash's run in this segment."""
@@ -66,15 +76,16 @@ class _Segment:
         hi = self.directory[bucket + 1].astype(np.int64)
         if self.shift == 0:
             return lo, hi
+        hashes = self.all_hashes()
         entries = hi - lo
         if int(entries.sum()) > MAX_BUCKET_ENTRIES:
             return (
-                np.searchsorted(self.hashes, queries, side="left"),
-                np.searchsorted(self.hashes, queries, side="right"),
+                np.searchsorted(hashes, queries, side="left"),
+                np.searchsorted(hashes, queries, side="right"),
             )
         # Every entry of each query's bucket; the equal ones are a run (the bucket is sorted).
         query, at = run_positions(lo, hi)
-        equal = self.hashes[at] == queries[query]
+        equal = hashes[at] == queries[query]
         query, at = query[equal], at[equal]
         first = run_starts(query)
         lo = np.zeros(queries.shape[0], dtype=np.int64)
@@ -126,13 +137,16 @@ class SegmentIndex:
         # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 cannot run
         # in two threads at once (SystemError "AST constructor recursion depth mismatch").
         with _NPY_HEADER_LOCK:
-            hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
             postings = np.load(self.dir / f"{name}.postings.npy", mmap_mode="r")
             directory_path = self.dir / f"{name}.directory.npy"
             if directory_path.exists():
                 stored = np.load(directory_path, mmap_mode="r")
-                bits = (stored.shape[0] - 1).bit_length() - 1
-                return _Segment(name, hashes, postings, stored, HASH_BITS - bits)
+                shift = HASH_BITS - ((stored.shape[0] - 1).bit_length() - 1)
+                if shift == 0:
+                    return _Segment(name, None, postings, stored, 0)
+                hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
+                return _Segment(name, hashes, postings, stored, shift)
+            hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
         bits = min(MEMORY_DIRECTORY_BITS, directory_bits(hashes.shape[0], per_bucket=1))
         return _Segment(name, hashes, postings, directory(hashes, bits), HASH_BITS - bits)
 
@@ -158,13 +172,13 @@ class SegmentIndex:
         if not self._segments:
             return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint64)
         return (
-            np.concatenate([np.asarray(s.hashes) for s in self._segments]),
+            np.concatenate([s.all_hashes() for s in self._segments]),
             np.concatenate([np.asarray(s.postings) for s in self._segments]),
         )
 
     def posting_count(self) -> int:
         self._refresh()
-        return int(sum(s.hashes.shape[0] for s in self._segments))
+        return int(sum(s.postings.shape[0] for s in self._segments))
 
     def segment_count(self) -> int:
         self._refresh()
@@ -227,7 +241,7 @@ class SegmentIndex:
 
     def _merge(self, manifest: dict, chosen: list[dict], live_tracks: np.ndarray | None) -> None:
         parts = [self._open_segment(s["name"]) for s in chosen]
-        hashes = np.concatenate([np.asarray(p.hashes) for p in parts])
+        hashes = np.concatenate([p.all_hashes() for p in parts])
         postings = np.concatenate([np.asarray(p.postings) for p in parts])
         if live_tracks is not None:
             tracks, _ = unpack_postings(postings)
@@ -249,7 +263,10 @@ class SegmentIndex:
         name = f"seg-{uuid.uuid4().hex[:12]}"
         files = {"hashes": hashes, "postings": postings}
         if hashes.shape[0] >= DIRECTORY_MIN_POSTINGS:
-            files["directory"] = directory(hashes, directory_bits(hashes.shape[0], per_bucket=4))
+            bits = stored_directory_bits(hashes.shape[0])
+            files["directory"] = directory(hashes, bits)
+            if bits == HASH_BITS:
+                del files["hashes"]
         for kind, array in files.items():
             _write_durably(self.dir / f"{name}.{kind}.npy", array)
         return name
@@ -276,6 +293,15 @@ class SegmentIndex:
             if path.name.endswith(".tmp") or (stem.startswith("seg-") and stem not in named):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def stored_directory_bits(postings: int) -> int:
+    """The bits of a large segment's stored directory: one bucket per STORED_BUCKET_POSTINGS
+    postings, or per hash value once there are as many postings as hash values (its hashes
+    file is then left out)."""
+    if postings >= 1 << HASH_BITS:
+        return HASH_BITS
+    return directory_bits(postings, STORED_BUCKET_POSTINGS)
 
 
 def directory_bits(postings: int, per_bucket: int) -> int:
