@@ -290,11 +290,13 @@ def _peak_rss_mb() -> float:
     return 0.0
 
 
-def measure_index(path: Path, data_dir: Path, chunks: int, full: bool) -> dict[str, Any]:
+def measure_index(
+    path: Path, data_dir: Path, chunks: int, full: bool, repeats: int
+) -> dict[str, Any]:
     """Single-process figures on the first `chunks` chunks of `path` against `data_dir`.
 
     Always: query hashes and nominal-speed lookups only (time and postings found). With `full`:
-    also a whole single-process scan of the same chunks (time, peak RSS).
+    also a whole single-process scan of the same chunks (the best time of `repeats`, peak RSS).
     """
     cfg = DEFAULT.with_workers(1)
     params = PlanParams(limit=chunks)
@@ -321,9 +323,13 @@ def measure_index(path: Path, data_dir: Path, chunks: int, full: bool) -> dict[s
     if full:
         scan_file(path, data_dir, params, cfg)  # warm-up: page cache, catalog
         _reset_peak()
-        t0 = time.perf_counter()
-        r = scan_file(path, data_dir, params, cfg)
-        row["scan_s_per_chunk"] = (time.perf_counter() - t0) / len(plan)
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            r = scan_file(path, data_dir, params, cfg)
+            runs.append((time.perf_counter() - t0) / len(plan))
+        row["scan_s_per_chunk"] = min(runs)
+        row["scan_s_per_chunk_runs"] = runs
         row["peak_rss_mb"] = _peak_rss_mb()
         row["matched_chunks"] = len(r.matched)
     return row
@@ -339,7 +345,7 @@ def growth(
     per posting) exceeds --mem-budget-gb is built but only its lookups are timed.
     """
     rows = []
-    base = measure_index(path, small, a.growth_chunks, True)
+    base = measure_index(path, small, a.growth_chunks, True, a.repeats)
     rows.append({"tracks": 0, **base})
     log(f"growth, small index: {base}")
     model = TripletModel(small)
@@ -368,7 +374,7 @@ def growth(
         full = projected <= a.mem_budget_gb * 1e9
         info["projected_peak_gb"] = projected / 1e9
         log(f"built: {info}; full scan: {full}")
-        row = {"tracks": n, **info, **measure_index(path, big, a.growth_chunks, full)}
+        row = {"tracks": n, **info, **measure_index(path, big, a.growth_chunks, full, a.repeats)}
         if full:
             row["ratio_to_small"] = base["scan_s_per_chunk"] / row["scan_s_per_chunk"]
         row["lookup_bound_ratio"] = base["scan_s_per_chunk"] / row["nominal_lookup_s_per_chunk"]
@@ -396,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", default="10000,100000", help="track-equivalents of the big indexes ('' none)"
     )
     ap.add_argument("--growth-chunks", type=int, default=30, help="chunks scanned per index size")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each speed figure (the best counts)"
+    )
     ap.add_argument(
         "--mem-budget-gb",
         type=float,
@@ -444,29 +453,40 @@ def main(argv: list[str] | None = None) -> int:
     # 2. decode-only
     long = broadcast.build_long_mp3(corpus, out, hours=a.hours, seed=a.seed)
     dur = probe(long.path).duration_s or 0.0
-    log(f"decode-only on {long.path.name} ({dur / 3600:.2f} h)")
-    t0 = time.perf_counter()
-    n1 = decode_span(str(long.path))
-    dec1 = time.perf_counter() - t0
-    dec2, n2 = decode_two(long.path, dur)
+    log(f"decode-only and scan of {long.path.name} ({dur / 3600:.2f} h), {a.repeats} rounds")
+    # 3. scan, default workers (a warm-up scan first starts the persistent pool, with a unit
+    # for every worker). Rounds of (1-process decode, 2-process decode, scan): each figure is
+    # the best of its rounds, so that a burst of load on the shared machine during one of them
+    # does not decide the ratios.
+    warm_up = DEFAULT.scan.max_chunks_per_unit * (os.cpu_count() or 1)
+    scan_file(long.path, small, PlanParams(limit=warm_up), DEFAULT)
+    dec1_runs, dec2_runs, scan_runs = [], [], []
+    for _ in range(a.repeats):
+        t0 = time.perf_counter()
+        n1 = decode_span(str(long.path))
+        dec1_runs.append(time.perf_counter() - t0)
+        dec2, n2 = decode_two(long.path, dur)
+        dec2_runs.append(dec2)
+        scan_runs.append(timed_scan(long.path, small))
+        log(
+            f"decode 1 proc {dec1_runs[-1]:.2f} s, 2 procs {dec2:.2f} s; scan {scan_runs[-1]:.2f} s"
+        )
+    dec1, dec2, scan_s = min(dec1_runs), min(dec2_runs), min(scan_runs)
     res["decode"] = {
         "file": long.path.name,
         "duration_s": dur,
         "one_process_s": dec1,
         "one_process_x_rt": dur / dec1,
+        "one_process_runs_s": dec1_runs,
         "two_processes_s": dec2,
         "two_processes_x_rt": dur / dec2,
+        "two_processes_runs_s": dec2_runs,
         "samples": [n1, n2],
     }
     log(f"decode: 1 proc {dur / dec1:.0f}x, 2 procs {dur / dec2:.0f}x")
-
-    # 3. scan, default workers (a warm-up scan first starts the persistent pool, with a unit
-    # for every worker)
-    warm_up = DEFAULT.scan.max_chunks_per_unit * (os.cpu_count() or 1)
-    scan_file(long.path, small, PlanParams(limit=warm_up), DEFAULT)
-    scan_s = timed_scan(long.path, small)
     res["scan"] = {
         "wall_s": scan_s,
+        "runs_s": scan_runs,
         "x_rt": dur / scan_s,
         "ratio_to_decode_1proc": scan_s / dec1,
         "ratio_to_decode_2proc": scan_s / dec2,
@@ -511,6 +531,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _runs(runs_s: list[float]) -> str:
+    """The best of the timed runs, and all of them."""
+    if len(runs_s) == 1:
+        return f"{runs_s[0]:.2f} s"
+    return f"best {min(runs_s):.2f} s of {' / '.join(f'{r:.2f}' for r in runs_s)} s"
+
+
 def render(res: dict[str, Any], command: str) -> str:
     ing, dec, sc = res["ingest"], res["decode"], res["scan"]
     rss = res.get("rss")
@@ -533,11 +560,11 @@ def render(res: dict[str, Any], command: str) -> str:
         "| figure | target | measured | verdict |",
         "|---|---|---|---|",
         f"| decode-only, 1 process (media stage: decode + downmix + resample to 8 kHz) | — | "
-        f"{dec['one_process_x_rt']:.0f}× real time ({dec['one_process_s']:.2f} s) | — |",
+        f"{dec['one_process_x_rt']:.0f}× real time ({_runs(dec['one_process_runs_s'])}) | — |",
         f"| decode-only, 2 processes (file split in halves) | — | "
-        f"{dec['two_processes_x_rt']:.0f}× real time ({dec['two_processes_s']:.2f} s) | — |",
+        f"{dec['two_processes_x_rt']:.0f}× real time ({_runs(dec['two_processes_runs_s'])}) | — |",
         f"| scan, every chunk, default workers ({sc['workers']}) | ≥ 800× | "
-        f"{sc['x_rt']:.0f}× real time ({sc['wall_s']:.2f} s) | "
+        f"{sc['x_rt']:.0f}× real time ({_runs(sc['runs_s'])}) | "
         f"{verdict(sc['x_rt'], 800, True, '×')} |",
         f"| scan time ÷ decode-only time, 1-process decode | ≤ 2.0 | "
         f"{sc['ratio_to_decode_1proc']:.2f} | {verdict(sc['ratio_to_decode_1proc'], 2.0, False)} |",
@@ -616,7 +643,9 @@ def render(res: dict[str, Any], command: str) -> str:
         "",
         "- *decode-only*: `songscan.media.decode(path, 8000)` consumed block by block (no "
         "fingerprinting): the floor of a scan. The 2-process figure decodes the two halves "
-        "(`start_s`/`end_s`, with the same pre-roll as the scan) in 2 already-started processes.",
+        "(`start_s`/`end_s`, with the same pre-roll as the scan) in 2 already-started processes. "
+        "Decode-only and scan times are taken in rounds (1-process decode, 2-process decode, "
+        "scan; `--repeats` rounds): each figure is the best of its rounds, all are listed.",
         "- *scan*: `songscan.scan.scan_file` on every chunk, `DEFAULT` config (one worker per "
         "core, persistent pool started beforehand by a warm-up scan of the first 25 chunks "
         "per worker, so that every worker has opened the catalog; the accurate offsets are "
@@ -646,8 +675,10 @@ def render(res: dict[str, Any], command: str) -> str:
         "is measured in one process (`workers=1`: the matcher's per-chunk temporaries grow with "
         "the postings found, and 2 workers would double the peak) on the same first chunks of "
         "the 1-hour file: index lookups alone at nominal speed, then, when the projected peak "
-        "fits the memory budget, a warm-up and a timed scan of those chunks (peak RSS from "
-        "VmHWM, reset before). The index files stay in the page cache when RAM allows.",
+        "fits the memory budget, a warm-up and `--repeats` timed scans of those chunks (the "
+        "best counts; peak RSS from VmHWM, reset before: it includes the pages of the "
+        "memory-mapped index that the scan read, which are page cache, not allocated memory). "
+        "The index files stay in the page cache when RAM allows.",
     ]
     for g in res["growth"]:
         if g.get("tracks", 0) and "skipped" not in g:
