@@ -3,6 +3,8 @@ submit, read the result table, the timeline and the raw response."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +69,57 @@ def test_enterprise_form_timeline(page: Page, api: Api, tmp_path: Path) -> None:
     page.fill("#api_token", api.tokens["enterprise"])  # no file, no URL this time
     page.click("#submit")
     expect(page.locator("#error")).to_contain_text("700")
+
+
+@pytest.mark.slow
+def test_enterprise_form_csv_and_segments(page: Page, api: Api, tmp_path: Path) -> None:
+    """The same recording answered as CSV and as segments: the table and the timeline are
+    read from either reply, the raw reply is shown as sent, and the choice stays selected."""
+    long = write_wav(tmp_path / "long.wav", long_recording(api.songs))
+    page.goto("/try?method=enterprise")
+    page.fill("#api_token", api.tokens["enterprise"])
+    page.set_input_files("#file", str(long))
+    page.check("#accurate_offsets")
+    page.select_option("#response_type", "csv")
+    page.click("#submit")
+    expect(page.locator("#results tbody tr")).to_have_count(5)
+    rows = list(csv.DictReader(io.StringIO(page.locator("#raw").inner_text())))
+    assert [r["offset"] for r in rows] == ["00:12", "00:24", "00:36", "00:48", "01:00"]
+    expect(page.locator("#results tbody tr").first).to_contain_text(rows[0]["start_offset"])
+    bars = page.locator("#timeline .bar")
+    expect(bars).to_have_count(2)
+    expect(bars.nth(1)).to_contain_text("Song 3")
+    assert 71 <= float(bars.nth(1).get_attribute("data-end") or 0) <= 72.5
+    expect(page.locator("#response_type")).to_have_value("csv")
+
+    page.fill("#api_token", api.tokens["enterprise"])
+    page.set_input_files("#file", str(long))
+    page.select_option("#response_type", "segments")
+    page.click("#submit")
+    expect(page.locator("#results tbody tr")).to_have_count(2)
+    segments = json.loads(page.locator("#raw").inner_text())["result"]
+    assert [s["title"] for s in segments] == ["Song 1", "Song 3"]
+    expect(page.locator("#results tbody tr").nth(1)).to_contain_text("Song 3")
+    expect(bars).to_have_count(2)
+    assert float(bars.nth(0).get_attribute("data-start") or 0) == pytest.approx(
+        segments[0]["start"], abs=0.05
+    )
+    expect(page.locator("#response_type")).to_have_value("segments")
+
+
+@pytest.mark.slow
+def test_enterprise_form_sends_use_timecode_and_return(
+    page: Page, api: Api, tmp_path: Path
+) -> None:
+    clip = write_wav(tmp_path / "clip.wav", excerpt(api.songs[2], 0.0, 14.0))
+    page.goto("/try?method=enterprise")
+    page.fill("#api_token", api.tokens["enterprise"])
+    page.set_input_files("#file", str(clip))
+    page.check("#use_timecode")
+    page.fill("#skip_first_seconds", "5")
+    page.fill("#return", "spotify")
+    page.click("#submit")
+    expect(page.locator("#error")).to_contain_text("50")
+    expect(page.locator("#error")).to_contain_text("use_timecode")
+    expect(page.locator("#use_timecode")).to_be_checked()
+    expect(page.locator("#return")).to_have_value("spotify")

@@ -2,14 +2,18 @@
 
 `GET /try` shows the forms; a form posts (multipart, like any AudD client) to
 `/try/recognize` or `/try/enterprise`, which runs the very request the API would and renders
-its reply: a table of the matches, a timeline of where songs play (enterprise) and the raw JSON.
+its reply: a table of the matches, a timeline of where songs play (enterprise) and the raw
+response, in whichever `response_type` was asked for (JSON chunks, CSV or segments).
 No script is needed; the token is typed into the form and sent with it, never stored.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,22 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter(include_in_schema=False)
 
 # What the forms send back into their fields (never the token: it is retyped each time).
-_KEPT_FIELDS = ("url", "skip", "every", "limit", "skip_first_seconds")
+_KEPT_FIELDS = ("url", "skip", "every", "limit", "skip_first_seconds", "return", "response_type")
+_CHECKBOXES = ("accurate_offsets", "use_timecode")
+# The result table's columns (header = the reply's key), by method and response type.
+_STANDARD_COLUMNS = ("artist", "title", "album", "timecode", "audio_id")
+_CHUNK_COLUMNS = (
+    "offset",
+    "artist",
+    "title",
+    "album",
+    "timecode",
+    "score",
+    "start_offset",
+    "end_offset",
+    "audio_id",
+)
+_SEGMENT_COLUMNS = ("start", "end", "artist", "title", "timecode", "chunks", "score", "audio_id")
 
 
 @dataclass(frozen=True)
@@ -48,25 +67,39 @@ def _seconds(clock: str) -> float:
     return total
 
 
-def timeline(result: list[dict[str, Any]]) -> list[TimelineBar]:
-    """Bars for an enterprise result: consecutive matched chunks of one track merged, placed
-    by their chunk offsets (a chunk is `chunk_s` long; start/end offsets refine the ends)."""
+def _ms(value: Any, default: float) -> float:
+    """A JSON or CSV offset in ms ("" in CSV when not asked for)."""
+    return default if value in (None, "") else float(value)
+
+
+def chunk_bars(best_songs: Iterable[tuple[float, dict[str, Any]]]) -> list[TimelineBar]:
+    """Bars from each matched chunk's offset (s) and best song: consecutive chunks of one track
+    merged (a chunk is `chunk_s` long; start/end offsets refine the ends)."""
     chunk_s = DEFAULT.scan.chunk_s
     bars: list[TimelineBar] = []
-    for chunk in result:
-        if not chunk.get("songs"):
-            continue
-        best = chunk["songs"][0]
-        offset = _seconds(chunk["offset"])
-        start = offset + best.get("start_offset", 0) / 1000
-        end = offset + best.get("end_offset", chunk_s * 1000) / 1000
+    for offset, best in best_songs:
+        start = offset + _ms(best.get("start_offset"), 0) / 1000
+        end = offset + _ms(best.get("end_offset"), chunk_s * 1000) / 1000
         audio_id = int(best.get("audio_id") or 0)
-        label = " — ".join(x for x in (best.get("artist"), best.get("title")) if x)
         last = bars[-1] if bars else None
         if last and last.audio_id == audio_id and offset - last.end_s <= chunk_s / 2:
             bars[-1] = TimelineBar(last.start_s, end, last.label, audio_id)
         else:
-            bars.append(TimelineBar(start, end, label, audio_id))
+            bars.append(TimelineBar(start, end, _label(best), audio_id))
+    return bars
+
+
+def timeline(result: list[dict[str, Any]]) -> list[TimelineBar]:
+    """Bars for an enterprise result in JSON chunks."""
+    return placed(chunk_bars((_seconds(c["offset"]), c["songs"][0]) for c in result if c["songs"]))
+
+
+def _label(song: dict[str, Any]) -> str:
+    return " — ".join(x for x in (song.get("artist"), song.get("title")) if x)
+
+
+def placed(bars: list[TimelineBar]) -> list[TimelineBar]:
+    """The bars with their place and width on the page, one colour per track."""
     total = max((b.end_s for b in bars), default=0.0) or 1.0
     ids = sorted({b.audio_id for b in bars})
     return [
@@ -83,6 +116,24 @@ def timeline(result: list[dict[str, Any]]) -> list[TimelineBar]:
     ]
 
 
+def _enterprise_view(
+    body: dict[str, Any] | str, response_type: str
+) -> tuple[list[dict[str, Any]], tuple[str, ...], list[TimelineBar]]:
+    """Rows, columns and timeline bars of a successful enterprise reply."""
+    if isinstance(body, str):  # CSV: one row per (chunk, song), best song first
+        rows = list(csv.DictReader(io.StringIO(body)))
+        firsts: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            firsts.setdefault(row["offset_seconds"], row)
+        return rows, _CHUNK_COLUMNS, placed(chunk_bars((float(k), v) for k, v in firsts.items()))
+    result = body["result"]
+    if response_type == "segments":
+        bars = [TimelineBar(s["start"], s["end"], _label(s), int(s["audio_id"])) for s in result]
+        return result, _SEGMENT_COLUMNS, placed(bars)
+    rows = [dict(song, offset=chunk["offset"]) for chunk in result for song in chunk["songs"]]
+    return rows, _CHUNK_COLUMNS, timeline(result)
+
+
 def _render(
     request: Request,
     method: str,
@@ -91,25 +142,25 @@ def _render(
 ) -> Response:
     body: Any = reply.body if reply else None
     fields = dict(reply.fields) if reply else {}
+    error = body.get("error") if isinstance(body, dict) and body.get("status") == "error" else None
     context: dict[str, Any] = {
         "method": method,
         "body": body,
-        "raw": json.dumps(body, indent=2, ensure_ascii=False) if body is not None else "",
+        "error": error,
+        "raw": body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False),
         "request_id": request_id,
         "kept": {name: fields.get(name, "") for name in _KEPT_FIELDS},
-        "accurate_offsets": fields.get("accurate_offsets") == "true",
+        "checked": {name: fields.get(name) == "true" for name in _CHECKBOXES},
         "bars": [],
         "rows": [],
+        "columns": _STANDARD_COLUMNS,
     }
-    if isinstance(body, dict) and body.get("status") == "success":
-        result = body.get("result")
-        if method == recognition.ENTERPRISE and isinstance(result, list):
-            context["bars"] = timeline(result)
-            context["rows"] = [
-                dict(song, offset=chunk["offset"]) for chunk in result for song in chunk["songs"]
-            ]
-        elif isinstance(result, dict):
-            context["rows"] = [result]
+    if body is not None and error is None:
+        if method == recognition.ENTERPRISE:
+            view = _enterprise_view(body, fields.get("response_type", "json"))
+            context["rows"], context["columns"], context["bars"] = view
+        elif isinstance(body.get("result"), dict):
+            context["rows"] = [body["result"]]
     return templates.TemplateResponse(request, "tryit_page.html", context)
 
 
