@@ -33,6 +33,7 @@ from .errors import InvalidParameters, NotFound, SongscanError
 from .fingerprint import Peaks, reference_pairs
 from .index import expand_runs, join_hits, pack_postings
 from .index.segments import SegmentIndex
+from .settings import unusable_data_dir
 
 METADATA_FIELDS = (
     "artist",
@@ -156,8 +157,11 @@ class Catalog:
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.index = SegmentIndex(self.data_dir / "index")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.index = SegmentIndex(self.data_dir / "index")
+        except OSError as exc:
+            raise unusable_data_dir(self.data_dir, exc) from None
         self._db_path = self.data_dir / "catalog.sqlite"
         self._local = threading.local()
         with self._connect() as db:

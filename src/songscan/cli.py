@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -58,7 +59,9 @@ def _data(ctx: typer.Context) -> Path:
 
 
 def _fail(exc: SongscanError) -> typer.Exit:
-    stderr.print(f"[red]error[/red] ({exc.code}): {exc.message}", highlight=False)
+    stderr.print(
+        f"[red]error[/red] ({exc.code}): {escape(exc.message)}", highlight=False, soft_wrap=True
+    )
     return typer.Exit(2 if isinstance(exc, InvalidParameters) else 1)
 
 
@@ -159,7 +162,10 @@ def add(
                     failures += 1
                     assert outcome.error is not None
                     stderr.print(
-                        f"skipped {outcome.item.path}: {outcome.error.message}", highlight=False
+                        f"skipped {outcome.item.path}: {outcome.error.message}",
+                        highlight=False,
+                        markup=False,
+                        soft_wrap=True,
                     )
 
             ingest(catalog, items, DEFAULT, workers=workers, on_done=done)

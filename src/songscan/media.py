@@ -45,7 +45,7 @@ class MediaInfo:
 def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
     p = Path(path)
     if not p.is_file():
-        raise DecodeFailed(f"no such file: {p.name}")
+        raise DecodeFailed(f"not a file: {p.name}" if p.exists() else f"no such file: {p.name}")
     if p.stat().st_size == 0:
         raise DecodeFailed("the file is empty")
     try:

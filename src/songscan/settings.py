@@ -13,13 +13,22 @@ from typing import Any
 
 import platformdirs
 
+from .errors import SongscanError
+
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The data directory, created if missing."""
     chosen = explicit or os.environ.get("SONGSCAN_DATA") or platformdirs.user_data_dir("songscan")
     path = Path(chosen).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unusable_data_dir(path, exc) from None
     return path
+
+
+def unusable_data_dir(path: Path, exc: OSError) -> SongscanError:
+    return SongscanError(f"cannot use {path} as the data directory: {exc.strerror}")
 
 
 def load_config(data: Path) -> dict[str, Any]:

@@ -147,6 +147,21 @@ def test_a_data_dir_of_another_format_ends_in_one_line(tmp_path: Path, args: lis
     assert "format 2" in proc.stderr
 
 
+def test_errors_name_what_was_wrong_in_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    proc = run("--data", a_file, "catalog", "stats")
+    assert_clean_error(proc)
+    assert f"cannot use {a_file} as the data directory" in proc.stderr
+    # A name that looks like console markup is printed as it is.
+    proc = run("--data", tmp_path / "data", "recognize", tmp_path / "[bold]clip.mp3")
+    assert_clean_error(proc)
+    assert "no such file: [bold]clip.mp3" in proc.stderr
+    proc = run("--data", tmp_path / "data", "scan", tmp_path)
+    assert_clean_error(proc)
+    assert f"not a file: {tmp_path.name}" in proc.stderr
+
+
 def test_kill_9_during_ingest_leaves_each_track_whole_or_absent(tmp_path: Path) -> None:
     folder = tmp_path / "tracks"
     folder.mkdir()
