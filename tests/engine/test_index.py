@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,64 @@ def test_segments_merge_and_compaction_drops_dead_tracks(tmp_path: Path) -> None
     tracks, frames = unpack_postings(postings)
     assert set(tracks.tolist()) == {2, 3}
     assert sorted(frames[tracks == 2].tolist()) == list(range(100))
+
+
+@pytest.mark.parametrize("hash_bits", [segments.HASH_BITS, 9])
+@pytest.mark.parametrize("live", [None, [2, 5, 7]])
+def test_merges_stream_by_hash_ranges_into_the_same_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hash_bits: int, live: list[int] | None
+) -> None:
+    """A merge written range by range equals one stable sort of the parts laid end to end
+    (equal hashes keep the parts' order), dead tracks left out; with a stored directory, and
+    with one that replaces the hashes (2^9 hash values, fewer than the postings)."""
+    monkeypatch.setattr(segments, "MERGE_PIECE_POSTINGS", 700)
+    monkeypatch.setattr(segments, "DIRECTORY_MIN_POSTINGS", 2000)
+    monkeypatch.setattr(segments, "HASH_BITS", hash_bits)
+    rng = np.random.default_rng(3)
+    index = SegmentIndex(tmp_path)
+    all_keys, all_values = [], []
+    for track in range(1, 9):
+        keys = rng.integers(0, 1 << hash_bits, 600).astype(np.uint32)
+        keys[:50] = 7  # a crowded hash value, in every part
+        values = pack_postings(track, rng.integers(0, 10_000, 600))
+        index.add(keys, values)
+        all_keys.append(keys)
+        all_values.append(values)
+    index.compact(None if live is None else np.array(live, dtype=np.int64))
+    assert index.segment_count() == 1
+    keys, values = np.concatenate(all_keys), np.concatenate(all_values)
+    if live is not None:
+        keep = np.isin(unpack_postings(values)[0], live)
+        keys, values = keys[keep], values[keep]
+    order = np.argsort(keys, kind="stable")
+    got_keys, got_values = index.every_posting()
+    assert np.array_equal(got_keys, keys[order])
+    assert np.array_equal(got_values, values[order])
+    assert len(list(tmp_path.glob("*.directory.npy"))) == (keys.shape[0] >= 2000)
+    qi, found = SegmentIndex(tmp_path).lookup(np.array([7, 8], dtype=np.uint32))
+    assert np.array_equal(found[qi == 0], values[order][keys[order] == 7])
+
+
+def test_a_merge_holds_a_piece_in_memory_not_the_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compacting 24 MB of postings allocates a small multiple of one piece (64k postings), not
+    of the segments (a merge in memory would take several times their size)."""
+    monkeypatch.setattr(segments, "MERGE_PIECE_POSTINGS", 1 << 16)
+    monkeypatch.setattr(segments, "MEMORY_DIRECTORY_BITS", 12)
+    rng = np.random.default_rng(4)
+    index = SegmentIndex(tmp_path)
+    for track in range(1, 5):
+        keys = rng.integers(0, 1 << segments.HASH_BITS, 500_000).astype(np.uint32)
+        index.add(keys, pack_postings(track, rng.integers(0, 10_000, 500_000)))
+    tracemalloc.start()
+    try:
+        index.compact(np.array([1, 2, 3, 4], dtype=np.int64))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert index.posting_count() == 2_000_000
+    assert peak < 8_000_000, peak
 
 
 def test_orphan_segment_files_are_removed_by_the_next_writer(tmp_path: Path) -> None:

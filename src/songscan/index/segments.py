@@ -53,6 +53,8 @@ MEMORY_DIRECTORY_BITS = 20
 # A lookup whose buckets hold more entries than this (a crowded mid-sized segment) binary
 # searches instead of comparing every entry of its buckets.
 MAX_BUCKET_ENTRIES = 1 << 20
+# Merges write one range of hash values at a time, about this many postings each.
+MERGE_PIECE_POSTINGS = 1 << 22
 
 
 @dataclass
@@ -63,11 +65,16 @@ class _Segment:
     directory: np.ndarray  # start of each bucket's run (hash >> shift), and the end
     shift: int  # 0: one bucket per hash value
 
-    def all_hashes(self) -> np.ndarray:
-        if self.hashes is not None:
-            return np.asarray(self.hashes)
-        values = np.arange(self.directory.shape[0] - 1, dtype=np.uint32)
-        return np.repeat(values, np.diff(self.directory).astype(np.int64))
+    def between(self, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+        """The hashes and postings of the hash values in [low, high), read into memory."""
+        if self.hashes is None:  # one bucket per hash value: the directory gives the hashes
+            starts = np.asarray(self.directory[low : high + 1]).astype(np.int64)
+            values = np.arange(low, high, dtype=np.uint32)
+            return np.repeat(values, np.diff(starts)), np.asarray(
+                self.postings[starts[0] : starts[-1]]
+            )
+        lo, hi = np.searchsorted(self.hashes, [low, high])
+        return np.asarray(self.hashes[lo:hi]), np.asarray(self.postings[lo:hi])
 
     def find(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[lo, hi) of each query hash's run in this segment."""
@@ -76,7 +83,8 @@ class _Segment:
         hi = self.directory[bucket + 1].astype(np.int64)
         if self.shift == 0:
             return lo, hi
-        hashes = self.all_hashes()
+        hashes = self.hashes
+        assert hashes is not None  # only a directory of one bucket per hash value replaces them
         entries = hi - lo
         if int(entries.sum()) > MAX_BUCKET_ENTRIES:
             return (
@@ -147,8 +155,7 @@ class SegmentIndex:
                 hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
                 return _Segment(name, hashes, postings, stored, shift)
             hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
-        bits = min(MEMORY_DIRECTORY_BITS, directory_bits(hashes.shape[0], per_bucket=1))
-        return _Segment(name, hashes, postings, directory(hashes, bits), HASH_BITS - bits)
+        return _in_memory(hashes, postings, name)
 
     def lookup(
         self, hashes: np.ndarray, max_postings: int | None = None
@@ -171,10 +178,8 @@ class SegmentIndex:
         self._refresh()
         if not self._segments:
             return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint64)
-        return (
-            np.concatenate([s.all_hashes() for s in self._segments]),
-            np.concatenate([np.asarray(s.postings) for s in self._segments]),
-        )
+        every = [s.between(0, 1 << HASH_BITS) for s in self._segments]
+        return np.concatenate([h for h, _ in every]), np.concatenate([p for _, p in every])
 
     def posting_count(self) -> int:
         self._refresh()
@@ -219,9 +224,10 @@ class SegmentIndex:
             return
         if int(hashes.max()) >> HASH_BITS:
             raise ValueError(f"hashes must be below 2^{HASH_BITS}")
+        order = np.argsort(hashes, kind="stable")
         with self._writer() as manifest:
-            name = self._write_segment(hashes, postings)
-            manifest["segments"].append({"name": name, "postings": int(hashes.shape[0])})
+            name, count = self._write_segment([_in_memory(hashes[order], postings[order])])
+            manifest["segments"].append({"name": name, "postings": count})
             self._commit(manifest)
             if len(manifest["segments"]) > MAX_SEGMENTS:
                 self._merge_smallest(manifest)
@@ -241,35 +247,77 @@ class SegmentIndex:
 
     def _merge(self, manifest: dict, chosen: list[dict], live_tracks: np.ndarray | None) -> None:
         parts = [self._open_segment(s["name"]) for s in chosen]
-        hashes = np.concatenate([p.all_hashes() for p in parts])
-        postings = np.concatenate([np.asarray(p.postings) for p in parts])
-        if live_tracks is not None:
-            tracks, _ = unpack_postings(postings)
-            keep = np.isin(tracks, live_tracks)
-            hashes, postings = hashes[keep], postings[keep]
+        name, count = self._write_segment(parts, live_tracks)
         names = {s["name"] for s in chosen}
         remaining = [s for s in manifest["segments"] if s["name"] not in names]
-        if hashes.shape[0]:
-            name = self._write_segment(hashes, postings)
-            remaining.append({"name": name, "postings": int(hashes.shape[0])})
+        if count:
+            remaining.append({"name": name, "postings": count})
         manifest["segments"] = remaining
         self._commit(manifest)
         for name in names:
             self._unlink_segment(name)
 
-    def _write_segment(self, hashes: np.ndarray, postings: np.ndarray) -> str:
-        order = np.argsort(hashes, kind="stable")
-        hashes, postings = hashes[order], postings[order]
+    def _write_segment(
+        self, parts: list[_Segment], live_tracks: np.ndarray | None = None
+    ) -> tuple[str, int]:
+        """Write the postings of `parts` (of `live_tracks` only, when given) as one new segment,
+        durably; its name and size (no files when nothing is left).
+
+        Streamed: one range of hash values at a time, each holding about MERGE_PIECE_POSTINGS
+        postings, is read from every part, stably sorted (equal hashes keep the parts' order)
+        and written at its place in memory-mapped files, so a merge's memory does not grow
+        with the index. With `live_tracks` a first pass counts what is kept."""
+        total = sum(int(p.postings.shape[0]) for p in parts)
+        ranges = _hash_ranges(total)
+        if live_tracks is not None:
+            total = sum(
+                int(_live(np.concatenate([p.between(*r)[1] for p in parts]), live_tracks).sum())
+                for r in ranges
+            )
         name = f"seg-{uuid.uuid4().hex[:12]}"
-        files = {"hashes": hashes, "postings": postings}
-        if hashes.shape[0] >= DIRECTORY_MIN_POSTINGS:
-            bits = stored_directory_bits(hashes.shape[0])
-            files["directory"] = directory(hashes, bits)
-            if bits == HASH_BITS:
-                del files["hashes"]
-        for kind, array in files.items():
-            _write_durably(self.dir / f"{name}.{kind}.npy", array)
-        return name
+        if total == 0:
+            return name, 0
+        bits = stored_directory_bits(total) if total >= DIRECTORY_MIN_POSTINGS else None
+        shapes: dict[str, tuple[type, int]] = {"postings": (np.uint64, total)}
+        if bits != HASH_BITS:
+            shapes["hashes"] = (np.uint32, total)
+        if bits is not None:
+            ranges = _hash_ranges(total, at_most=bits)
+            shapes["directory"] = (np.uint32 if total < (1 << 32) else np.uint64, (1 << bits) + 1)
+        tmp = {kind: self.dir / f"{name}.{kind}.npy.tmp" for kind in shapes}
+        out = {
+            kind: np.lib.format.open_memmap(tmp[kind], mode="w+", dtype=dtype, shape=(size,))
+            for kind, (dtype, size) in shapes.items()
+        }
+        written = 0
+        for low, high in ranges:
+            read = [p.between(low, high) for p in parts]
+            hashes = np.concatenate([h for h, _ in read])
+            postings = np.concatenate([p for _, p in read])
+            if live_tracks is not None:
+                keep = _live(postings, live_tracks)
+                hashes, postings = hashes[keep], postings[keep]
+            order = np.argsort(hashes, kind="stable")
+            hashes, postings = hashes[order], postings[order]
+            end = written + hashes.shape[0]
+            out["postings"][written:end] = postings
+            if "hashes" in out:
+                out["hashes"][written:end] = hashes
+            if bits is not None:  # where each bucket of this range starts
+                shift = HASH_BITS - bits
+                first, last = low >> shift, high >> shift
+                starts = np.searchsorted(hashes >> np.uint32(shift), np.arange(first, last))
+                out["directory"][first:last] = written + starts
+            written = end
+        if bits is not None:
+            out["directory"][-1] = written
+        for array in out.values():
+            array.flush()
+        out.clear()  # unmapped
+        for kind, path in tmp.items():
+            _fsync(path)
+            os.replace(path, self.dir / f"{name}.{kind}.npy")
+        return name, written
 
     def _commit(self, manifest: dict) -> None:
         manifest["generation"] = int(manifest["generation"]) + 1
@@ -279,7 +327,7 @@ class SegmentIndex:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self._manifest_path)
-        _fsync_dir(self.dir)
+        _fsync(self.dir)
 
     def _unlink_segment(self, name: str) -> None:
         for kind in ("hashes", "postings", "directory"):
@@ -293,6 +341,26 @@ class SegmentIndex:
             if path.name.endswith(".tmp") or (stem.startswith("seg-") and stem not in named):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def _in_memory(sorted_hashes: np.ndarray, postings: np.ndarray, name: str = "") -> _Segment:
+    """A segment over arrays (memory or memory-mapped) without a stored directory."""
+    bits = min(MEMORY_DIRECTORY_BITS, directory_bits(sorted_hashes.shape[0], per_bucket=1))
+    return _Segment(name, sorted_hashes, postings, directory(sorted_hashes, bits), HASH_BITS - bits)
+
+
+def _hash_ranges(postings: int, at_most: int = HASH_BITS) -> list[tuple[int, int]]:
+    """Equal ranges of hash values, enough for MERGE_PIECE_POSTINGS postings a range on
+    average (hashes are spread evenly by the fold), at most 2^`at_most` of them (so that a
+    directory of that many buckets has whole buckets in each)."""
+    bits = min(at_most, max(0, (-(-postings // MERGE_PIECE_POSTINGS) - 1).bit_length()))
+    size = 1 << (HASH_BITS - bits)
+    return [(i * size, (i + 1) * size) for i in range(1 << bits)]
+
+
+def _live(postings: np.ndarray, live_tracks: np.ndarray) -> np.ndarray:
+    tracks, _ = unpack_postings(postings)
+    return np.isin(tracks, live_tracks)
 
 
 def stored_directory_bits(postings: int) -> int:
@@ -312,11 +380,13 @@ def directory_bits(postings: int, per_bucket: int) -> int:
 
 def directory(sorted_hashes: np.ndarray, bits: int) -> np.ndarray:
     """Where each bucket's run (hashes with the same top `bits` bits) starts in
-    `sorted_hashes`, and where the last one ends."""
+    `sorted_hashes`, and where the last one ends: a binary search per bucket boundary, so no
+    temporary the size of the hashes."""
     dtype = np.uint32 if sorted_hashes.shape[0] < (1 << 32) else np.uint64
     starts = np.zeros((1 << bits) + 1, dtype=dtype)
-    buckets = np.asarray(sorted_hashes) >> np.uint32(HASH_BITS - bits)
-    np.cumsum(np.bincount(buckets, minlength=1 << bits), out=starts[1:])
+    # Hash values fit 32 bits (HASH_BITS < 32), and so does the end of the last bucket.
+    ends = np.arange(1, (1 << bits) + 1, dtype=np.uint32) << np.uint32(HASH_BITS - bits)
+    starts[1:] = np.searchsorted(sorted_hashes, ends)
     return starts
 
 
@@ -336,16 +406,8 @@ def _rarest_within(counts: np.ndarray, budget: int) -> np.ndarray:
     return keep
 
 
-def _write_durably(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
