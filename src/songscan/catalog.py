@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import numpy as np
 
 from .config import FingerprintConfig
 from .errors import InvalidParameters, NotFound, SongscanError
-from .fingerprint import Peaks, reference_pairs
+from .fingerprint import Hashes, Peaks, reference_pairs, reference_triplets
 from .index import expand_runs, join_hits, pack_postings
 from .index.segments import SegmentIndex
 from .settings import unusable_data_dir
@@ -71,6 +71,10 @@ BEGIN DELETE FROM peaks WHERE track_id = OLD.id; END;
 """
 # The data directory's format (SQLite user_version): bumped when the index's content changes.
 FORMAT = 3
+# Formats whose index `reindex` rebuilds from the stored peaks (format 1 kept no peaks).
+REINDEXABLE = (2,)
+# Tracks fingerprinted per index batch when reindexing.
+REINDEX_BATCH_TRACKS = 500
 # Tracks whose pair postings each process keeps (a scan hears the same songs chunk after chunk).
 PAIR_CACHE_TRACKS = 64
 
@@ -155,7 +159,9 @@ def metadata_from_tags(path: str | os.PathLike[str]) -> TrackMetadata:
 class Catalog:
     """The reference catalog in a data directory: `catalog.sqlite` plus `index/`."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], upgrade: bool = False) -> None:
+        """`upgrade`: open a data directory of an older format that `reindex` can rebuild,
+        for that alone."""
         self.data_dir = Path(data_dir)
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +172,7 @@ class Catalog:
         self._local = threading.local()
         with self._connect() as db:
             db.executescript(_SCHEMA)
-            _check_format(db)
+            _check_format(db, upgrade)
         self._live_version: tuple[int, int] | None = None
         self._live_ids = np.zeros(0, dtype=np.int64)
         self._tracks: dict[int, Track] = {}
@@ -398,6 +404,41 @@ class Catalog:
         self._changed()
         return track
 
+    def reindex(self, cfg: FingerprintConfig, on_track: Callable[[], None] | None = None) -> None:
+        """Rebuild the triplet index from the stored peaks, as ingest would have built it (no
+        audio needed: after an upgrade that changed the hashes), and stamp the data directory
+        with FORMAT. Readers keep the old index until the new one is whole."""
+        counts: dict[int, int] = {}
+
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            ids = self.live_ids()
+            for lo in range(0, ids.shape[0], REINDEX_BATCH_TRACKS):
+                found = []
+                for track_id in ids[lo : lo + REINDEX_BATCH_TRACKS].tolist():
+                    triplets = reference_triplets(self.peaks(track_id), cfg)
+                    counts[track_id] = len(triplets)
+                    found.append((triplets.hashes, track_postings(track_id, triplets)))
+                    if on_track is not None:
+                        on_track()
+                yield np.concatenate([h for h, _ in found]), np.concatenate([p for _, p in found])
+
+        with self._writing():
+            self._clean_pending()
+            self.index.rebuild(batches())
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "UPDATE tracks SET hash_count = ? WHERE id = ?",
+                    [(n, track_id) for track_id, n in counts.items()],
+                )
+                db.execute(f"PRAGMA user_version = {FORMAT}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self._changed()
+
     def compact(self) -> None:
         """Drop postings of removed, replaced or never-finished tracks from the index."""
         with self._writing():
@@ -410,6 +451,17 @@ class Catalog:
             db.close()
             self._local.db = None
         self.index.close()
+
+
+def stored(peaks: Peaks) -> Peaks:
+    """Peaks at the precision the catalog keeps them: every reference hash (pairs, and the
+    index's triplets) is derived from these, so the index can be rebuilt from the catalog."""
+    return _unpack_peaks(*_pack_peaks(peaks))
+
+
+def track_postings(track_id: int, triplets: Hashes) -> np.ndarray:
+    """The index postings of a track's triplets."""
+    return pack_postings(track_id, triplets.anchor_frames.round().astype(np.uint32))
 
 
 def _pack_peaks(peaks: Peaks) -> tuple[bytes, bytes]:
@@ -426,17 +478,25 @@ def _unpack_peaks(time_frames: bytes, freq: bytes) -> Peaks:
     return Peaks(time_frames=t, freq_hz=f, strength=np.zeros_like(t))
 
 
-def _check_format(db: sqlite3.Connection) -> None:
-    """Stamp a new data directory with FORMAT; refuse one written in another format."""
+def _check_format(db: sqlite3.Connection, upgrade: bool) -> None:
+    """Stamp a new data directory with FORMAT; refuse one written in another format (but one
+    that `reindex` can rebuild, when opened to `upgrade` it)."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version == FORMAT:
         return
-    if db.execute("SELECT 1 FROM tracks LIMIT 1").fetchone() is not None:
-        raise SongscanError(
-            f"the data directory holds an index of format {version}; this songscan reads "
-            f"format {FORMAT}: add the reference tracks again into a new data directory"
-        )
-    db.execute(f"PRAGMA user_version = {FORMAT}")
+    if db.execute("SELECT 1 FROM tracks LIMIT 1").fetchone() is None:
+        db.execute(f"PRAGMA user_version = {FORMAT}")
+        return
+    if version in REINDEXABLE:
+        if upgrade:
+            return
+        how = "run `songscan catalog reindex` (it rebuilds the index from the stored peaks)"
+    else:
+        how = "add the reference tracks again into a new data directory"
+    raise SongscanError(
+        f"the data directory holds an index of format {version}; this songscan reads "
+        f"format {FORMAT}: {how}"
+    )
 
 
 def _track(row: sqlite3.Row) -> Track:

@@ -283,6 +283,21 @@ def catalog_stats(ctx: typer.Context) -> None:
     print(json.dumps(Catalog(_data(ctx)).stats()))
 
 
+@catalog_app.command("reindex")
+def catalog_reindex(ctx: typer.Context) -> None:
+    """Rebuild the fingerprint index from the stored peaks: after an upgrade that changed the
+    hashes (the data directory's format), no audio needed."""
+
+    def run() -> None:
+        catalog = Catalog(_data(ctx), upgrade=True)
+        with _progress() as bar:
+            task = bar.add_task("reindexing", total=len(catalog.live_ids()), rate="")
+            catalog.reindex(DEFAULT.fingerprint, on_track=lambda: bar.advance(task))
+        print(json.dumps(catalog.stats()))
+
+    _guard(run)
+
+
 @catalog_app.command("compact")
 def catalog_compact(ctx: typer.Context) -> None:
     """Merge index segments and drop postings of removed tracks."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .allocator import tune_allocator
-from .catalog import Catalog, FingerprintedTrack, Track, TrackMetadata, metadata_from_tags
+from .catalog import Catalog, FingerprintedTrack, Track, TrackMetadata, metadata_from_tags, stored
 from .config import EngineConfig
 from .errors import DecodeFailed, FingerprintFailed, SongscanError
 from .fingerprint import reference_peaks, reference_triplets
@@ -41,7 +41,7 @@ def fingerprint_file(item: IngestItem, cfg: EngineConfig) -> FingerprintedTrack:
     samples = decode_all(item.path, cfg.fingerprint.sample_rate_hz)
     duration_s = samples.shape[0] / cfg.fingerprint.sample_rate_hz
     peaks = reference_peaks(samples, cfg.fingerprint)
-    found = reference_triplets(peaks, cfg.fingerprint)
+    found = reference_triplets(stored(peaks), cfg.fingerprint)  # as `Catalog.reindex` would
     if len(found) == 0:
         raise FingerprintFailed("no fingerprint: the audio is too short or silent")
     metadata = metadata_from_tags(item.path)

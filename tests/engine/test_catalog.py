@@ -77,11 +77,45 @@ def test_removing_a_track_drops_its_peaks(library: Library, tmp_path: Path) -> N
 def test_a_data_dir_of_another_format_is_refused(library: Library, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(library.data, data)
-    with sqlite3.connect(data / "catalog.sqlite") as db:
-        db.execute(f"PRAGMA user_version = {FORMAT - 1}")
+    for version, advice in ((1, "add the reference tracks again"), (2, "catalog reindex")):
+        with sqlite3.connect(data / "catalog.sqlite") as db:
+            db.execute(f"PRAGMA user_version = {version}")
+        with pytest.raises(SongscanError, match=advice):
+            Catalog(data)
     with pytest.raises(SongscanError, match="add the reference tracks again"):
-        Catalog(data)
+        with sqlite3.connect(data / "catalog.sqlite") as db:
+            db.execute("PRAGMA user_version = 1")
+        Catalog(data, upgrade=True)  # format 1 kept no peaks to rebuild from
     empty = tmp_path / "empty"
     Catalog(empty).close()  # a new data dir is stamped with the current format
     with sqlite3.connect(empty / "catalog.sqlite") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT
+
+
+def test_reindex_rebuilds_the_index_ingest_built_from_the_stored_peaks(
+    library: Library, tmp_path: Path
+) -> None:
+    """A format-2 data dir (its index of older hashes stood in for by folded ones) is rebuilt
+    from the catalog's peaks alone: the same postings as ingest wrote, the same hash counts,
+    and the directory stamped with the current format."""
+    data = tmp_path / "data"
+    shutil.copytree(library.data, data)
+    catalog = Catalog(data)
+    want_hashes, want_postings = catalog.index.every_posting()
+    counts = {t.id: t.hash_count for t in catalog.tracks()}
+    catalog.index.rebuild([(want_hashes >> 4, want_postings)])  # an index of other hashes
+    catalog.close()
+    with sqlite3.connect(data / "catalog.sqlite") as db:
+        db.execute("PRAGMA user_version = 2")
+        db.execute("UPDATE tracks SET hash_count = 1")
+    old = Catalog(data, upgrade=True)
+    done = []
+    old.reindex(CFG, on_track=lambda: done.append(1))
+    assert len(done) == 3
+    catalog = Catalog(data)
+    hashes, postings = catalog.index.every_posting()
+    assert sorted(zip(hashes.tolist(), postings.tolist(), strict=True)) == sorted(
+        zip(want_hashes.tolist(), want_postings.tolist(), strict=True)
+    )
+    assert {t.id: t.hash_count for t in catalog.tracks()} == counts
+    assert catalog.index.segment_count() == 1

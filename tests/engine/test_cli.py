@@ -147,6 +147,26 @@ def test_a_data_dir_of_another_format_ends_in_one_line(tmp_path: Path, args: lis
     assert "format 2" in proc.stderr
 
 
+def test_reindex_upgrades_a_data_dir_of_the_previous_format(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    song = write_audio(tmp_path / "track.flac", synth_song(21, 40.0))
+    assert run("--data", data, "add", song, "--audio-id", "7").returncode == 0
+    catalog = Catalog(data)
+    hashes, postings = catalog.index.every_posting()
+    catalog.index.rebuild([(hashes >> 4, postings)])  # stands in for the older hashes
+    catalog.close()
+    with sqlite3.connect(data / "catalog.sqlite") as db:
+        db.execute("PRAGMA user_version = 2")
+    show = write_audio(tmp_path / "show.flac", excerpt(synth_song(21, 40.0), 5.0, 30.0))
+    assert_clean_error(run("--data", data, "scan", show))
+    upgraded = run("--data", data, "catalog", "reindex")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert json.loads(upgraded.stdout)["tracks"] == 1
+    scanned = run("--data", data, "scan", show)
+    assert scanned.returncode == 0, scanned.stderr
+    assert json.loads(scanned.stdout)["result"][0]["songs"][0]["audio_id"] == 7
+
+
 def test_errors_name_what_was_wrong_in_one_line(tmp_path: Path) -> None:
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("x")

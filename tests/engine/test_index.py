@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import json
 import threading
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,31 @@ def test_a_merge_holds_a_piece_in_memory_not_the_segments(
         tracemalloc.stop()
     assert index.posting_count() == 2_000_000
     assert peak < 8_000_000, peak
+
+
+def test_a_rebuild_replaces_every_posting_at_once_or_not_at_all(tmp_path: Path) -> None:
+    index = SegmentIndex(tmp_path)
+    for track in (1, 2, 3):
+        index.add(np.arange(100, dtype=np.uint32), pack_postings(track, np.arange(100)))
+    before = index.every_posting()
+
+    def failing() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        yield np.arange(50, dtype=np.uint32), pack_postings(9, np.arange(50))
+        raise RuntimeError("the process dies here")
+
+    with pytest.raises(RuntimeError):
+        index.rebuild(failing())
+    assert all(np.array_equal(a, b) for a, b in zip(index.every_posting(), before, strict=True))
+    batches = [
+        (np.arange(n, dtype=np.uint32), pack_postings(t, np.arange(n)))
+        for t, n in ((7, 30), (8, 20))
+    ]
+    index.rebuild(iter(batches))  # the next writer also removes what the failed one wrote
+    hashes, postings = SegmentIndex(tmp_path).every_posting()
+    assert sorted(set(unpack_postings(postings)[0].tolist())) == [7, 8]
+    assert hashes.shape[0] == 50 and index.segment_count() == 1
+    (name,) = {p.name.split(".", 1)[0] for p in tmp_path.glob("seg-*")}
+    assert json.loads((tmp_path / "manifest.json").read_text())["segments"][0]["name"] == name
 
 
 def test_orphan_segment_files_are_removed_by_the_next_writer(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,21 +216,36 @@ class SegmentIndex:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def add(self, hashes: np.ndarray, postings: np.ndarray) -> None:
-        hashes = np.asarray(hashes, dtype=np.uint32)
-        postings = np.asarray(postings, dtype=np.uint64)
-        if hashes.shape != postings.shape:
-            raise ValueError("hashes and postings differ in length")
-        if hashes.shape[0] == 0:
+        batch = _sorted_batch(hashes, postings)
+        if batch is None:
             return
-        if int(hashes.max()) >> HASH_BITS:
-            raise ValueError(f"hashes must be below 2^{HASH_BITS}")
-        order = np.argsort(hashes, kind="stable")
         with self._writer() as manifest:
-            name, count = self._write_segment([_in_memory(hashes[order], postings[order])])
+            name, count = self._write_segment([batch])
             manifest["segments"].append({"name": name, "postings": count})
             self._commit(manifest)
             if len(manifest["segments"]) > MAX_SEGMENTS:
                 self._merge_smallest(manifest)
+        self._refresh()
+
+    def rebuild(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Replace every posting with those of `batches` (hashes, postings), at once: readers
+        see the old index until the new one is whole and committed, and a crash before that
+        leaves the old one (the new files are removed by the next writer)."""
+        with self._writer() as manifest:
+            written = []
+            for hashes, postings in batches:
+                batch = _sorted_batch(hashes, postings)
+                if batch is not None:
+                    written.append(self._write_segment([batch])[0])
+            if len(written) == 1:
+                name, count = written[0], self._open_segment(written[0]).postings.shape[0]
+            else:
+                name, count = self._write_segment([self._open_segment(n) for n in written])
+            old = [s["name"] for s in manifest["segments"]]
+            manifest["segments"] = [{"name": name, "postings": int(count)}] if count else []
+            self._commit(manifest)
+            for gone in old + [n for n in written if n != name]:
+                self._unlink_segment(gone)
         self._refresh()
 
     def compact(self, live_tracks: np.ndarray | None) -> None:
@@ -341,6 +356,20 @@ class SegmentIndex:
             if path.name.endswith(".tmp") or (stem.startswith("seg-") and stem not in named):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def _sorted_batch(hashes: np.ndarray, postings: np.ndarray) -> _Segment | None:
+    """Postings to add, checked and sorted by hash (None when there are none)."""
+    hashes = np.asarray(hashes, dtype=np.uint32)
+    postings = np.asarray(postings, dtype=np.uint64)
+    if hashes.shape != postings.shape:
+        raise ValueError("hashes and postings differ in length")
+    if hashes.shape[0] == 0:
+        return None
+    if int(hashes.max()) >> HASH_BITS:
+        raise ValueError(f"hashes must be below 2^{HASH_BITS}")
+    order = np.argsort(hashes, kind="stable")
+    return _in_memory(hashes[order], postings[order])
 
 
 def _in_memory(sorted_hashes: np.ndarray, postings: np.ndarray, name: str = "") -> _Segment:
