@@ -142,20 +142,15 @@ class SegmentIndex:
         raise RuntimeError("the index manifest keeps changing; cannot open a consistent view")
 
     def _open_segment(self, name: str) -> _Segment:
-        # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 cannot run
-        # in two threads at once (SystemError "AST constructor recursion depth mismatch").
-        with _NPY_HEADER_LOCK:
-            postings = np.load(self.dir / f"{name}.postings.npy", mmap_mode="r")
-            directory_path = self.dir / f"{name}.directory.npy"
-            if directory_path.exists():
-                stored = np.load(directory_path, mmap_mode="r")
-                shift = HASH_BITS - ((stored.shape[0] - 1).bit_length() - 1)
-                if shift == 0:
-                    return _Segment(name, None, postings, stored, 0)
-                hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
-                return _Segment(name, hashes, postings, stored, shift)
-            hashes = np.load(self.dir / f"{name}.hashes.npy", mmap_mode="r")
-        return _in_memory(hashes, postings, name)
+        postings = _mapped(self.dir / f"{name}.postings.npy")
+        directory_path = self.dir / f"{name}.directory.npy"
+        if directory_path.exists():
+            stored = _mapped(directory_path)
+            shift = HASH_BITS - ((stored.shape[0] - 1).bit_length() - 1)
+            if shift == 0:
+                return _Segment(name, None, postings, stored, 0)
+            return _Segment(name, _mapped(self.dir / f"{name}.hashes.npy"), postings, stored, shift)
+        return _in_memory(_mapped(self.dir / f"{name}.hashes.npy"), postings, name)
 
     def lookup(
         self, hashes: np.ndarray, max_postings: int | None = None
@@ -433,6 +428,15 @@ def _rarest_within(counts: np.ndarray, budget: int) -> np.ndarray:
     next_ones = np.flatnonzero(counts == full + 1)[:room]
     keep[next_ones] = True
     return keep
+
+
+def _mapped(path: Path) -> np.ndarray:
+    """A .npy file memory-mapped read-only, as a plain array (indexing an np.memmap costs its
+    subclass bookkeeping on every lookup; the view keeps the mapping alive)."""
+    # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 cannot run in
+    # two threads at once (SystemError "AST constructor recursion depth mismatch").
+    with _NPY_HEADER_LOCK:
+        return np.load(path, mmap_mode="r").view(np.ndarray)
 
 
 def _fsync(path: Path) -> None:
