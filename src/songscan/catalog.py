@@ -459,9 +459,14 @@ def stored(peaks: Peaks) -> Peaks:
     return _unpack_peaks(*_pack_peaks(peaks))
 
 
+def posting_frames(triplets: Hashes) -> np.ndarray:
+    """The frames the index keeps for a track's triplets (their anchors')."""
+    return triplets.anchor_frames.round().astype(np.uint32)
+
+
 def track_postings(track_id: int, triplets: Hashes) -> np.ndarray:
     """The index postings of a track's triplets."""
-    return pack_postings(track_id, triplets.anchor_frames.round().astype(np.uint32))
+    return pack_postings(track_id, posting_frames(triplets))
 
 
 def _pack_peaks(peaks: Peaks) -> tuple[bytes, bytes]:

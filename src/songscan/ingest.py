@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .allocator import tune_allocator
-from .catalog import Catalog, FingerprintedTrack, Track, TrackMetadata, metadata_from_tags, stored
+from .catalog import (
+    Catalog,
+    FingerprintedTrack,
+    Track,
+    TrackMetadata,
+    metadata_from_tags,
+    posting_frames,
+    stored,
+)
 from .config import EngineConfig
 from .errors import DecodeFailed, FingerprintFailed, SongscanError
 from .fingerprint import reference_peaks, reference_triplets
@@ -50,7 +58,7 @@ def fingerprint_file(item: IngestItem, cfg: EngineConfig) -> FingerprintedTrack:
     return FingerprintedTrack(
         metadata=metadata,
         hashes=found.hashes,
-        frames=found.anchor_frames.round().astype("uint32"),
+        frames=posting_frames(found),
         duration_s=duration_s,
         peaks=peaks,
         audio_id=item.audio_id,

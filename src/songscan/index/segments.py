@@ -227,19 +227,19 @@ class SegmentIndex:
         see the old index until the new one is whole and committed, and a crash before that
         leaves the old one (the new files are removed by the next writer)."""
         with self._writer() as manifest:
-            written = []
+            written: list[tuple[str, int]] = []
             for hashes, postings in batches:
                 batch = _sorted_batch(hashes, postings)
                 if batch is not None:
-                    written.append(self._write_segment([batch])[0])
+                    written.append(self._write_segment([batch]))
             if len(written) == 1:
-                name, count = written[0], self._open_segment(written[0]).postings.shape[0]
+                name, count = written[0]
             else:
-                name, count = self._write_segment([self._open_segment(n) for n in written])
+                name, count = self._write_segment([self._open_segment(n) for n, _ in written])
             old = [s["name"] for s in manifest["segments"]]
-            manifest["segments"] = [{"name": name, "postings": int(count)}] if count else []
+            manifest["segments"] = [{"name": name, "postings": count}] if count else []
             self._commit(manifest)
-            for gone in old + [n for n in written if n != name]:
+            for gone in old + [n for n, _ in written if n != name]:
                 self._unlink_segment(gone)
         self._refresh()
 
@@ -364,7 +364,9 @@ def _sorted_batch(hashes: np.ndarray, postings: np.ndarray) -> _Segment | None:
     if int(hashes.max()) >> HASH_BITS:
         raise ValueError(f"hashes must be below 2^{HASH_BITS}")
     order = np.argsort(hashes, kind="stable")
-    return _in_memory(hashes[order], postings[order])
+    sorted_hashes = hashes[order]
+    # Only read by `between` (binary search): one bucket, no directory worth building.
+    return _Segment("", sorted_hashes, postings[order], directory(sorted_hashes, 0), HASH_BITS)
 
 
 def _in_memory(sorted_hashes: np.ndarray, postings: np.ndarray, name: str = "") -> _Segment:
