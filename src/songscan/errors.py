@@ -1,4 +1,8 @@
-"""One hierarchy of errors; each maps to one AudD error code (api-contract.md §4)."""
+"""One hierarchy of errors; each carries its AudD error code and the HTTP status it is sent with.
+
+Every API error is HTTP 200 with `status: "error"` (AudD's way), except where the transport
+needs a status of its own: 413 for a body over the server's hard cap, 429 for rate limiting.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ class SongscanError(Exception):
     """Base of every error songscan reports to a caller. `code` is the AudD error code."""
 
     code: int = 100
+    http_status: int = 200
     default_message = "unexpected server error"
 
     def __init__(self, message: str | None = None) -> None:
@@ -15,6 +20,19 @@ class SongscanError(Exception):
     @property
     def message(self) -> str:
         return str(self.args[0])
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the reply carries besides the body (`Retry-After`, say)."""
+        return {}
+
+
+class ConfigError(SongscanError):
+    """songscan.toml (or the environment) names an unknown key, gives a value of the wrong
+    type, or is not valid TOML. Raised at start-up; the CLI ends it in one line."""
+
+    code = 100
+    default_message = "the configuration is invalid"
 
 
 class InvalidParameters(SongscanError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import platformdirs
 
-from .errors import SongscanError
+from .errors import ConfigError, SongscanError
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -36,5 +36,10 @@ def load_config(data: Path) -> dict[str, Any]:
     path = Path(os.environ.get("SONGSCAN_CONFIG") or data / "songscan.toml")
     if not path.is_file():
         return {}
-    with path.open("rb") as fh:
-        return tomllib.load(fh)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None

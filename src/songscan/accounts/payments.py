@@ -15,9 +15,8 @@ from typing import Any
 
 import stripe
 
-from songscan.accounts.plans import ConfigError
 from songscan.accounts.service import Account, Accounts
-from songscan.errors import InvalidParameters, SongscanError
+from songscan.errors import ConfigError, InvalidParameters, SongscanError
 
 
 class PaymentsUnavailable(SongscanError):

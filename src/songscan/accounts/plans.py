@@ -11,9 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """The config file names an unknown key or gives a value of the wrong type."""
+from songscan.errors import ConfigError
 
 
 @dataclass(frozen=True)

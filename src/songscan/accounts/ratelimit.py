@@ -30,6 +30,10 @@ class RateLimited(SongscanError):
         """`Retry-After` takes whole seconds; round up so the retry is not refused again."""
         return str(max(1, math.ceil(self.retry_after_s)))
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": self.retry_after_header}
+
 
 class TokenBuckets:
     """Each key may spend `rate_per_s` requests a second, in bursts of up to one second's worth."""

@@ -1,7 +1,6 @@
 """Errors as the API shows them (api-contract.md §4): one function from an exception to a body.
 
-Every error is HTTP 200 with `status: "error"`, except where the transport needs a status:
-413 for a body over the server's hard cap, 429 (with `Retry-After`) for rate limiting.
+The HTTP status and headers come from the error itself (`SongscanError.http_status`, `.headers`).
 The echo of the request's parameters never shows the token in full nor the `audio` payload.
 """
 
@@ -83,9 +82,4 @@ def error_reply(
     body["request_http_method"] = http_method
     if enterprise:
         body["execution_time"] = f"{execution_time_s or 0.0:.2f}s"
-    headers: dict[str, str] = {}
-    retry_after = getattr(exc, "retry_after_header", None)
-    if isinstance(retry_after, str):
-        headers["Retry-After"] = retry_after
-    status = getattr(exc, "http_status", 200)
-    return ErrorReply(status if isinstance(status, int) else 200, body, headers)
+    return ErrorReply(exc.http_status, body, dict(exc.headers))
