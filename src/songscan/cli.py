@@ -43,8 +43,8 @@ OwnerOption = Annotated[
     typer.Option(
         "--owner",
         metavar="ACCOUNT",
-        help="An account's uploads (its id, from `songscan accounts list`) instead of the "
-        "shared catalog.",
+        help="That account's uploads (its id, as `songscan accounts list` shows it); "
+        "without it, the shared catalog only.",
     ),
 ]
 
@@ -82,8 +82,8 @@ def _run_app() -> None:
         code = exc.exit_code
     except typer.TyperException as exc:  # Click's usage errors
         code = fail(InvalidParameters(_usage_message(exc))).exit_code
-    except typer.Abort:
-        code = 130
+    except typer.Abort:  # end of input at a prompt
+        code = 1
     except SongscanError as exc:
         code = fail(exc).exit_code
     raise SystemExit(code if isinstance(code, int) else 0)
