@@ -203,7 +203,8 @@ def add(
                 return
             if not replace:
                 raise AlreadyInCatalog(
-                    f"{track.source} is already in the catalog as {_describe(same)}: "
+                    f"{Path(track.source or '').name} is already in the catalog as "
+                    f"{_describe(same)}: "
                     "--replace replaces that track, --allow-duplicate adds it again"
                 )
             if track.audio_id is not None and track.audio_id != same.audio_id:

@@ -319,7 +319,7 @@ def test_add_refuses_audio_already_in_the_catalog_whatever_its_name(tmp_path: Pa
     assert_clean_error(refused)
     [line] = refused.stderr.splitlines()
     assert line.startswith("error (50): ")
-    assert 'already in the catalog as track 1 "Band – Song"' in line
+    assert 'renamed.mp3 is already in the catalog as track 1 "Band – Song"' in line
 
     accepted = run("--data", data, "add", other)
     assert accepted.returncode == 0, accepted.stderr
