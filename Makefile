@@ -1,8 +1,11 @@
-# songscan: `make run` installs and serves on embedded defaults; `make test` installs and runs every test.
+# songscan: `make run` installs and serves on embedded defaults (`make run HOST=0.0.0.0 PORT=9000`
+# to listen elsewhere); `make test` installs and runs every test.
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 DATA    ?= $(CURDIR)/data
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
 
 .PHONY: install install-test system-deps run test lint bench
 
@@ -20,7 +23,7 @@ system-deps:
 	bash scripts/install-system-deps
 
 run: install
-	$(BIN)/songscan --data $(DATA) serve
+	$(BIN)/songscan --data $(DATA) serve --host $(HOST) --port $(PORT)
 
 lint:
 	$(BIN)/ruff check src tests bench

@@ -9,6 +9,7 @@ denied server's hit log stays empty.
 from __future__ import annotations
 
 import io
+import re
 import threading
 import wave
 from collections import Counter
@@ -383,6 +384,19 @@ def test_allow_list_host_names() -> None:
     assert check_url("http://LocalHost:5000/", AllowList(["localhost:5000"])).addresses
     with pytest.raises(UrlFailed, match="not allowed"):
         check_url("http://localhost:5001/", AllowList(["localhost:5000"]))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.5/a.mp3", "http://localhost:5000/", "http://[::1]:9000/x"]
+)
+def test_a_refusal_says_how_to_allow_the_host(url: str) -> None:
+    with pytest.raises(UrlFailed) as refused:
+        check_url(url)
+    message = refused.value.message
+    assert "[api] section of songscan.toml" in message and "restart the server" in message
+    suggested = re.search(r'url_allow = \["([^"]+)"\]', message)
+    assert suggested is not None, message
+    assert check_url(url, AllowList([suggested.group(1)])).addresses  # the advice works
 
 
 @pytest.mark.parametrize("entry", ["", "127.0.0.1:0", "127.0.0.1:http", "[::1", "bad entry!"])

@@ -14,7 +14,6 @@ the scan and ingest worker pools. Elsewhere (musl, macOS) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1  # malloc.h
 M_MMAP_THRESHOLD = -3
@@ -25,7 +24,7 @@ TRIM_THRESHOLD_BYTES = 128 << 20
 def tune_allocator() -> bool:
     """Apply the settings to this process; False where there is no glibc `mallopt`."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
     except OSError:
         return False
     mallopt = getattr(libc, "mallopt", None)
@@ -35,3 +34,14 @@ def tune_allocator() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
+
+
+def _libc() -> ctypes.CDLL:
+    """glibc by its soname; else whatever C library `find_library` finds (which runs
+    `ldconfig`: some 30 ms of a command's start-up, so not first)."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        from ctypes.util import find_library  # imports subprocess and shutil: only if needed
+
+        return ctypes.CDLL(find_library("c") or "libc.so.6")

@@ -236,10 +236,13 @@ class Catalog:
         return [t for t in self._tracks.values() if owner is None or t.owner == owner]
 
     def get(self, audio_id: int, owner: str = "") -> Track:
+        """The track `audio_id` of `owner`: a track is named by both ("" is the shared
+        catalog, an account's id its uploads; each numbers its tracks from 1)."""
         for t in self.tracks(owner):
             if t.audio_id == audio_id:
                 return t
-        raise NotFound(f"no track with audio_id {audio_id}")
+        where = f"account {owner}'s uploads" if owner else "the shared catalog"
+        raise NotFound(f"no track with audio_id {audio_id} in {where}")
 
     def pair_postings(
         self, track_ids: np.ndarray, hashes: np.ndarray, cfg: FingerprintConfig

@@ -6,51 +6,64 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+from typer._click.exceptions import NoArgsIsHelpError  # Typer's own Click (typer is pinned)
 
 from . import settings
-from .allocator import tune_allocator
-from .catalog import Catalog, TrackMetadata, iter_audio_files
-from .chunks import PlanParams
-from .config import DEFAULT
-from .errors import InvalidParameters, SongscanError
-from .ingest import IngestItem, IngestOutcome, ingest
-from .results import (
-    OutputOptions,
-    enterprise_csv,
-    enterprise_response,
-    segments_json,
-    standard_response,
-    to_json,
-)
-from .scan import recognize_clip, scan_file
+from .cli_errors import fail
+from .errors import AlreadyInCatalog, InvalidParameters, SongscanError
+
+# The engine (numpy, SciPy, PyAV), the catalog and the server are imported by the commands
+# that use them: `songscan --help` or `catalog stats` does not pay for what `scan` needs.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from .catalog import Track
 
 app = typer.Typer(
     help="songscan: recognise songs in audio, from short clips to days-long recordings.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # Click's plain help: Rich's took a third of `--help`'s 0.3 s
     add_completion=False,
 )
 catalog_app = typer.Typer(
-    help="List, remove and measure the reference catalog.", no_args_is_help=True
+    help="List, remove and measure the reference catalog.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(catalog_app, name="catalog")
-stderr = Console(stderr=True)
 T = TypeVar("T")
+
+OwnerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--owner",
+        metavar="ACCOUNT",
+        help="That account's uploads (its id, as `songscan accounts list` shows it); "
+        "without it, the shared catalog only.",
+    ),
+]
+
+
+def _owner(account: str | None) -> str:
+    """The catalog owner named by --owner: "" (the shared catalog) when not given."""
+    if account is None:
+        return ""
+    if not account.strip().isdigit():
+        raise InvalidParameters(
+            f"--owner takes an account id (`songscan accounts list` shows them), not {account!r}"
+        )
+    return str(int(account))
+
+
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _data(ctx: typer.Context) -> Path:
@@ -58,20 +71,30 @@ def _data(ctx: typer.Context) -> Path:
     return obj.get("data_dir") or settings.data_dir()
 
 
-def _fail(exc: SongscanError) -> typer.Exit:
-    stderr.print(
-        f"[red]error[/red] ({exc.code}): {escape(exc.message)}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(2 if isinstance(exc, InvalidParameters) else 1)
-
-
 def _run_app() -> None:
-    """The app, with songscan errors raised outside a command body (opening a data dir of
-    another format, say) ending in one line too."""
+    """The app, where every error ends in one line on stderr: songscan errors raised outside
+    a command body (opening a data dir of another format, say) and Click's usage errors (a
+    bad option value, an unknown option, a missing argument) too."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `songscan` or `songscan catalog` alone: the help
+        exc.show()
+        code = exc.exit_code
+    except typer.TyperException as exc:  # Click's usage errors
+        code = fail(InvalidParameters(_usage_message(exc))).exit_code
+    except typer.Abort:  # end of input at a prompt
+        code = 1
     except SongscanError as exc:
-        raise SystemExit(_fail(exc).exit_code) from None
+        code = fail(exc).exit_code
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _usage_message(exc: typer.TyperException) -> str:
+    message = exc.format_message().rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return message
+    return f"{message} (see `{ctx.command_path} --help`)"
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -79,12 +102,23 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except SongscanError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
 
 def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    stderr = _stderr()
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -125,11 +159,27 @@ def add(
     isrc: Annotated[str | None, typer.Option()] = None,
     upc: Annotated[str | None, typer.Option()] = None,
     song_link: Annotated[str | None, typer.Option()] = None,
+    owner: OwnerOption = None,
+    replace: Annotated[
+        bool, typer.Option(help="A file whose audio is already in the catalog replaces that track.")
+    ] = False,
+    allow_duplicate: Annotated[
+        bool, typer.Option(help="Add a file whose audio is already in the catalog as a new track.")
+    ] = False,
     workers: Annotated[int, typer.Option(help="Processes (0: one per core).")] = 0,
 ) -> None:
-    """Add reference tracks (metadata from tags, the file name as fallback title)."""
+    """Add reference tracks (metadata from tags, the file name as fallback title). A file whose
+    audio is already in the catalog (by its fingerprint, whatever its name) is refused unless
+    --replace or --allow-duplicate is given."""
+    from .allocator import tune_allocator
+    from .catalog import Catalog, FingerprintedTrack, TrackMetadata, iter_audio_files
+    from .config import DEFAULT
+    from .duplicates import find_duplicate
+    from .ingest import IngestItem, IngestOutcome, ingest
 
     def run() -> None:
+        if replace and allow_duplicate:
+            raise InvalidParameters("--replace and --allow-duplicate contradict each other")
         files = list(iter_audio_files(paths))
         missing = [p for p in files if not p.exists()]
         if missing:
@@ -139,15 +189,37 @@ def add(
         if audio_id is not None and len(files) != 1:
             raise InvalidParameters("--audio-id names one track: give exactly one file")
         override = TrackMetadata(artist, title, album, release_date, label, isrc, upc, song_link)
-        items = [IngestItem(p, override, audio_id) for p in files]
+        items = [IngestItem(p, override, audio_id, _owner(owner)) for p in files]
+        tune_allocator()
         catalog = Catalog(_data(ctx))
-        failures = 0
+        stderr = _stderr()
+
+        def vet(track: FingerprintedTrack) -> None:
+            """Refuse (or, with --replace, take the place of) audio already in the catalog."""
+            if allow_duplicate:
+                return
+            same = find_duplicate(catalog, track, DEFAULT)
+            if same is None:
+                return
+            if not replace:
+                raise AlreadyInCatalog(
+                    f"{Path(track.source or '').name} is already in the catalog as "
+                    f"{_describe(same)}: "
+                    "--replace replaces that track, --allow-duplicate adds it again"
+                )
+            if track.audio_id is not None and track.audio_id != same.audio_id:
+                raise InvalidParameters(
+                    f"--replace keeps the audio_id of {_describe(same)}: leave out --audio-id"
+                )
+            track.audio_id = same.audio_id
+
+        failures: list[SongscanError] = []
         with _progress() as bar:
             task = bar.add_task("adding", total=len(items), rate="")
             audio_s = 0.0
 
             def done(outcome: IngestOutcome) -> None:
-                nonlocal audio_s, failures
+                nonlocal audio_s
                 audio_s += outcome.audio_s
                 elapsed = bar.tasks[task].elapsed or 1e-9
                 bar.update(task, advance=1, rate=f"{audio_s / elapsed:.0f}x")
@@ -158,9 +230,10 @@ def add(
                         f"\t{t.duration_s:.1f}s\t{outcome.item.path}",
                         flush=True,
                     )
-                else:
-                    failures += 1
-                    assert outcome.error is not None
+                    return
+                assert outcome.error is not None
+                failures.append(outcome.error)
+                if len(items) > 1:
                     stderr.print(
                         f"skipped {outcome.item.path}: {outcome.error.message}",
                         highlight=False,
@@ -168,17 +241,40 @@ def add(
                         soft_wrap=True,
                     )
 
-            ingest(catalog, items, DEFAULT, workers=workers, on_done=done)
-        if failures == len(items):
+            ingest(catalog, items, DEFAULT, workers=workers, on_done=done, vet=vet)
+        if len(items) == 1 and failures:
+            raise failures[0]
+        if len(failures) == len(items):
             raise InvalidParameters("nothing was added")
 
     _guard(run)
 
 
+def _describe(track: Track) -> str:
+    """`track 7 "Artist – Title"` (and whose upload it is, when it is one)."""
+    m = track.metadata
+    name = f"{m.artist} – {m.title}" if m.artist else f"{m.title or ''}"
+    whose = f" of account {track.owner}" if track.owner else ""
+    return f'track {track.audio_id}{whose} "{name}"'
+
+
+def _owners(account: str | None) -> tuple[str, ...]:
+    """What a query matches: the shared catalog, and with --owner that account's uploads too
+    (as that account's API queries do)."""
+    owner = _owner(account)
+    return ("", owner) if owner else ("",)
+
+
 @app.command()
-def recognize(ctx: typer.Context, file: Path) -> None:
-    """Standard recognition of a short clip (its first 25 s): AudD JSON on stdout."""
-    songs = _guard(lambda: recognize_clip(file, _data(ctx)))
+def recognize(ctx: typer.Context, file: Path, owner: OwnerOption = None) -> None:
+    """Standard recognition of a short clip (its first 25 s) against the shared catalog (and
+    with --owner, that account's uploads): AudD JSON on stdout."""
+    from .allocator import tune_allocator
+    from .results import standard_response, to_json
+    from .scan import recognize_clip
+
+    tune_allocator()
+    songs = _guard(lambda: recognize_clip(file, _data(ctx), owners=_owners(owner)))
     print(to_json(standard_response(songs)))
 
 
@@ -193,14 +289,29 @@ def scan(
     accurate_offsets: Annotated[bool, typer.Option(help="start_offset/end_offset.")] = False,
     format: Annotated[str, typer.Option(help="json, csv or segments.")] = "json",
     workers: Annotated[int, typer.Option(help="Processes (0: one per core).")] = 0,
+    owner: OwnerOption = None,
 ) -> None:
-    """Enterprise scan of a long file in 12-second chunks: result on stdout."""
+    """Enterprise scan of a long file in 12-second chunks against the shared catalog (and with
+    --owner, that account's uploads): result on stdout."""
+    from .allocator import tune_allocator
+    from .chunks import PlanParams
+    from .config import DEFAULT
+    from .results import (
+        OutputOptions,
+        enterprise_csv,
+        enterprise_response,
+        segments_json,
+        to_json,
+    )
+    from .scan import scan_file
 
     def run() -> str:
         if format not in ("json", "csv", "segments"):
             raise InvalidParameters("--format must be json, csv or segments")
+        owners = _owners(owner)
         params = PlanParams(skip, every, limit, skip_first_seconds)
         cfg = DEFAULT.with_workers(workers)
+        tune_allocator()
         with _progress() as bar:
             task = bar.add_task("scanning", total=None, rate="")
 
@@ -213,7 +324,7 @@ def scan(
                     rate=f"{done * cfg.scan.chunk_s / elapsed:.0f}x",
                 )
 
-            result = scan_file(file, _data(ctx), params, cfg, progress=progress)
+            result = scan_file(file, _data(ctx), params, cfg, progress=progress, owners=owners)
         opts = OutputOptions(accurate_offsets=accurate_offsets)
         if format == "csv":
             return enterprise_csv(result, opts)
@@ -233,22 +344,29 @@ def serve(
     workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
 ) -> None:
     """Serve the AudD-compatible HTTP API and the dashboard (embedded defaults)."""
+    from .allocator import tune_allocator
     from .api.serve import serve as run_server
 
+    tune_allocator()
     run_server(str(_data(ctx)), host, port, workers)
 
 
 @catalog_app.command("list")
 def catalog_list(
-    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    owner: OwnerOption = None,
 ) -> None:
-    """The reference tracks."""
-    tracks = Catalog(_data(ctx)).tracks(owner=None)
+    """The reference tracks: the shared catalog's and every account's uploads (with --owner,
+    that account's only). OWNER is "shared" or the account's id."""
+    from .catalog import Catalog
+
+    tracks = _guard(lambda: Catalog(_data(ctx)).tracks(None if owner is None else _owner(owner)))
     if as_json:
         rows = [
             {
-                "audio_id": t.audio_id,
                 "owner": t.owner,
+                "audio_id": t.audio_id,
                 "duration_s": round(t.duration_s, 3),
                 **t.metadata.__dict__,
             }
@@ -256,37 +374,47 @@ def catalog_list(
         ]
         print(json.dumps(rows, ensure_ascii=False))
         return
-    table = Table("audio_id", "artist", "title", "album", "duration", "owner")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("owner", "audio_id", "artist", "title", "album", "duration")
     for t in tracks:
         m = t.metadata
         table.add_row(
+            t.owner or "shared",
             str(t.audio_id),
             m.artist or "",
             m.title or "",
             m.album or "",
             f"{t.duration_s:.1f}s",
-            t.owner,
         )
     Console().print(table)
 
 
 @catalog_app.command("remove")
-def catalog_remove(ctx: typer.Context, audio_id: int) -> None:
-    """Remove a track by audio_id."""
-    track = _guard(lambda: Catalog(_data(ctx)).remove(audio_id))
-    print(f"removed {track.audio_id}\t{track.metadata.title}")
+def catalog_remove(ctx: typer.Context, audio_id: int, owner: OwnerOption = None) -> None:
+    """Remove a track by audio_id: of the shared catalog, or with --owner of that account's
+    uploads."""
+    from .catalog import Catalog
+
+    track = _guard(lambda: Catalog(_data(ctx)).remove(audio_id, _owner(owner)))
+    print(f"removed {track.audio_id}\t{track.owner or 'shared'}\t{track.metadata.title}")
 
 
 @catalog_app.command("stats")
 def catalog_stats(ctx: typer.Context) -> None:
     """Tracks, hours of reference audio, postings and index size."""
-    print(json.dumps(Catalog(_data(ctx)).stats()))
+    from .catalog import Catalog
+
+    print(json.dumps(_guard(lambda: Catalog(_data(ctx)).stats())))
 
 
 @catalog_app.command("reindex")
 def catalog_reindex(ctx: typer.Context) -> None:
     """Rebuild the fingerprint index from the stored peaks: after an upgrade that changed the
     hashes (the data directory's format), no audio needed."""
+    from .catalog import Catalog
+    from .config import DEFAULT
 
     def run() -> None:
         catalog = Catalog(_data(ctx), upgrade=True)
@@ -301,9 +429,14 @@ def catalog_reindex(ctx: typer.Context) -> None:
 @catalog_app.command("compact")
 def catalog_compact(ctx: typer.Context) -> None:
     """Merge index segments and drop postings of removed tracks."""
-    catalog = Catalog(_data(ctx))
-    catalog.compact()
-    print(json.dumps(catalog.stats()))
+    from .catalog import Catalog
+
+    def run() -> None:
+        catalog = Catalog(_data(ctx))
+        catalog.compact()
+        print(json.dumps(catalog.stats()))
+
+    _guard(run)
 
 
 def _mount_optional() -> None:
@@ -319,7 +452,6 @@ _mount_optional()
 
 
 def main() -> None:
-    tune_allocator()
     _run_app()
 
 

@@ -7,30 +7,31 @@ last line (and only there): it is never shown again.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from songscan import settings
-from songscan.accounts.service import Accounts
-from songscan.errors import SongscanError
+from songscan.cli_errors import fail
+from songscan.errors import InvalidParameters, SongscanError
+
+if TYPE_CHECKING:  # SQLAlchemy and the rest load when a command opens the accounts
+    from songscan.accounts.service import Accounts
 
 accounts_app = typer.Typer(
     help="Manage accounts: create, list, show, credit, set-plan, disable, rotate-token.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 AccountArg = Annotated[str, typer.Argument(help="account id or e-mail address")]
 
 
 def _open(ctx: typer.Context) -> Accounts:
+    from songscan.accounts.service import Accounts
+
     data: Path = (ctx.obj or {}).get("data_dir") or settings.data_dir()
     return Accounts.open(data, settings.load_config(data))
-
-
-def _fail(exc: SongscanError) -> typer.Exit:
-    typer.echo(f"error: {exc.message}", err=True)
-    return typer.Exit(code=1)
 
 
 @accounts_app.command()
@@ -48,7 +49,7 @@ def create(
     try:
         made = accounts.create_account(email, password, plan)
     except SongscanError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         accounts.close()
     typer.echo(
@@ -84,7 +85,7 @@ def show(ctx: typer.Context, account: AccountArg) -> None:
         found = accounts.find(account)
         status = accounts.status(found.id, recent=10)
     except SongscanError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         accounts.close()
     ent = status.plan.entitlements
@@ -129,23 +130,22 @@ def credit(
     """Add requests to an account, e.g. for a bank transfer: --reference is recorded."""
     chosen = kind or ("transfer" if reference else "adjust")
     if chosen not in ("transfer", "adjust"):
-        typer.echo("error: --kind must be transfer or adjust", err=True)
-        raise typer.Exit(code=1)
+        raise fail(InvalidParameters("--kind must be transfer or adjust"))
     if chosen == "transfer" and not reference:
-        typer.echo("error: a bank transfer needs --reference", err=True)
-        raise typer.Exit(code=1)
+        raise fail(InvalidParameters("a bank transfer needs --reference"))
     accounts = _open(ctx)
     try:
         found = accounts.find(account)
         done = accounts.credit(found.id, requests, kind=chosen, reference=reference, note=note)
         left = accounts.remaining(found)
     except SongscanError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         accounts.close()
     if not done:
-        typer.echo(f"error: reference {reference!r} was already credited to this account", err=True)
-        raise typer.Exit(code=1)
+        raise fail(
+            InvalidParameters(f"reference {reference!r} was already credited to this account")
+        )
     typer.echo(f"credited {requests} requests to account {found.id}; {left} left")
 
 
@@ -161,7 +161,7 @@ def set_plan(
         found = accounts.set_plan(accounts.find(account).id, plan)
         left = accounts.remaining(found)
     except SongscanError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         accounts.close()
     typer.echo(f"account {found.id} is on plan {found.plan}; {left} left")
@@ -178,7 +178,7 @@ def disable(
     try:
         found = accounts.set_disabled(accounts.find(account).id, not enable)
     except SongscanError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         accounts.close()
     typer.echo(f"account {found.id} is {'disabled' if found.disabled else 'enabled'}")
@@ -191,7 +191,7 @@ def rotate_token(ctx: typer.Context, account: AccountArg) -> None:
     try:
         made = accounts.rotate_token(accounts.find(account).id)
     except SongscanError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         accounts.close()
     typer.echo(f"new token for account {made.account.id}; the old one no longer works")

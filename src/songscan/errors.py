@@ -90,3 +90,9 @@ class NotFound(SongscanError):
 
     code = 50
     default_message = "not found"
+
+
+class AlreadyInCatalog(InvalidParameters):
+    """A file being added holds audio the catalog already has (found by its fingerprint)."""
+
+    default_message = "this audio is already in the catalog"

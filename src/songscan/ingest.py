@@ -84,8 +84,11 @@ def ingest(
     *,
     workers: int = 0,
     on_done: Callable[[IngestOutcome], None] | None = None,
+    vet: Callable[[FingerprintedTrack], None] | None = None,
 ) -> list[IngestOutcome]:
-    """Fingerprint `items` (in parallel) and add them to `catalog` in batches, in input order."""
+    """Fingerprint `items` (in parallel) and add them to `catalog` in batches, in input order.
+    `vet` sees each fingerprinted track before it is written: it may change its audio_id, or
+    raise a SongscanError that becomes the item's outcome (a duplicate, say)."""
     items = list(items)
     outcomes: list[IngestOutcome] = []
     batch: list[tuple[IngestItem, FingerprintedTrack]] = []
@@ -102,6 +105,11 @@ def ingest(
         batch, batch_postings = [], 0
 
     for item, result in zip(items, _fingerprints(items, cfg, workers), strict=True):
+        if vet is not None and not isinstance(result, SongscanError):
+            try:
+                vet(result)
+            except SongscanError as exc:
+                result = exc
         if isinstance(result, SongscanError):
             outcome = IngestOutcome(item, None, result)
             outcomes.append(outcome)

@@ -235,3 +235,135 @@ def _ready_tracks(data: Path) -> int:
             db.close()
     except sqlite3.Error:
         return 0
+
+
+# -- start-up: what a command imports -------------------------------------------------------------
+HEAVY = ("sqlalchemy", "fastapi", "scipy", "alembic", "argon2", "songscan.accounts", "songscan.api")
+
+
+def imported(*args: str | Path) -> set[str]:
+    """The modules a fresh `songscan ARGS` process imports (Python's -X importtime report),
+    started as the `songscan` entry point starts it."""
+    entry = "import sys; sys.argv[0] = 'songscan'; from songscan.cli import main; main()"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", entry, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[1].strip() for line in lines}
+
+
+def _heavy(modules: set[str], prefixes: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in prefixes or m.startswith(prefixes))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["scan", "--help"], ["accounts", "--help"]])
+def test_help_imports_neither_the_engine_nor_the_server(args: list[str]) -> None:
+    modules = imported(*args)
+    assert "songscan.cli" in modules  # the report is read right
+    assert _heavy(modules, (*HEAVY, "numpy", "av", "rich")) == []
+
+
+def test_a_scan_imports_neither_scipy_nor_the_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    song = write_audio(tmp_path / "track.flac", synth_song(21, 20.0))
+    assert run("--data", data, "add", song).returncode == 0
+    modules = imported("--data", data, "scan", song)
+    assert "songscan.scan" in modules
+    assert _heavy(modules, HEAVY) == []  # SciPy's FFT is loaded without scipy.fft
+
+
+# -- usage errors ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["scan", "--limit", "abc", "x.mp3"], "Invalid value for '--limit'"),
+        (["scan", "--bogus", "x.mp3"], "No such option: --bogus"),
+        (["catalog", "remove"], "Missing argument"),
+        (["catalog", "remove", "seven"], "Invalid value"),
+        (["accounts", "show"], "Missing argument"),
+        (["accounts", "credit", "1", "abc"], "Invalid value"),
+        (["accounts", "list", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_end_in_the_one_line_format(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    proc = run("--data", tmp_path / "data", *args)
+    assert proc.returncode == 2  # as for every other bad parameter
+    assert_clean_error(proc)
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("error (50): ") and says in line
+
+
+def test_no_command_prints_the_help(tmp_path: Path) -> None:
+    proc = run()
+    assert proc.returncode == 2 and "Usage: " in proc.stderr
+    assert "Commands:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- catalog identity --------------------------------------------------------------------------
+def test_add_refuses_audio_already_in_the_catalog_whatever_its_name(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = write_audio(tmp_path / "first.flac", synth_song(21, 40.0))
+    same = write_audio(tmp_path / "renamed.mp3", synth_song(21, 40.0))  # re-encoded too
+    other = write_audio(tmp_path / "other.flac", synth_song(22, 40.0))
+    added = run("--data", data, "add", first, "--artist", "Band", "--title", "Song")
+    assert added.returncode == 0, added.stderr
+
+    refused = run("--data", data, "add", same)
+    assert refused.returncode == 2
+    assert_clean_error(refused)
+    [line] = refused.stderr.splitlines()
+    assert line.startswith("error (50): ")
+    assert 'renamed.mp3 is already in the catalog as track 1 "Band – Song"' in line
+
+    accepted = run("--data", data, "add", other)
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.startswith("added 2\t")
+
+    replaced = run("--data", data, "add", same, "--replace", "--title", "Song (remaster)")
+    assert replaced.returncode == 0, replaced.stderr
+    assert replaced.stdout.startswith("added 1\t")
+    listing = json.loads(run("--data", data, "catalog", "list", "--json").stdout)
+    assert sorted((t["audio_id"], t["title"]) for t in listing) == [
+        (1, "Song (remaster)"),
+        (2, "other"),
+    ]
+    again = run("--data", data, "add", same, "--allow-duplicate")
+    assert again.returncode == 0 and again.stdout.startswith("added 3\t")
+
+
+def test_tracks_are_named_by_owner_and_audio_id(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shared = write_audio(tmp_path / "shared.flac", synth_song(21, 40.0))
+    upload = write_audio(tmp_path / "upload.flac", synth_song(22, 40.0))
+    assert run("--data", data, "add", shared).stdout.startswith("added 1\t")
+    assert run("--data", data, "add", upload, "--owner", "5").stdout.startswith("added 1\t")
+    listing = run("--data", data, "catalog", "list").stdout
+    assert "shared" in listing and " 5 " in listing
+
+    show = write_audio(tmp_path / "show.flac", excerpt(synth_song(22, 40.0), 5.0, 30.0))
+    # The shared catalog unless told otherwise: account 5's upload is not heard ...
+    assert json.loads(run("--data", data, "scan", show).stdout)["result"] == []
+    assert json.loads(run("--data", data, "recognize", show).stdout)["result"] is None
+    # ... but is with --owner 5 (with the shared catalog, as that account's queries match).
+    body = json.loads(run("--data", data, "scan", show, "--owner", "5").stdout)
+    assert body["result"][0]["songs"][0]["title"] == "upload"
+    clip = json.loads(run("--data", data, "recognize", show, "--owner", "5").stdout)
+    assert clip["result"]["title"] == "upload"
+
+    removed = run("--data", data, "catalog", "remove", "1", "--owner", "5")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.rstrip("\n").split("\t") == ["removed 1", "5", "upload"]
+    left = json.loads(run("--data", data, "catalog", "list", "--json").stdout)
+    assert [(t["owner"], t["title"]) for t in left] == [("", "shared")]
+    gone = run("--data", data, "catalog", "remove", "1", "--owner", "5")
+    assert_clean_error(gone)
+    assert "no track with audio_id 1 in account 5's uploads" in gone.stderr
+    assert_clean_error(run("--data", data, "scan", show, "--owner", "five"))
+    removed = run("--data", data, "catalog", "remove", "1")
+    assert removed.stdout.rstrip("\n").split("\t") == ["removed 1", "shared", "shared"]

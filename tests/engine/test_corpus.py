@@ -11,8 +11,11 @@ from bench.broadcast import build_broadcast, find_corpus
 from songscan.catalog import Catalog
 from songscan.chunks import PlanParams
 from songscan.config import DEFAULT
-from songscan.ingest import IngestItem, ingest
+from songscan.duplicates import find_duplicate
+from songscan.ingest import IngestItem, fingerprint_file, ingest
+from songscan.media import decode_all
 from songscan.scan import scan_file
+from tests.audio import RATE, write_audio
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("corpus")]
 
@@ -58,3 +61,20 @@ def test_broadcast_at_10_db_snr_mp3(corpus_catalog: tuple[Path, Path], tmp_path:
     assert catalog_chunks >= 8 and quiet_chunks >= 3
     assert false_positives == 0
     assert correct / catalog_chunks >= 0.9
+
+
+def test_a_reference_file_is_found_as_its_own_track_and_an_excerpt_is_not(
+    corpus_catalog: tuple[Path, Path], tmp_path: Path
+) -> None:
+    corpus, data = corpus_catalog
+    catalog = Catalog(data)
+    by_source = {t.source: t for t in catalog.tracks()}
+    # The two airship tracks are related (a remix): each must be found as itself.
+    names = ["airship_2.ogg", "airship_remix.ogg", "arctic_breeze.ogg"]
+    for name in names:
+        path = corpus / "reference" / name
+        found = find_duplicate(catalog, fingerprint_file(IngestItem(path), DEFAULT), DEFAULT)
+        assert found is not None and found.id == by_source[str(path)].id, name
+    samples = decode_all(corpus / "reference" / names[0], RATE)
+    excerpt = write_audio(tmp_path / "excerpt.flac", samples[: 60 * RATE])  # its first minute
+    assert find_duplicate(catalog, fingerprint_file(IngestItem(excerpt), DEFAULT), DEFAULT) is None

@@ -214,8 +214,19 @@ def resolve_permitted(host: str, port: int, allow: AllowList) -> tuple[IPAddress
         return tuple(addresses)
     for address in addresses:
         if not is_public_address(address) and not allow.permits_address(address, port):
-            raise UrlFailed(f"the URL's host {host!r} is not allowed (non-public address)")
+            raise not_allowed(host)
     return tuple(addresses)
+
+
+def not_allowed(host: str) -> UrlFailed:
+    """The refusal of a non-public host, saying how the operator allows it. It names the host
+    as the URL gave it (an entry for that name permits whatever it resolves to), never the
+    private address it resolved to."""
+    entry = host.strip("[]")
+    return UrlFailed(
+        f"the URL's host {host!r} is not allowed (non-public address); to allow it, add "
+        f'url_allow = ["{entry}"] to the [api] section of songscan.toml and restart the server'
+    )
 
 
 def parse_url(url: str) -> httpx.URL:
