@@ -38,6 +38,10 @@ Q_SHIFT = DT_BITS + DQ_BITS
 Q_BITS = 9
 HASH_BITS = Q_SHIFT + Q_BITS
 TRIPLET_BITS = 28
+# A peak's candidate targets: the next CANDIDATES_PER_FANOUT * fanout peaks in time order.
+CANDIDATES_PER_FANOUT = 4
+# A reference's triplets are made this many anchors at a time.
+TRIPLET_PIECE_ANCHORS = 16384
 _FOLD = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: Fibonacci hashing
 _EPS = 1e-7
 
@@ -288,7 +292,7 @@ def _zone(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int) ->
     q = log_freq_steps(peaks.freq_hz, cfg) - speed_step
     t = peaks.time_frames
     # Candidate targets: the next `width` peaks in time order (enough to find `fanout` valid).
-    width = min(n - 1, 4 * fanout)
+    width = min(n - 1, CANDIDATES_PER_FANOUT * fanout)
     idx = np.arange(n)[:, None] + np.arange(1, width + 1)[None, :]
     ok = idx < n
     idx = np.minimum(idx, n - 1)
@@ -330,16 +334,29 @@ def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 
     )
 
 
-def triplets(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+def triplets(
+    peaks: Peaks,
+    cfg: FingerprintConfig,
+    fanout: int,
+    speed_step: int = 0,
+    anchors: int | None = None,
+) -> Hashes:
     """Every peak with each two of its next `fanout` target-zone peaks, hashed to
-    `TRIPLET_BITS` bits (`speed_step` as in `hashes`)."""
-    raw = triplet_keys(peaks, cfg, fanout, speed_step)
+    `TRIPLET_BITS` bits (`speed_step` as in `hashes`; `anchors` as in `triplet_keys`)."""
+    raw = triplet_keys(peaks, cfg, fanout, speed_step, anchors)
     return Hashes(fold(raw.hashes), raw.anchor_frames, raw.end_frames)
 
 
-def triplet_keys(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+def triplet_keys(
+    peaks: Peaks,
+    cfg: FingerprintConfig,
+    fanout: int,
+    speed_step: int = 0,
+    anchors: int | None = None,
+) -> Hashes:
     """The triplets' unfolded keys (uint64): `q1 << 32 | (dq1 + 128) << 24 | (dq2 + 128) << 16
-    | dt1 << 8 | dt2`."""
+    | dt1 << 8 | dt2`. With `anchors`, only the first `anchors` peaks anchor triplets (the
+    others are their targets)."""
     if len(peaks) < 3 or fanout < 2:
         return _no_hashes(np.uint64)
     zone = _zone(peaks, cfg, fanout, speed_step)
@@ -354,7 +371,7 @@ def triplet_keys(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: 
     dt = np.take_along_axis(zone.dt, slots, axis=1).astype(np.int64)
     from_first, from_second = ((dq << 24) | (dt << 8)).ravel(), ((dq << 16) | dt).ravel()
     first, second = np.triu_indices(fanout, 1)
-    n = len(peaks)
+    n = len(peaks) if anchors is None else min(anchors, len(peaks))
     anchor = np.repeat(np.arange(n), first.shape[0])
     first, second = np.tile(first, n), np.tile(second, n)
     keep = second < valid[anchor]
@@ -390,8 +407,31 @@ def reference_pairs(peaks: Peaks, cfg: FingerprintConfig) -> Hashes:
 
 
 def reference_triplets(peaks: Peaks, cfg: FingerprintConfig) -> Hashes:
-    """A reference track's triplet hashes, the ones the index holds."""
-    return triplets(peaks, cfg, cfg.ref_triplet_fanout)
+    """A reference track's triplet hashes, the ones the index holds: made a piece of anchors
+    at a time (the candidate-target arrays take about 1 KB per peak), which join to the whole,
+    as an anchor's triplets need only its next `CANDIDATES_PER_FANOUT * fanout` peaks."""
+    fanout = cfg.ref_triplet_fanout
+    reach = CANDIDATES_PER_FANOUT * fanout
+    n, parts, start = len(peaks), [], 0
+    if n < 2 * TRIPLET_PIECE_ANCHORS:
+        return triplets(peaks, cfg, fanout)
+    while start < n:
+        # pieces of TRIPLET_PIECE_ANCHORS; the last one takes the rest (so none is short)
+        anchors = TRIPLET_PIECE_ANCHORS if n - start >= 2 * TRIPLET_PIECE_ANCHORS else n - start
+        piece = _sliced(peaks, start, start + anchors + reach)
+        parts.append(triplets(piece, cfg, fanout, anchors=anchors))
+        start += anchors
+    return Hashes(
+        hashes=np.concatenate([h.hashes for h in parts]),
+        anchor_frames=np.concatenate([h.anchor_frames for h in parts]),
+        end_frames=np.concatenate([h.end_frames for h in parts]),
+    )
+
+
+def _sliced(peaks: Peaks, start: int, stop: int) -> Peaks:
+    return Peaks(
+        peaks.time_frames[start:stop], peaks.freq_hz[start:stop], peaks.strength[start:stop]
+    )
 
 
 def reference_hashes(samples: np.ndarray, cfg: FingerprintConfig) -> Hashes:
