@@ -26,7 +26,7 @@ from . import settings
 from .allocator import tune_allocator
 from .catalog import Catalog, TrackMetadata, iter_audio_files
 from .chunks import PlanParams
-from .config import DEFAULT
+from .config import DEFAULT, EngineConfig
 from .errors import InvalidParameters, SongscanError
 from .ingest import IngestItem, IngestOutcome, ingest
 from .results import (
@@ -56,6 +56,11 @@ T = TypeVar("T")
 def _data(ctx: typer.Context) -> Path:
     obj = ctx.obj or {}
     return obj.get("data_dir") or settings.data_dir()
+
+
+def _engine(ctx: typer.Context) -> EngineConfig:
+    """The engine's settings, with the data directory's songscan.toml `[media]` applied."""
+    return EngineConfig.from_config(settings.load_config(_data(ctx)))
 
 
 def _fail(exc: SongscanError) -> typer.Exit:
@@ -168,7 +173,7 @@ def add(
                         soft_wrap=True,
                     )
 
-            ingest(catalog, items, DEFAULT, workers=workers, on_done=done)
+            ingest(catalog, items, _engine(ctx), workers=workers, on_done=done)
         if failures == len(items):
             raise InvalidParameters("nothing was added")
 
@@ -178,7 +183,7 @@ def add(
 @app.command()
 def recognize(ctx: typer.Context, file: Path) -> None:
     """Standard recognition of a short clip (its first 25 s): AudD JSON on stdout."""
-    songs = _guard(lambda: recognize_clip(file, _data(ctx)))
+    songs = _guard(lambda: recognize_clip(file, _data(ctx), _engine(ctx)))
     print(to_json(standard_response(songs)))
 
 
@@ -200,7 +205,7 @@ def scan(
         if format not in ("json", "csv", "segments"):
             raise InvalidParameters("--format must be json, csv or segments")
         params = PlanParams(skip, every, limit, skip_first_seconds)
-        cfg = DEFAULT.with_workers(workers)
+        cfg = _engine(ctx).with_workers(workers)
         with _progress() as bar:
             task = bar.add_task("scanning", total=None, rate="")
 

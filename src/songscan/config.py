@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .accounts.plans import ConfigError  # the config file's one error
+
 
 @dataclass(frozen=True)
 class FingerprintConfig:
@@ -138,10 +140,6 @@ class MediaLimits:
                 raise ConfigError(f"[media].{key}: expected a positive {types[key]}, got {value!r}")
             values[key] = value
         return cls(**values)
-
-
-class ConfigError(ValueError):
-    """The config file names an unknown key or gives a value of the wrong type."""
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def check_reference(info: MediaInfo, limits: MediaLimits) -> None:
 
 def _too_long(limits: MediaLimits) -> AudioTooLong:
     return AudioTooLong(
-        f"a reference track may be {limits.max_reference_s / 3600:g} h long at most "
+        f"a reference track may be {limits.max_reference_s:g} s long at most "
         "([media] max_reference_s)"
     )
 

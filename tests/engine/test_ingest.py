@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
+from songscan.accounts.plans import ConfigError
 from songscan.chunks import PlanParams
-from songscan.config import DEFAULT, ConfigError, EngineConfig, MediaLimits
+from songscan.config import DEFAULT, EngineConfig, MediaLimits
 from songscan.errors import AudioTooLong, NotARecording
 from songscan.fingerprint import reference_peaks, reference_triplets
 from songscan.ingest import IngestItem, fingerprint_file
@@ -126,3 +127,27 @@ def test_media_limits_from_songscan_toml() -> None:
     for bad in ({"max_reference": 1}, {"min_sample_rate_hz": 4000.5}, {"max_reference_s": 0}):
         with pytest.raises(ConfigError, match=r"\[media\]"):
             EngineConfig.from_config({"media": bad})
+
+
+def songscan(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "songscan.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_command_line_takes_the_limits_from_songscan_toml(
+    tmp_path: Path, song_8k: np.ndarray
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "songscan.toml").write_text("[media]\nmax_reference_s = 30\n")
+    song = write_8k_wav(tmp_path / "song.wav", song_8k)
+    proc = songscan("--data", data, "add", song)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "30 s long at most ([media] max_reference_s)" in proc.stderr
+    slow = write_8k_wav(tmp_path / "1hz.wav", np.zeros(4000, dtype=np.float32), rate=1)
+    proc = songscan("--data", data, "scan", slow)
+    assert proc.returncode != 0 and "error (500)" in proc.stderr and "1 Hz" in proc.stderr
