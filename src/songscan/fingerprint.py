@@ -164,9 +164,11 @@ def streamed_peaks(
     found: list[Peaks] = []
     segments = _spectrogram_segments(blocks, cfg, segment_frames)
     current = next(segments, None)
-    before = current[:0] if current is not None else None  # the rows just before `current`
+    if current is None:
+        return _no_peaks()
+    before = current[:0]  # the rows just before `current`
     origin = 0  # frame of current[0]
-    while current is not None and before is not None:
+    while current is not None:
         following = next(segments, None)
         after = following[:radius] if following is not None else current[:0]
         window = np.concatenate([before, current, after])
