@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from .catalog import Track
+    from .config import EngineConfig
 
 app = typer.Typer(
     help="songscan: recognise songs in audio, from short clips to days-long recordings.",
@@ -69,6 +70,13 @@ def _stderr() -> Console:
 def _data(ctx: typer.Context) -> Path:
     obj = ctx.obj or {}
     return obj.get("data_dir") or settings.data_dir()
+
+
+def _engine(ctx: typer.Context) -> EngineConfig:
+    """The engine's settings, with the data directory's songscan.toml `[media]` applied."""
+    from .config import EngineConfig
+
+    return EngineConfig.from_config(settings.load_config(_data(ctx)))
 
 
 def _run_app() -> None:
@@ -173,7 +181,6 @@ def add(
     --replace or --allow-duplicate is given."""
     from .allocator import tune_allocator
     from .catalog import Catalog, FingerprintedTrack, TrackMetadata, iter_audio_files
-    from .config import DEFAULT
     from .duplicates import find_duplicate
     from .ingest import IngestItem, IngestOutcome, ingest
 
@@ -192,13 +199,14 @@ def add(
         items = [IngestItem(p, override, audio_id, _owner(owner)) for p in files]
         tune_allocator()
         catalog = Catalog(_data(ctx))
+        engine = _engine(ctx)
         stderr = _stderr()
 
         def vet(track: FingerprintedTrack) -> None:
             """Refuse (or, with --replace, take the place of) audio already in the catalog."""
             if allow_duplicate:
                 return
-            same = find_duplicate(catalog, track, DEFAULT)
+            same = find_duplicate(catalog, track, engine)
             if same is None:
                 return
             if not replace:
@@ -241,7 +249,7 @@ def add(
                         soft_wrap=True,
                     )
 
-            ingest(catalog, items, DEFAULT, workers=workers, on_done=done, vet=vet)
+            ingest(catalog, items, engine, workers=workers, on_done=done, vet=vet)
         if len(items) == 1 and failures:
             raise failures[0]
         if len(failures) == len(items):
@@ -274,7 +282,7 @@ def recognize(ctx: typer.Context, file: Path, owner: OwnerOption = None) -> None
     from .scan import recognize_clip
 
     tune_allocator()
-    songs = _guard(lambda: recognize_clip(file, _data(ctx), owners=_owners(owner)))
+    songs = _guard(lambda: recognize_clip(file, _data(ctx), _engine(ctx), owners=_owners(owner)))
     print(to_json(standard_response(songs)))
 
 
@@ -295,7 +303,6 @@ def scan(
     --owner, that account's uploads): result on stdout."""
     from .allocator import tune_allocator
     from .chunks import PlanParams
-    from .config import DEFAULT
     from .results import (
         OutputOptions,
         enterprise_csv,
@@ -310,7 +317,7 @@ def scan(
             raise InvalidParameters("--format must be json, csv or segments")
         owners = _owners(owner)
         params = PlanParams(skip, every, limit, skip_first_seconds)
-        cfg = DEFAULT.with_workers(workers)
+        cfg = _engine(ctx).with_workers(workers)
         tune_allocator()
         with _progress() as bar:
             task = bar.add_task("scanning", total=None, rate="")

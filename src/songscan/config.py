@@ -7,7 +7,11 @@ Units are in the names: `_hz`, `_s` (seconds), `_ms`, `_frames` (STFT hops), `_b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ class ScanConfig:
     # A final chunk shorter than this is not recognised (nor billed).
     min_final_chunk_s: float = 3.0
     standard_max_s: float = 25.0
+    # A standard clip shorter than this is error 300, too short to fingerprint (nothing under
+    # 1.25 s matched a clean catalog song in tests; 1.5 s sometimes, 2 s always).
+    min_clip_s: float = 1.0
     workers: int = 0  # 0: one per core
     # A scan's units of work: runs of at most this many consecutive chunks (decoded in one pass).
     max_chunks_per_unit: int = 25
@@ -106,10 +113,46 @@ class ScanConfig:
 
 
 @dataclass(frozen=True)
+class MediaLimits:
+    """What the engine accepts, checked from the file's header before anything is decoded
+    (`[media]` in songscan.toml)."""
+
+    # Recordings are sampled at 8 kHz or more: a lower rate is a lying header or no recording,
+    # and resampling it to the engine's rate would cost thousands of times its size.
+    min_sample_rate_hz: int = 4000
+    # The least a compressed stream averages (speech codecs 4.75 kbps and up): a duration its
+    # size cannot hold at this rate is a lying header, and what it can hold is planned instead.
+    # PCM is exact: its size at its own rate.
+    min_bitrate_bps: int = 2000
+    # A reference track (`songscan add`, `/upload/`) may be this long at most.
+    max_reference_s: float = 4 * 3600.0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MediaLimits:
+        section = config.get("media", {})
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in section.items():
+            if key not in types:
+                raise ConfigError(f"[media]: unknown key {key!r} (known: {', '.join(types)})")
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not numeric or value <= 0 or (types[key] == "int" and not isinstance(value, int)):
+                raise ConfigError(f"[media].{key}: expected a positive {types[key]}, got {value!r}")
+            values[key] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
     match: MatchConfig = field(default_factory=MatchConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
+    limits: MediaLimits = field(default_factory=MediaLimits)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> EngineConfig:
+        """The engine's settings with songscan.toml's `[media]` section applied."""
+        return cls(limits=MediaLimits.from_config(config))
 
     def with_workers(self, workers: int) -> EngineConfig:
         return replace(self, scan=replace(self.scan, workers=workers))

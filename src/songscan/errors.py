@@ -50,9 +50,22 @@ class MediaTooLarge(SongscanError):
     default_message = "the media is too big for this endpoint"
 
 
+class AudioTooLong(MediaTooLarge):
+    """Longer than the method takes (a reference over `[media] max_reference_s`)."""
+
+    default_message = "the audio is longer than this method takes"
+
+
 class DecodeFailed(SongscanError):
     code = 500
     default_message = "the media cannot be decoded as audio"
+
+
+class NotARecording(DecodeFailed):
+    """Audio no recording has (a sample rate under `[media] min_sample_rate_hz`): refused from
+    its header, before a resampler would multiply it up to the engine's rate."""
+
+    default_message = "the audio's sample rate is too low for a recording"
 
 
 class UrlFailed(SongscanError):

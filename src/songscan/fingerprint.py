@@ -23,6 +23,7 @@ query as if played at the k-th candidate speed, with no new FFT.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,10 @@ Q_SHIFT = DT_BITS + DQ_BITS
 Q_BITS = 9
 HASH_BITS = Q_SHIFT + Q_BITS
 TRIPLET_BITS = 28
+# A peak's candidate targets: the next CANDIDATES_PER_FANOUT * fanout peaks in time order.
+CANDIDATES_PER_FANOUT = 4
+# A reference's triplets are made this many anchors at a time.
+TRIPLET_PIECE_ANCHORS = 16384
 _FOLD = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: Fibonacci hashing
 _EPS = 1e-7
 
@@ -92,37 +97,120 @@ def _bin_range(cfg: FingerprintConfig) -> tuple[int, int]:
 
 def find_peaks(spec: np.ndarray, cfg: FingerprintConfig, peaks_per_s: float) -> Peaks:
     """The strongest local maxima, at most `peaks_per_s` per second of audio on average."""
-    n_frames = spec.shape[0]
-    if n_frames < 3 or spec.shape[1] < 3:
+    return _peaks_in(spec, 0, spec.shape[0], 0, cfg, peaks_per_s)
+
+
+def _peaks_in(
+    spec: np.ndarray, lo: int, hi: int, origin: int, cfg: FingerprintConfig, peaks_per_s: float
+) -> Peaks:
+    """`find_peaks` for rows [lo, hi) of `spec`, whose row 0 is frame `origin` of the track.
+    The rows around them are context: the time radius of the maximum filter either side, or
+    the track's own edge (the first and last rows of `spec` count as the track's edges), so the
+    peaks are those of the whole track's spectrogram in those frames."""
+    if spec.shape[0] < 3 or spec.shape[1] < 3 or hi <= lo:
         return _no_peaks()
-    local_max = running_max(spec, cfg.peak_time_radius_frames, axis=0)
+    local_max = running_max(spec, cfg.peak_time_radius_frames, axis=0)[lo:hi]
     local_max = running_max(local_max, cfg.peak_freq_radius_bins, axis=1)
-    is_peak = spec == local_max
+    own = spec[lo:hi]
+    is_peak = own == local_max
     # Edges cannot be refined (and are often artefacts of the window): leave them out.
-    is_peak[0, :] = is_peak[-1, :] = False
+    if lo == 0:
+        is_peak[0, :] = False
+    if hi == spec.shape[0]:
+        is_peak[-1, :] = False
     is_peak[:, 0] = is_peak[:, -1] = False
     # A peak must stand above the level of its frame (silence and flat noise have none): the
     # median of every 4th bin (the same level at a quarter of the cost; np.partition, as
     # np.median along an axis costs several times more).
-    sampled = spec[:, ::4]
+    sampled = own[:, ::4]
     middle = sampled.shape[1] // 2
     frame_level = np.partition(sampled, middle, axis=1)[:, middle : middle + 1]
-    is_peak &= spec > frame_level + 1.0
+    is_peak &= own > frame_level + 1.0
     t, f = np.divmod(np.flatnonzero(is_peak), is_peak.shape[1])  # np.nonzero, 10x cheaper
     if t.shape[0] == 0:
         return _no_peaks()
+    t += lo  # rows of `spec`
     strength = spec[t, f]
-    keep = _strongest_per_block(t, strength, cfg, peaks_per_s)
+    keep = _strongest_per_block(t + origin, strength, cfg, peaks_per_s)
     t, f, strength = t[keep], f[keep], strength[keep]
     dt = _parabolic(spec[t - 1, f], strength, spec[t + 1, f])
     df = _parabolic(spec[t, f - 1], strength, spec[t, f + 1])
-    lo, _ = _bin_range(cfg)
+    bin_lo, _ = _bin_range(cfg)
     bin_hz = cfg.sample_rate_hz / cfg.n_fft
     order = np.argsort(t, kind="stable")
     return Peaks(
-        time_frames=(t + dt)[order].astype(np.float32),
-        freq_hz=((f + lo + df) * bin_hz)[order].astype(np.float32),
+        time_frames=(t + origin + dt)[order].astype(np.float32),
+        freq_hz=((f + bin_lo + df) * bin_hz)[order].astype(np.float32),
         strength=strength[order],
+    )
+
+
+# A streamed track is analysed this many of the peak selection's one-second blocks at a time
+# (about a minute): whole blocks, so that "strongest per second" ranks the same peaks.
+STREAM_SEGMENT_BLOCKS = 64
+
+
+def streamed_peaks(
+    blocks: Iterable[np.ndarray], cfg: FingerprintConfig, peaks_per_s: float
+) -> Peaks:
+    """`find_peaks(spectrogram(samples))` of the concatenated `blocks`, exactly, in memory
+    bounded by a segment of about a minute whatever the length of the stream.
+
+    The spectrogram is made a segment of frames at a time (each frame is a transform of its own
+    samples), and each segment's peaks are found with the neighbouring segments' rows within
+    the maximum filter's time radius (enough for the parabolic refinement too)."""
+    segment_frames = _block_frames(cfg) * STREAM_SEGMENT_BLOCKS
+    radius = max(1, cfg.peak_time_radius_frames)
+    found: list[Peaks] = []
+    segments = _spectrogram_segments(blocks, cfg, segment_frames)
+    current = next(segments, None)
+    if current is None:
+        return _no_peaks()
+    before = current[:0]  # the rows just before `current`
+    origin = 0  # frame of current[0]
+    while current is not None:
+        following = next(segments, None)
+        after = following[:radius] if following is not None else current[:0]
+        window = np.concatenate([before, current, after])
+        lo = before.shape[0]
+        found.append(_peaks_in(window, lo, lo + current.shape[0], origin - lo, cfg, peaks_per_s))
+        before = current[-radius:]
+        origin += current.shape[0]
+        current = following
+    return _joined(found)
+
+
+def _spectrogram_segments(
+    blocks: Iterable[np.ndarray], cfg: FingerprintConfig, frames: int
+) -> Iterator[np.ndarray]:
+    """The spectrogram of a stream of samples, `frames` rows at a time (the last one fewer)."""
+    need = (frames - 1) * cfg.hop + cfg.n_fft  # samples of a whole segment
+    step = frames * cfg.hop
+    pending: list[np.ndarray] = []
+    have = 0
+    for block in blocks:
+        pending.append(np.asarray(block, dtype=np.float32))
+        have += block.shape[0]
+        if have < need:
+            continue
+        samples = np.concatenate(pending)
+        start = 0
+        while samples.shape[0] - start >= need:
+            yield spectrogram(samples[start : start + need], cfg)
+            start += step
+        pending, have = [samples[start:]], samples.shape[0] - start
+    rest = np.concatenate(pending) if pending else np.zeros(0, dtype=np.float32)
+    if rest.shape[0] >= cfg.n_fft:
+        yield spectrogram(rest, cfg)
+
+
+def _joined(parts: list[Peaks]) -> Peaks:
+    if not parts:
+        return _no_peaks()
+    return Peaks(
+        time_frames=np.concatenate([p.time_frames for p in parts]),
+        freq_hz=np.concatenate([p.freq_hz for p in parts]),
+        strength=np.concatenate([p.strength for p in parts]),
     )
 
 
@@ -163,11 +251,16 @@ def _parabolic(left: np.ndarray, centre: np.ndarray, right: np.ndarray) -> np.nd
     return np.clip(np.nan_to_num(offset, nan=0.0, posinf=0.0, neginf=0.0), -0.5, 0.5)
 
 
+def _block_frames(cfg: FingerprintConfig) -> int:
+    """Frames in a block of the peak selection (about a second)."""
+    return max(1, round(cfg.frames_per_s))
+
+
 def _strongest_per_block(
     t: np.ndarray, strength: np.ndarray, cfg: FingerprintConfig, peaks_per_s: float
 ) -> np.ndarray:
-    """Indices of the strongest peaks in each block of about a second."""
-    block_frames = max(1, round(cfg.frames_per_s))
+    """Indices of the strongest peaks in each block of about a second (t: the track's frames)."""
+    block_frames = _block_frames(cfg)
     per_block = max(1, round(peaks_per_s * block_frames / cfg.frames_per_s))
     block = t // block_frames
     order = np.lexsort((-strength, block))
@@ -201,7 +294,7 @@ def _zone(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int) ->
     q = log_freq_steps(peaks.freq_hz, cfg) - speed_step
     t = peaks.time_frames
     # Candidate targets: the next `width` peaks in time order (enough to find `fanout` valid).
-    width = min(n - 1, 4 * fanout)
+    width = min(n - 1, CANDIDATES_PER_FANOUT * fanout)
     idx = np.arange(n)[:, None] + np.arange(1, width + 1)[None, :]
     ok = idx < n
     idx = np.minimum(idx, n - 1)
@@ -243,16 +336,29 @@ def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 
     )
 
 
-def triplets(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+def triplets(
+    peaks: Peaks,
+    cfg: FingerprintConfig,
+    fanout: int,
+    speed_step: int = 0,
+    anchors: int | None = None,
+) -> Hashes:
     """Every peak with each two of its next `fanout` target-zone peaks, hashed to
-    `TRIPLET_BITS` bits (`speed_step` as in `hashes`)."""
-    raw = triplet_keys(peaks, cfg, fanout, speed_step)
+    `TRIPLET_BITS` bits (`speed_step` as in `hashes`; `anchors` as in `triplet_keys`)."""
+    raw = triplet_keys(peaks, cfg, fanout, speed_step, anchors)
     return Hashes(fold(raw.hashes), raw.anchor_frames, raw.end_frames)
 
 
-def triplet_keys(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+def triplet_keys(
+    peaks: Peaks,
+    cfg: FingerprintConfig,
+    fanout: int,
+    speed_step: int = 0,
+    anchors: int | None = None,
+) -> Hashes:
     """The triplets' unfolded keys (uint64): `q1 << 32 | (dq1 + 128) << 24 | (dq2 + 128) << 16
-    | dt1 << 8 | dt2`."""
+    | dt1 << 8 | dt2`. With `anchors`, only the first `anchors` peaks anchor triplets (the
+    others are their targets)."""
     if len(peaks) < 3 or fanout < 2:
         return _no_hashes(np.uint64)
     zone = _zone(peaks, cfg, fanout, speed_step)
@@ -267,7 +373,7 @@ def triplet_keys(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: 
     dt = np.take_along_axis(zone.dt, slots, axis=1).astype(np.int64)
     from_first, from_second = ((dq << 24) | (dt << 8)).ravel(), ((dq << 16) | dt).ravel()
     first, second = np.triu_indices(fanout, 1)
-    n = len(peaks)
+    n = len(peaks) if anchors is None else min(anchors, len(peaks))
     anchor = np.repeat(np.arange(n), first.shape[0])
     first, second = np.tile(first, n), np.tile(second, n)
     keep = second < valid[anchor]
@@ -292,14 +398,42 @@ def reference_peaks(samples: np.ndarray, cfg: FingerprintConfig) -> Peaks:
     return find_peaks(spectrogram(samples, cfg), cfg, cfg.ref_peaks_per_s)
 
 
+def streamed_reference_peaks(blocks: Iterable[np.ndarray], cfg: FingerprintConfig) -> Peaks:
+    """`reference_peaks` of a track given as a stream of sample blocks (bounded memory)."""
+    return streamed_peaks(blocks, cfg, cfg.ref_peaks_per_s)
+
+
 def reference_pairs(peaks: Peaks, cfg: FingerprintConfig) -> Hashes:
     """A reference track's pair hashes, which a candidate is verified against."""
     return hashes(peaks, cfg, cfg.ref_fanout)
 
 
 def reference_triplets(peaks: Peaks, cfg: FingerprintConfig) -> Hashes:
-    """A reference track's triplet hashes, the ones the index holds."""
-    return triplets(peaks, cfg, cfg.ref_triplet_fanout)
+    """A reference track's triplet hashes, the ones the index holds: made a piece of anchors
+    at a time (the candidate-target arrays take about 1 KB per peak), which join to the whole,
+    as an anchor's triplets need only its next `CANDIDATES_PER_FANOUT * fanout` peaks."""
+    fanout = cfg.ref_triplet_fanout
+    reach = CANDIDATES_PER_FANOUT * fanout
+    n, parts, start = len(peaks), [], 0
+    if n < 2 * TRIPLET_PIECE_ANCHORS:
+        return triplets(peaks, cfg, fanout)
+    while start < n:
+        # pieces of TRIPLET_PIECE_ANCHORS; the last one takes the rest (so none is short)
+        anchors = TRIPLET_PIECE_ANCHORS if n - start >= 2 * TRIPLET_PIECE_ANCHORS else n - start
+        piece = _sliced(peaks, start, start + anchors + reach)
+        parts.append(triplets(piece, cfg, fanout, anchors=anchors))
+        start += anchors
+    return Hashes(
+        hashes=np.concatenate([h.hashes for h in parts]),
+        anchor_frames=np.concatenate([h.anchor_frames for h in parts]),
+        end_frames=np.concatenate([h.end_frames for h in parts]),
+    )
+
+
+def _sliced(peaks: Peaks, start: int, stop: int) -> Peaks:
+    return Peaks(
+        peaks.time_frames[start:stop], peaks.freq_hz[start:stop], peaks.strength[start:stop]
+    )
 
 
 def reference_hashes(samples: np.ndarray, cfg: FingerprintConfig) -> Hashes:

@@ -9,6 +9,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .allocator import tune_allocator
 from .catalog import (
     Catalog,
@@ -19,10 +21,10 @@ from .catalog import (
     posting_frames,
     stored,
 )
-from .config import EngineConfig
-from .errors import DecodeFailed, FingerprintFailed, SongscanError
-from .fingerprint import reference_peaks, reference_triplets
-from .media import decode_all
+from .config import EngineConfig, MediaLimits
+from .errors import AudioTooLong, DecodeFailed, FingerprintFailed, SongscanError
+from .fingerprint import reference_triplets, streamed_reference_peaks
+from .media import MediaInfo, checked_probe, decode
 
 # A segment is written once a batch holds this many postings (or the input ends).
 BATCH_POSTINGS = int(os.environ.get("SONGSCAN_INGEST_BATCH_POSTINGS", 2_000_000))
@@ -45,10 +47,12 @@ class IngestOutcome:
 
 
 def fingerprint_file(item: IngestItem, cfg: EngineConfig) -> FingerprintedTrack:
-    """Decode and fingerprint one reference file (runs in a worker process)."""
-    samples = decode_all(item.path, cfg.fingerprint.sample_rate_hz)
-    duration_s = samples.shape[0] / cfg.fingerprint.sample_rate_hz
-    peaks = reference_peaks(samples, cfg.fingerprint)
+    """Decode and fingerprint one reference file (runs in a worker process), streamed: memory
+    does not grow with the track's length."""
+    check_reference(checked_probe(item.path, cfg.limits), cfg.limits)
+    rate = cfg.fingerprint.sample_rate_hz
+    audio = _Bounded(decode(item.path, rate), cfg.limits, rate)
+    peaks = streamed_reference_peaks(audio, cfg.fingerprint)
     found = reference_triplets(stored(peaks), cfg.fingerprint)  # as `Catalog.reindex` would
     if len(found) == 0:
         raise FingerprintFailed("no fingerprint: the audio is too short or silent")
@@ -59,12 +63,43 @@ def fingerprint_file(item: IngestItem, cfg: EngineConfig) -> FingerprintedTrack:
         metadata=metadata,
         hashes=found.hashes,
         frames=posting_frames(found),
-        duration_s=duration_s,
+        duration_s=audio.samples / rate,
         peaks=peaks,
         audio_id=item.audio_id,
         owner=item.owner,
         source=str(item.path),
     )
+
+
+def check_reference(info: MediaInfo, limits: MediaLimits) -> None:
+    """Refuse, from its (checked) probe, a reference longer than `limits.max_reference_s`."""
+    if info.duration_s is not None and info.duration_s > limits.max_reference_s:
+        raise _too_long(limits)
+
+
+def _too_long(limits: MediaLimits) -> AudioTooLong:
+    return AudioTooLong(
+        f"a reference track may be {limits.max_reference_s:g} s long at most "
+        "([media] max_reference_s)"
+    )
+
+
+class _Bounded:
+    """A reference's decoded blocks, counted; past `max_reference_s` (a header that claimed
+    less) the decode stops with AudioTooLong."""
+
+    def __init__(self, blocks: Iterator[np.ndarray], limits: MediaLimits, rate: int) -> None:
+        self._blocks = blocks
+        self._limits = limits
+        self._max_samples = limits.max_reference_s * rate
+        self.samples = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self._blocks:
+            self.samples += block.shape[0]
+            if self.samples > self._max_samples:
+                raise _too_long(self._limits)
+            yield block
 
 
 def _work(args: tuple[IngestItem, EngineConfig]) -> FingerprintedTrack | SongscanError:

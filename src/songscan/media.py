@@ -13,7 +13,7 @@ import itertools
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,7 +21,8 @@ import av
 import av.error
 import numpy as np
 
-from .errors import DecodeFailed
+from .config import MediaLimits
+from .errors import DecodeFailed, NotARecording
 
 # Decoders that fail on the first packets of a damaged file keep going; so do we, up to a point.
 _MAX_DECODE_ERRORS = 50
@@ -40,6 +41,8 @@ class MediaInfo:
     channels: int
     codec: str
     container: str
+    size_bytes: int = 0
+    pcm_bit_rate_bps: int = 0  # PCM's exact rate (0 for compressed audio)
 
 
 def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
@@ -84,13 +87,34 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration = container.duration / av.time_base
+        codec = stream.codec_context.name
+        pcm = codec.startswith("pcm_")
         return MediaInfo(
             duration_s=duration,
             sample_rate_hz=stream.codec_context.sample_rate or 0,
             channels=stream.codec_context.channels or 0,
-            codec=stream.codec_context.name,
+            codec=codec,
             container=container.format.name,
+            size_bytes=Path(path).stat().st_size,
+            pcm_bit_rate_bps=(stream.codec_context.bit_rate or 0) if pcm else 0,
         )
+
+
+def checked_probe(path: str | os.PathLike[str], limits: MediaLimits) -> MediaInfo:
+    """`probe`, refusing a sample rate no recording has (before a resampler multiplies it up to
+    the engine's rate), with the duration cut to what the file's size can hold: a header may
+    claim any duration, and the duration drives the work (and the bill) of a scan."""
+    info = probe(path)
+    if info.sample_rate_hz < limits.min_sample_rate_hz:
+        raise NotARecording(
+            f"the audio's sample rate ({info.sample_rate_hz} Hz) is under "
+            f"{limits.min_sample_rate_hz} Hz: not a recording songscan can fingerprint"
+        )
+    bits_per_s = info.pcm_bit_rate_bps or limits.min_bitrate_bps
+    size_bound_s = info.size_bytes * 8 / bits_per_s
+    if info.duration_s is not None and info.duration_s > size_bound_s:
+        info = replace(info, duration_s=size_bound_s)
+    return info
 
 
 class Media:

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,12 +26,12 @@ import numpy as np
 
 from .allocator import tune_allocator
 from .catalog import Catalog, Track
-from .chunks import Chunk, PlanParams, chunk_plan, runs
+from .chunks import Chunk, ChunkPlan, PlanParams, chunk_plan
 from .config import DEFAULT, EngineConfig
 from .errors import DecodeFailed, FingerprintFailed
 from .fingerprint import Peaks, query_peaks
 from .matcher import Match, Placement, follow, match_peaks, match_samples, match_tracks
-from .media import Media, decode, probe, sample_index
+from .media import Media, checked_probe, decode, sample_index
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,21 @@ class ScanResult:
 ProgressFn = Callable[[int, int], None]
 
 
-def plan_for(path: str | os.PathLike[str], params: PlanParams, cfg: EngineConfig) -> list[Chunk]:
-    """The chunks a scan of this file would recognise (and bill), without decoding it."""
-    return chunk_plan(_duration(path), params, cfg.scan)
+def plan_for(path: str | os.PathLike[str], params: PlanParams, cfg: EngineConfig) -> ChunkPlan:
+    """The chunks a scan of this file would recognise (and bill), without decoding it: counted
+    from the duration the header claims, cut to what the file's size can hold. Error 300 for
+    a file too short to hold one chunk."""
+    duration_s = _duration(path, cfg)
+    if duration_s < cfg.scan.min_final_chunk_s:
+        raise FingerprintFailed(
+            f"the audio is too short to fingerprint ({duration_s:.1f} s; a scan's chunks "
+            f"need {cfg.scan.min_final_chunk_s:g} s)"
+        )
+    return chunk_plan(duration_s, params, cfg.scan)
 
 
-def _duration(path: str | os.PathLike[str]) -> float:
-    info = probe(path)
+def _duration(path: str | os.PathLike[str], cfg: EngineConfig) -> float:
+    info = checked_probe(path, cfg.limits)
     if info.duration_s is None or info.duration_s <= 0:
         raise DecodeFailed("the media's duration is unknown or zero")
     return info.duration_s
@@ -99,9 +107,8 @@ def scan_file(
     """Recognise the planned chunks of a file against the catalog in `data_dir` (only the
     tracks of `owners` when given: "" is the shared catalog, an account id its uploads)."""
     started = time.perf_counter()
-    duration_s = _duration(path)
-    plan = chunk_plan(duration_s, params, cfg.scan)
-    units = runs(plan, cfg.scan.max_chunks_per_unit)
+    plan = plan_for(path, params, cfg)
+    units = plan.runs(cfg.scan.max_chunks_per_unit)
     catalog = _catalog(Path(data_dir))
     results: list[ChunkResult] = []
     done = 0
@@ -114,7 +121,7 @@ def scan_file(
     mc = cfg.match
     results = confirm_weak(results, mc.continuity_tolerance_s)
     results = follow_continuity(results, mc.continuity_tolerance_s, mc.repeat_tie_share)
-    return ScanResult(results, duration_s, time.perf_counter() - started)
+    return ScanResult(results, plan.duration_s, time.perf_counter() - started)
 
 
 def recognize_clip(
@@ -123,12 +130,17 @@ def recognize_clip(
     cfg: EngineConfig = DEFAULT,
     owners: tuple[str, ...] | None = None,
 ) -> list[SongMatch]:
-    """Standard recognition: the first `standard_max_s` seconds of a clip, best match first."""
+    """Standard recognition: the first `standard_max_s` seconds of a clip, best match first.
+    Error 300 for a clip of less than `min_clip_s` seconds."""
+    checked_probe(path, cfg.limits)  # a sample rate no recording has, before it is resampled
     rate = cfg.fingerprint.sample_rate_hz
     blocks = list(decode(path, rate, end_s=cfg.scan.standard_max_s))
     samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
-    if samples.shape[0] < cfg.fingerprint.n_fft * 4:
-        raise FingerprintFailed("the audio is too short to fingerprint")
+    if samples.shape[0] < cfg.scan.min_clip_s * rate:
+        raise FingerprintFailed(
+            f"the audio is too short to fingerprint ({samples.shape[0] / rate:.2f} s; a clip "
+            f"needs {cfg.scan.min_clip_s:g} s)"
+        )
     catalog = _catalog(Path(data_dir))
     matches = match_samples(samples, catalog, catalog.live_ids(owners), cfg)
     matches = [m for m in matches if not m.weak]  # a clip has no neighbour to confirm it
@@ -300,7 +312,7 @@ UnitResult = list[tuple[Chunk, list[Match]]]
 
 
 def chunk_audio(
-    media: Media, unit: list[Chunk], cfg: EngineConfig
+    media: Media, unit: Sequence[Chunk], cfg: EngineConfig
 ) -> Iterator[tuple[Chunk, np.ndarray]]:
     """The samples of each chunk of a run, decoding the run's stretch of the file once."""
     rate = cfg.fingerprint.sample_rate_hz
@@ -479,7 +491,7 @@ def _worker_unit(args: UnitArgs) -> UnitResult:
 
 
 def _run_units(
-    path: Path, data_dir: Path, units: list[list[Chunk]], cfg: EngineConfig, owners: Owners
+    path: Path, data_dir: Path, units: Sequence[list[Chunk]], cfg: EngineConfig, owners: Owners
 ) -> Iterator[UnitResult]:
     """Each unit's result, in order: in this process through one open file, or on the pool."""
     workers = min(cfg.scan.workers or os.cpu_count() or 1, len(units))

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from scipy.ndimage import maximum_filter1d
 from scipy.signal import resample_poly
 
+from songscan import fingerprint
 from songscan.config import DEFAULT, speed_factor
 from songscan.fingerprint import (
     HASH_BITS,
+    STREAM_SEGMENT_BLOCKS,
     TRIPLET_BITS,
+    Peaks,
     find_peaks,
     fold,
     hashes,
@@ -18,6 +23,7 @@ from songscan.fingerprint import (
     reference_triplets,
     running_max,
     spectrogram,
+    streamed_reference_peaks,
     triplet_keys,
     triplets,
 )
@@ -78,3 +84,58 @@ def test_triplets_are_specific_and_follow_a_speed_step() -> None:
     nominal = set(triplets(peaks, CFG, CFG.query_triplet_fanout, 0).hashes.tolist())
     stepped = set(triplets(peaks, CFG, CFG.query_triplet_fanout, 3).hashes.tolist())
     assert len(stepped & wanted) > 4 * max(1, len(nominal & wanted))
+
+
+def as_blocks(samples: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for i in range(0, samples.shape[0], size):
+        yield samples[i : i + size]
+
+
+def assert_same_peaks(a: Peaks, b: Peaks) -> None:
+    for name in ("time_frames", "freq_hz", "strength"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+SEGMENT_SAMPLES = 31 * STREAM_SEGMENT_BLOCKS * CFG.hop  # a streamed segment's frames, in samples
+
+
+@pytest.mark.parametrize("block", [16384, 1, 997, SEGMENT_SAMPLES, 10**7])
+def test_streamed_reference_peaks_are_the_whole_array_ones(block: int) -> None:
+    """Streaming is exact (peaks, hence triplets and postings), whatever the blocks, at
+    segment boundaries (a peak's time neighbourhood and its one-second selection block span
+    them) and for lengths around them."""
+    song = resample_poly(synth_song(12, 140.0), 8000, 22050).astype(np.float32)
+    lengths = [song.shape[0], SEGMENT_SAMPLES + CFG.n_fft - CFG.hop, 2 * SEGMENT_SAMPLES + 7]
+    lengths += [SEGMENT_SAMPLES + CFG.n_fft + 3 * CFG.hop, CFG.n_fft + 2 * CFG.hop, 900]
+    if block not in (1, 997):  # the slow block sizes: the whole song only
+        lengths += [SEGMENT_SAMPLES, SEGMENT_SAMPLES + CFG.n_fft, CFG.n_fft, CFG.n_fft + CFG.hop]
+    else:
+        lengths = lengths[:1]
+    for n in lengths:
+        streamed = streamed_reference_peaks(as_blocks(song[:n], block), CFG)
+        assert_same_peaks(streamed, reference_peaks(song[:n], CFG))
+    whole = reference_peaks(song, CFG)
+    streamed = streamed_reference_peaks(as_blocks(song, block), CFG)
+    assert len(whole) > 1000
+    for edge in (31 * STREAM_SEGMENT_BLOCKS, 2 * 31 * STREAM_SEGMENT_BLOCKS):  # both boundaries
+        assert np.any(np.abs(whole.time_frames - edge) <= CFG.peak_time_radius_frames)
+    np.testing.assert_array_equal(
+        reference_triplets(streamed, CFG).hashes, reference_triplets(whole, CFG).hashes
+    )
+
+
+@pytest.mark.parametrize("piece", [17, 100, 500])
+def test_reference_triplets_made_in_pieces_are_the_whole_ones(
+    piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    song = resample_poly(synth_song(14, 120.0), 8000, 22050).astype(np.float32)
+    peaks = reference_peaks(song, CFG)
+    whole = triplets(peaks, CFG, CFG.ref_triplet_fanout)
+    monkeypatch.setattr(fingerprint, "TRIPLET_PIECE_ANCHORS", piece)
+    for n in (len(peaks), 2 * piece, 2 * piece - 1, 3 * piece + 5):
+        cut = Peaks(peaks.time_frames[:n], peaks.freq_hz[:n], peaks.strength[:n])
+        expected = whole if n == len(peaks) else triplets(cut, CFG, CFG.ref_triplet_fanout)
+        found = reference_triplets(cut, CFG)
+        for name in ("hashes", "anchor_frames", "end_frames"):
+            np.testing.assert_array_equal(getattr(found, name), getattr(expected, name))
+    assert len(peaks) > 2 * piece  # more than one piece

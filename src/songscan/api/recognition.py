@@ -64,9 +64,9 @@ from songscan.errors import (
     QuotaExceeded,
     SongscanError,
 )
-from songscan.ingest import IngestItem, ingest
+from songscan.ingest import IngestItem, check_reference, ingest
 from songscan.jobs import JobStore, job_json
-from songscan.media import probe
+from songscan.media import checked_probe
 from songscan.results import (
     OutputOptions,
     enterprise_csv,
@@ -298,7 +298,7 @@ class Recognition:
         cfg = self.engine_config
         max_bytes = min(entitlements.max_file_bytes, self.settings.standard_max_bytes)
         path = self._media(call, max_bytes)
-        info = probe(path)
+        info = checked_probe(path, cfg.limits)
         limit_s = cfg.scan.standard_max_s
         too_long = info.duration_s is not None and info.duration_s > limit_s + 0.5
         if too_long and self.settings.standard_long_clips == "reject":
@@ -388,7 +388,8 @@ class Recognition:
             {name: text_param(call.fields, name) for name in METADATA_FIELDS}
         )
         path = self._media(call, entitlements.max_file_bytes)
-        info = probe(path)
+        info = checked_probe(path, self.engine_config.limits)
+        check_reference(info, self.engine_config.limits)
         reservation = self.accounts.reserve(account, 1, UPLOAD)
         try:
             item = IngestItem(path, metadata=metadata, audio_id=audio_id, owner=_owner(account))
@@ -708,7 +709,10 @@ def install(app: FastAPI) -> None:
     `app.state.data_dir`, `.config` and `.accounts`), and the long jobs' runner
     (`app.state.job_runner`, which the app's lifespan starts and stops)."""
     app.state.recognition = Recognition(
-        app.state.data_dir, app.state.config, app.state.accounts, DEFAULT
+        app.state.data_dir,
+        app.state.config,
+        app.state.accounts,
+        EngineConfig.from_config(app.state.config),
     )
     app.include_router(router)
     from songscan.api import jobs, tryit  # they use this module's requests and replies
