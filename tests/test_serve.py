@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -30,15 +31,15 @@ def start_server(
     stderr go to `output` (both to one file) when given."""
     port = free_port()
     command = [sys.executable, "-m", "songscan.cli", "--data", str(data), "serve"]
-    sink = output.open("wb") if output is not None else subprocess.DEVNULL
+    sink = output.open("wb") if output is not None else None
     proc = subprocess.Popen(
         [*command, "--port", str(port), *extra],
-        stdout=sink,
-        stderr=subprocess.STDOUT if output is not None else subprocess.DEVNULL,
+        stdout=sink or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if sink else subprocess.DEVNULL,
         start_new_session=True,
     )
-    if output is not None:
-        sink.close()  # type: ignore[union-attr]
+    if sink is not None:
+        sink.close()  # the child has its own copy
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -50,16 +51,19 @@ def start_server(
             time.sleep(0.2)
 
 
-def test_serve_answers_over_a_real_socket(tmp_path: Path) -> None:
-    proc, port = start_server(tmp_path)
+def test_serve_answers_over_a_real_socket_with_a_worker_per_core(tmp_path: Path) -> None:
+    data, log_path = tmp_path / "data", tmp_path / "server.log"
+    proc, port = start_server(data, output=log_path)
     try:
         response = httpx.get(f"http://127.0.0.1:{port}/login", timeout=5)
         assert response.status_code == 200
         assert "songscan" in response.text.lower()
-        assert (tmp_path / "accounts.db").exists()  # embedded SQLite in the data directory
+        assert (data / "accounts.db").exists()  # embedded SQLite in the data directory
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    cores = len(os.sched_getaffinity(0))
+    assert log_path.read_text().count("Started server process") == cores
 
 
 def create_token(data: Path, *extra: str) -> str:
@@ -144,10 +148,27 @@ def test_no_log_line_of_any_server_process_holds_a_token(tmp_path: Path) -> None
     assert output.count("Started server process") == 2
 
 
+def test_serve_runs_on_uvloop_and_httptools(tmp_path: Path, monkeypatch: Any) -> None:
+    import uvloop
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from songscan.api.serve import server_config
+
+    monkeypatch.setenv("SONGSCAN_DATA", str(tmp_path))  # server_config sets it: undone after
+    config = server_config(str(tmp_path), "127.0.0.1", 0, 1)
+    config.load()
+    assert config.http_protocol_class is HttpToolsProtocol
+    loop_factory = config.get_loop_factory()
+    assert loop_factory is not None
+    loop = loop_factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+
+
 def test_multi_worker_listener_is_labelled_tcp() -> None:
     """With several workers asyncio enables TCP_NODELAY only on a listener labelled TCP."""
-    import socket
-
     from songscan.api.serve import _TcpConfig
 
     config = _TcpConfig("songscan.api.serve:app_factory", factory=True, port=0, workers=2)
@@ -160,10 +181,6 @@ def test_multi_worker_listener_is_labelled_tcp() -> None:
 
 
 def test_two_workers_serve_a_scan_and_leave_no_process_behind(tmp_path: Path) -> None:
-    import os
-    import signal
-    import wave
-
     token = (
         subprocess.run(
             [

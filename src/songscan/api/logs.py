@@ -28,7 +28,6 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.logging import DefaultFormatter
 
-from songscan.accounts.tokens import mask_token
 from songscan.errors import SongscanError
 
 ACCESS_LOGGER = "songscan.access"
@@ -43,7 +42,18 @@ _TOKEN_IN_TEXT = re.compile(
 
 def redact(text: str) -> str:
     """`text` with every `api_token` value in it masked (`ab***yz`)."""
-    return _TOKEN_IN_TEXT.sub(lambda m: m["key"] + mask_token(m["value"]), text)
+    if "api_token" not in text:
+        return text
+    return _TOKEN_IN_TEXT.sub(lambda m: m["key"] + _mask(m["value"]), text)
+
+
+def _mask(token: str | None) -> str:
+    # Imported when first needed: this module is loaded by every worker process to set up
+    # logging before it answers the supervisor's health checks, and the tokens module takes
+    # ~0.5 s to import (it hashes a dummy password).
+    from songscan.accounts.tokens import mask_token
+
+    return mask_token(token)
 
 
 class RedactingFormatter(DefaultFormatter):
@@ -156,7 +166,7 @@ def _plain_line(scope: Scope, status: int, elapsed: float) -> dict[str, Any]:
         "client": client[0] if client else "",
         "http_method": scope.get("method", ""),
         "path": str(scope.get("path", ""))[:200],
-        "token": mask_token(_query_token(scope.get("query_string", b""))),
+        "token": _mask(_query_token(scope.get("query_string", b""))),
         "status": status,
         "duration_ms": round(elapsed * 1000, 1),
     }
