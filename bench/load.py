@@ -959,7 +959,7 @@ def render(res: dict[str, Any]) -> str:
             cli = "/".join(f"{e['duration_s'] / c['wall_s']:.0f}" for c in e["cli"])
             each = ", ".join(f"{x:.0f}" for x in e["concurrent_x_rt_each"])
             lines.append(
-                f"| {r['workers']}{_dagger(e)} | {e['cli_x_rt']:.0f} ({cli}) | "
+                f"| {r['workers'] or 'one per core'}{_dagger(e)} | {e['cli_x_rt']:.0f} ({cli}) | "
                 f"{e['single_x_rt']:.0f} "
                 f"({e['ratio_single_pct']:.0f} %) | {e['concurrent']['n']} uploads: {each} | "
                 f"{e['concurrent_x_rt_total']:.0f} ({e['ratio_concurrent_pct']:.0f} %) | "

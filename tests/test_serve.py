@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -288,3 +289,32 @@ def test_tracebacks_and_messages_are_logged_with_tokens_masked() -> None:
     text = RedactingFormatter("%(levelprefix)s %(message)s").format(record)
     assert token not in text
     assert text.count("01***67") >= 3 and "Traceback" in text
+
+
+def test_workers_end_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of `serve --workers 2`'s supervisor ends its workers too (they would keep
+    serving the old socket and running jobs)."""
+    proc, _ = start_server(tmp_path, "--workers", "2")
+    workers = [
+        int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    ]
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while True:
+        alive = [pid for pid in workers if _running(pid)]
+        if not alive:
+            break
+        assert time.monotonic() < deadline, f"workers {alive} outlived their supervisor"
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever else of the session is left
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

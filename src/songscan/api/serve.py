@@ -8,7 +8,9 @@ Logging is set up by `logs.log_config`, in the supervisor and again in each work
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 
 import uvicorn
@@ -20,15 +22,31 @@ from .app import create_app
 from .logs import access_file, log_config
 
 ENTERPRISE_PORT_ENV = "SONGSCAN_ENTERPRISE_PORT"
+SUPERVISOR_ENV = "SONGSCAN_SUPERVISOR_PID"  # set when the app runs in a worker process
+_PR_SET_PDEATHSIG = 1
 
 
 def app_factory() -> FastAPI:
     """The app for the data directory in $SONGSCAN_DATA (one per Uvicorn worker process)."""
+    _end_with_supervisor()
     data = settings.data_dir()
     app = create_app(data, settings.load_config(data))
     port = os.environ.get(ENTERPRISE_PORT_ENV)
     app.state.enterprise_port = int(port) if port else None
     return app
+
+
+def _end_with_supervisor() -> None:
+    """In a worker process: be sent SIGTERM when the supervisor dies. A supervisor that is
+    killed (SIGKILL, the OOM killer) cannot stop its workers: they would go on serving the
+    old socket and running long jobs beside a restarted server, which could not bind."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if not supervisor:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(supervisor):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _TcpConfig(uvicorn.Config):
@@ -88,6 +106,7 @@ def serve(
         second = _TcpConfig(config.app, host=host, port=enterprise_port, log_config=None)
         sockets.append(second.bind_socket())
     if config.workers > 1:
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())  # the workers inherit the environment
         Multiprocess(config, sockets=sockets).run()
     else:
         uvicorn.Server(config).run(sockets=sockets)
