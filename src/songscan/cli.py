@@ -348,14 +348,19 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Uvicorn worker processes (0: one per core).", min=0)
+    ] = 0,
+    enterprise_port: Annotated[
+        int | None, typer.Option(help="Also listen here, serving /enterprise on `/`.")
+    ] = None,
 ) -> None:
     """Serve the AudD-compatible HTTP API and the dashboard (embedded defaults)."""
     from .allocator import tune_allocator
     from .api.serve import serve as run_server
 
     tune_allocator()
-    run_server(str(_data(ctx)), host, port, workers)
+    _guard(lambda: run_server(str(_data(ctx)), host, port, workers, enterprise_port))
 
 
 @catalog_app.command("list")

@@ -43,6 +43,7 @@ from songscan.accounts.plans import ConfigError, Entitlements
 from songscan.accounts.service import Account, Accounts
 from songscan.accounts.tokens import mask_token
 from songscan.api.errors import UnexpectedError, error_reply
+from songscan.api.logs import ACCESS_LOGGER, LOGGED, AccessLog
 from songscan.api.openapi import ENTERPRISE_PARAMS, STANDARD_PARAMS, UPLOAD_PARAMS, operation
 from songscan.api.params import (
     ParsedRequest,
@@ -84,7 +85,7 @@ from songscan.sources import (
 )
 
 log = logging.getLogger("songscan.api")
-access_log = logging.getLogger("songscan.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 router = APIRouter()
 
@@ -477,12 +478,24 @@ def catalog_owners(account: Account) -> tuple[str, ...]:
 def _api_method(request: Request, route: str, fields: Mapping[str, str]) -> str:
     if route != RECOGNIZE:
         return route
-    if request.headers.get("host", "").lower().startswith("enterprise."):
-        return ENTERPRISE  # AudD's enterprise host serves its method on `/`
+    if _enterprise_root(request):
+        return ENTERPRISE
     method = (text_param(fields, "method") or RECOGNIZE).lower()
     if method not in (RECOGNIZE, UPLOAD):
         raise InvalidParameters(f"unknown method {method[:40]!r} (recognize or upload)")
     return method
+
+
+def _enterprise_root(request: Request) -> bool:
+    """Whether `/` is the enterprise method here: on an `enterprise.*` host (as AudD's
+    enterprise host serves it), or on `songscan serve --enterprise-port`."""
+    if request.scope.get("path") != "/":
+        return False  # the try-it pages keep their method
+    if request.headers.get("host", "").lower().startswith("enterprise."):
+        return True
+    port = getattr(request.app.state, "enterprise_port", None)
+    server = request.scope.get("server")  # the listening address the client connected to
+    return bool(port) and server is not None and server[1] == port
 
 
 async def serve(request: Request, route: str) -> Response:
@@ -496,7 +509,7 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
     """The reply to one recognition request, as `serve` sends it (the try-it pages render it)."""
     service: Recognition = request.app.state.recognition
     started = time.perf_counter()
-    api_method = ENTERPRISE if route == ENTERPRISE else route
+    api_method = ENTERPRISE if route == RECOGNIZE and _enterprise_root(request) else route
     enterprise_echo = api_method == ENTERPRISE
     client_addr = request.client.host if request.client else ""
     fields: dict[str, str] = dict(request.query_params)
@@ -568,7 +581,9 @@ def log_access(
     chunks: int = 0,
     billed: int = 0,
 ) -> None:
-    """One JSON line per request on `songscan.access` (the token masked)."""
+    """One JSON line per request on `songscan.access` (the token masked); `logs.AccessLog`
+    writes none of its own for this request."""
+    request.scope[LOGGED] = True
     access_log.info(
         json.dumps(
             {
@@ -715,6 +730,7 @@ def install(app: FastAPI) -> None:
         EngineConfig.from_config(app.state.config),
     )
     app.include_router(router)
+    app.add_middleware(AccessLog)  # an access line for the requests no route logs
     from songscan.api import jobs, tryit  # they use this module's requests and replies
 
     app.state.job_runner = jobs.JobRunner(app.state.recognition)

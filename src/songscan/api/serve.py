@@ -1,8 +1,16 @@
-"""`songscan serve`: the web app on Uvicorn, configured from the data directory."""
+"""`songscan serve`: the web app on Uvicorn, configured from the data directory.
+
+One process per core by default (Uvicorn's supervisor and its workers sharing the listening
+sockets). With `enterprise_port`, a second listening socket serves the enterprise method on
+`/`, so that an AudD client's two base URLs can both be a host's root (docs/sdk.md).
+Logging is set up by `logs.log_config`, in the supervisor and again in each worker.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 
 import uvicorn
@@ -11,12 +19,34 @@ from uvicorn.supervisors import Multiprocess
 
 from .. import settings
 from .app import create_app
+from .logs import access_file, log_config
+
+ENTERPRISE_PORT_ENV = "SONGSCAN_ENTERPRISE_PORT"
+SUPERVISOR_ENV = "SONGSCAN_SUPERVISOR_PID"  # set when the app runs in a worker process
+_PR_SET_PDEATHSIG = 1
 
 
 def app_factory() -> FastAPI:
     """The app for the data directory in $SONGSCAN_DATA (one per Uvicorn worker process)."""
+    _end_with_supervisor()
     data = settings.data_dir()
-    return create_app(data, settings.load_config(data))
+    app = create_app(data, settings.load_config(data))
+    port = os.environ.get(ENTERPRISE_PORT_ENV)
+    app.state.enterprise_port = int(port) if port else None
+    return app
+
+
+def _end_with_supervisor() -> None:
+    """In a worker process: be sent SIGTERM when the supervisor dies. A supervisor that is
+    killed (SIGKILL, the OOM killer) cannot stop its workers: they would go on serving the
+    old socket and running long jobs beside a restarted server, which could not bind."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if not supervisor:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(supervisor):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _TcpConfig(uvicorn.Config):
@@ -31,18 +61,52 @@ class _TcpConfig(uvicorn.Config):
         return sock
 
 
-def serve(data_dir: str, host: str, port: int, workers: int) -> None:
-    os.environ["SONGSCAN_DATA"] = data_dir
-    config = _TcpConfig(
+def default_workers() -> int:
+    """One worker process per core this process may run on."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def server_config(
+    data_dir: str, host: str, port: int, workers: int, enterprise_port: int | None = None
+) -> _TcpConfig:
+    data = settings.data_dir(data_dir)
+    os.environ["SONGSCAN_DATA"] = str(data)
+    if enterprise_port:
+        os.environ[ENTERPRISE_PORT_ENV] = str(enterprise_port)
+    else:
+        os.environ.pop(ENTERPRISE_PORT_ENV, None)
+    return _TcpConfig(
         "songscan.api.serve:app_factory",
         factory=True,
         host=host,
         port=port,
-        workers=workers,
+        workers=workers or default_workers(),
+        # Uvicorn's `standard` extras: ~20 % less event-loop CPU per request than asyncio + h11
+        # (BENCHMARKS.md, load notes).
+        loop="uvloop",
+        http="httptools",
         proxy_headers=True,
+        access_log=False,  # songscan writes its own, tokens masked (logs.py)
+        log_config=log_config(access_file(settings.load_config(data), data)),
         log_level="info",
+        # A worker that has not answered the supervisor's ping by then is killed and replaced;
+        # Uvicorn's 5 s is shorter than a worker's start-up on a busy machine (imports, catalog).
+        timeout_worker_healthcheck=60,
     )
+
+
+def serve(
+    data_dir: str, host: str, port: int, workers: int = 0, enterprise_port: int | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM; `workers` 0 means one per core."""
+    config = server_config(data_dir, host, port, workers, enterprise_port)
+    sockets = [config.bind_socket()]
+    if enterprise_port:
+        # log_config=None: a Config applies its logging set-up when made; this one only binds.
+        second = _TcpConfig(config.app, host=host, port=enterprise_port, log_config=None)
+        sockets.append(second.bind_socket())
     if config.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())  # the workers inherit the environment
+        Multiprocess(config, sockets=sockets).run()
     else:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=sockets)
