@@ -9,7 +9,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .allocator import tune_allocator
 from .catalog import (
     Catalog,
     FingerprintedTrack,
@@ -23,6 +22,7 @@ from .config import EngineConfig
 from .errors import DecodeFailed, FingerprintFailed, SongscanError
 from .fingerprint import reference_peaks, reference_triplets
 from .media import decode_all
+from .workers import init_worker
 
 # A segment is written once a batch holds this many postings (or the input ends).
 BATCH_POSTINGS = int(os.environ.get("SONGSCAN_INGEST_BATCH_POSTINGS", 2_000_000))
@@ -127,6 +127,6 @@ def _fingerprints(
         return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=min(n, len(items)), mp_context=ctx, initializer=tune_allocator
-    ) as pool:
+        max_workers=min(n, len(items)), mp_context=ctx, initializer=init_worker
+    ) as pool:  # its processes end if this one is killed (`songscan.workers`)
         yield from pool.map(_work, [(item, cfg) for item in items], chunksize=1)

@@ -166,9 +166,14 @@ class JobRunner:
         n_chunks = len(plan_for(path, request.params, cfg))
         self._progress(record.id, 0, n_chunks)  # also: stop here if cancelled meanwhile
         reserved = record.reserved
-        if record.reservation_id is None and n_chunks:  # a url job: now that its size is known
+        reservation_id = record.reservation_id
+        if reservation_id is not None and not service.accounts.is_pending(reservation_id):
+            # Released by a sweep: its process died before handing it over to the job.
+            reservation_id = None
+        if reservation_id is None and n_chunks:  # a url job: now that its size is known
             reservation = service.accounts.reserve(account, n_chunks, ENTERPRISE)
             self.store.set_reservation(record.id, reservation.entry_id, n_chunks)
+            service.accounts.hand_over(reservation, record.id)
             reserved = n_chunks
         result = scan_file(
             path,

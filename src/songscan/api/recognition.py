@@ -376,6 +376,8 @@ class Recognition:
             if reservation is not None:
                 self.accounts.settle(reservation, 0, _status(exc), 0)
             raise
+        if reservation is not None:  # the job settles it now, whichever process runs it
+            self.accounts.hand_over(reservation, record.id)
         return Reply({"status": "success", "result": job_json(record)})
 
     def _upload(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
