@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text, update
 
-from songscan.accounts.db import VERSION_TABLE
+from songscan.accounts.db import VERSION_TABLE, make_engine, upgrade
 from songscan.accounts.models import AccountRow, Base, LedgerEntry, ServerLease
 from songscan.accounts.ratelimit import RateLimited
 from songscan.accounts.service import (
@@ -336,6 +336,48 @@ def test_reservations_of_a_dead_server_are_released_and_only_those(
     finally:
         dead.close()
         live.close()
+
+
+def test_reservations_left_pending_before_leases_are_released_after_the_upgrade(
+    database_url: str, config: dict[str, Any]
+) -> None:
+    engine = make_engine(database_url)
+    upgrade(engine, "0001")
+    old = datetime.now(UTC)
+    with engine.begin() as conn:  # a 0001 server: an account, 300 free, 37 reserved, then killed
+        conn.execute(
+            text(
+                "INSERT INTO accounts (token_hash, token_hint, plan, balance, period, "
+                "disabled, is_test, failed_logins, created_at) "
+                "VALUES ('h', 'ab***yz', 'trial', 263, '', false, false, 0, :t)"
+            ),
+            {"t": old},
+        )
+        account_id = conn.scalar(text("SELECT id FROM accounts WHERE token_hash = 'h'"))
+        for kind, delta, status in (("bonus", 300, None), ("usage", -37, "pending")):
+            conn.execute(
+                text(
+                    "INSERT INTO ledger_entries (account_id, created_at, day, kind, delta, "
+                    "reserved, status) VALUES (:a, :t, :d, :k, :delta, :r, :s)"
+                ),
+                {
+                    "a": account_id,
+                    "t": old,
+                    "d": old.date(),
+                    "k": kind,
+                    "delta": delta,
+                    "r": max(0, -delta),
+                    "s": status,
+                },
+            )
+    engine.dispose()
+    accounts = Accounts(database_url, config)  # upgrades to head
+    try:
+        assert accounts.release_abandoned() == 1
+        assert accounts.ledger_total(account_id) == (300, 300)
+        assert [r.status for r in accounts.status(account_id).recent] == [RELEASED]
+    finally:
+        accounts.close()
 
 
 def test_a_stopped_server_ends_its_lease(accounts: Accounts) -> None:

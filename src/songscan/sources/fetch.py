@@ -107,7 +107,10 @@ def temporary_media(parent: str | os.PathLike[str] | None = None) -> Iterator[Pa
 def _locked_media_dir(parent: str | os.PathLike[str] | None) -> tuple[Path, int]:
     while True:
         path = Path(tempfile.mkdtemp(prefix=MEDIA_DIR_PREFIX, dir=parent))
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # a sweep removed it before it was locked: make another
         # Waits only while a sweep that found the new directory not yet locked removes it.
         fcntl.flock(fd, fcntl.LOCK_EX)
         if os.fstat(fd).st_nlink > 0:

@@ -1,5 +1,9 @@
 """Reservations name their holder; server processes keep a lease while they run.
 
+Reservations left pending before this revision were made by servers that no longer run (the
+upgrade restarts them): they get a holder with no lease, `pre-0002`, so the first sweep
+releases them. A queued long job whose reservation this releases reserves again when it runs.
+
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-02
@@ -22,6 +26,8 @@ def upgrade() -> None:
     with op.batch_alter_table("ledger_entries") as batch:
         batch.add_column(sa.Column("holder", sa.String(64), nullable=True))
     op.create_index("ix_ledger_status_holder", "ledger_entries", ["status", "holder"])
+    ledger = sa.table("ledger_entries", sa.column("status"), sa.column("holder"))
+    op.execute(ledger.update().where(ledger.c.status == "pending").values(holder="pre-0002"))
     op.create_table(
         "server_leases",
         sa.Column("id", sa.String(64), primary_key=True),
