@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from songscan.accounts.models import LedgerEntry
+from songscan.accounts.models import LedgerEntry, ServerLease
 from songscan.accounts.service import PENDING, RELEASED, Accounts
 from songscan.sources import MEDIA_DIR_PREFIX, temporary_media
 from tests.api.music import music, wav_8k, write_wav
@@ -225,3 +225,22 @@ def test_a_killed_add_leaves_no_pool_process(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_workers_of_a_killed_multiprocess_server_stop(tmp_path: Path) -> None:
+    """`serve --workers 2`: its supervisor killed, each worker gets SIGTERM and stops."""
+    server, port = start_server(tmp_path, "--workers", "2")
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
+        workers = descendants(server.pid)
+        assert len(workers) >= 2
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+        assert_all_end(workers)
+        accounts = Accounts.open(tmp_path, {})
+        with accounts.engine.connect() as conn:  # they stopped gracefully: leases ended
+            assert conn.scalar(select(func.count()).select_from(ServerLease)) == 0
+        accounts.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)

@@ -11,6 +11,9 @@ kernel kills them. The ingest pool's (spawn) workers are children of the main pr
 way a worker made while its pool's owner was dying would miss the signal: it checks, once the
 signal is armed, that the owner is still there (the pipe multiprocessing gives each worker
 reaches end-of-file when the owner has gone), and exits otherwise.
+
+The worker processes of `songscan serve --workers N` (children of Uvicorn's supervisor) get
+SIGTERM the same way (the app's lifespan asks for it): they finish their requests and stop.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ def init_worker() -> None:
     end_with_parent()
 
 
-def end_with_parent() -> bool:
-    """SIGKILL this process when its parent dies; exit now if the pool's owner has already
-    gone. False where the kernel offers no such signal (not Linux)."""
+def end_with_parent(death_signal: int = signal.SIGKILL) -> bool:
+    """Have the kernel send `death_signal` to this process when its parent dies; exit now if
+    the process that started this one (multiprocessing's parent) has already gone. False
+    where the kernel offers no such signal (not Linux)."""
     if not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) != 0:
         return False
     owner = multiprocessing.parent_process()
     if owner is not None and _closed(owner.sentinel):

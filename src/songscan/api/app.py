@@ -9,6 +9,8 @@ lease, and the sweeps after crashed siblings: `api/housekeeping.py`).
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ from songscan.accounts.service import Accounts
 from songscan.api import dashboard, recognition
 from songscan.api.housekeeping import Housekeeping
 from songscan.scan import shutdown_pools
+from songscan.workers import end_with_parent
 
 
 def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
@@ -28,6 +31,8 @@ def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if multiprocessing.parent_process() is not None:  # a `serve --workers N` worker:
+            end_with_parent(signal.SIGTERM)  # it stops (gracefully) if the supervisor is killed
         housekeeping = Housekeeping(accounts, app.state.recognition.settings.tmp_dir)
         housekeeping.start()  # before any reservation: each must name its holder
         app.state.job_runner.start()
