@@ -17,18 +17,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from songscan.accounts.models import LedgerEntry, ServerLease
 from songscan.accounts.service import PENDING, RELEASED, Accounts
+from songscan.api.app import create_app
 from songscan.sources import MEDIA_DIR_PREFIX, temporary_media
 from tests.api.music import music, wav_8k, write_wav
+from tests.servers import UvicornThread
 from tests.test_serve import start_server
 
 LEASE_S = 2  # [accounts] server_lease_s of these tests' servers: a dead one is found soon
@@ -244,3 +247,47 @@ def test_the_workers_of_a_killed_multiprocess_server_stop(tmp_path: Path) -> Non
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_a_request_whose_reservation_was_released_under_it_is_answered(tmp_path: Path) -> None:
+    """Its server stalled past its lease (here: the lease is made to expire) and a sibling's
+    sweep released the reservation: the scan is answered all the same, and not billed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    app = create_app(data, {})
+    accounts: Accounts = app.state.accounts
+    token = accounts.create_account(plan="enterprise").token
+    account = accounts.authenticate(token, "127.0.0.1")
+    before = accounts.remaining(account)
+    audio = long_audio(tmp_path / "day.wav", minutes=12)
+    sibling = Accounts.open(data, {})
+    replies: list[httpx.Response] = []
+    try:
+        with UvicornThread(app) as server:
+
+            def scan() -> None:
+                with audio.open("rb") as fh:
+                    replies.append(
+                        httpx.post(
+                            f"{server.base_url}/enterprise",
+                            data={"api_token": token},
+                            files={"file": ("day.wav", fh)},
+                            timeout=WAIT_S,
+                        )
+                    )
+
+            client = threading.Thread(target=scan, daemon=True)
+            client.start()
+            wait_until("the scan's reservation is made", lambda: len(_pending(accounts)) == 1)
+            with accounts.engine.begin() as conn:
+                conn.execute(
+                    update(ServerLease).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+                )
+            assert sibling.release_abandoned() == 1
+            client.join(timeout=WAIT_S)
+        (reply,) = replies
+        assert reply.json()["status"] == "success", reply.json()
+        assert accounts.remaining(account) == before
+        assert [r.status for r in accounts.status(account.id).recent] == [RELEASED]
+    finally:
+        sibling.close()

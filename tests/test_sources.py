@@ -662,7 +662,7 @@ def test_temporary_media_with_fetch(allowed: Server, allow: AllowList, tmp_path:
 
 
 def test_orphan_media_of_a_killed_process_is_removed_and_nothing_else(tmp_path: Path) -> None:
-    """A shared temp dir: only `songscan-media-*` directories no live process holds go."""
+    """A shared temp dir: only `songscan-request-*` directories no live process holds go."""
     holder = subprocess.Popen(
         [
             sys.executable,

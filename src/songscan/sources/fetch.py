@@ -85,7 +85,9 @@ def fetch_media(
     )
 
 
-MEDIA_DIR_PREFIX = "songscan-media-"  # the only directories `remove_orphan_media` touches
+# The only directories `remove_orphan_media` touches. Not the `songscan-media-` of versions
+# that did not lock theirs: a live server of such a version may share the temp dir.
+MEDIA_DIR_PREFIX = "songscan-request-"
 
 
 @contextlib.contextmanager
@@ -120,7 +122,7 @@ def _locked_media_dir(parent: str | os.PathLike[str] | None) -> tuple[Path, int]
 
 def remove_orphan_media(parent: str | os.PathLike[str] | None = None) -> int:
     """Remove the request media directories in `parent` (default: the system's temp dir)
-    that no live process holds: those of a server that was killed. Only `songscan-media-*`
+    that no live process holds: those of a server that was killed. Only `songscan-request-*`
     directories are looked at; live siblings sharing `parent` keep theirs. Returns how many
     were removed."""
     root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
