@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+from sqlalchemy import select
 
-from songscan.accounts.service import Accounts
+from songscan.accounts.models import LedgerEntry
+from songscan.accounts.service import PENDING, Accounts
 from songscan.jobs import CANCELLED, DONE, QUEUED, RUNNING, JobStore
 from tests.api.conftest import build_catalog, long_recording
 from tests.api.music import wav_8k
@@ -104,6 +106,15 @@ def test_finished_cleaned_jobs_are_pruned_and_orphan_dirs_removed(tmp_path: Path
 
 
 # -- a killed server ---------------------------------------------------------------------------
+def on_ledger_pending(accounts: Accounts) -> int:
+    """The id of the one pending reservation."""
+    with accounts.engine.connect() as conn:
+        (entry_id,) = conn.execute(
+            select(LedgerEntry.id).where(LedgerEntry.status == PENDING)
+        ).scalars()
+    return int(entry_id)
+
+
 def _poll(port: int, token: str, job_id: str) -> dict[str, Any]:
     r = httpx.get(
         f"http://127.0.0.1:{port}/enterprise/jobs/{job_id}", params={"api_token": token}, timeout=30
@@ -129,6 +140,8 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
     data.mkdir()
     files.mkdir()
     songs = build_catalog(data, files)
+    # A dead server's reservations are released 2 s after its last renewal; a job's must not.
+    (data / "songscan.toml").write_text("[accounts]\nserver_lease_s = 2\n")
     accounts = Accounts.open(data, {})
     token = accounts.create_account(plan="enterprise").token
     account = accounts.authenticate(token, "127.0.0.1")
@@ -151,6 +164,11 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
         job_id, total = job["job_id"], job["progress"]["chunks_total"]
         assert total == 240
         assert accounts.remaining(account) == before - total  # reserved once, at submission
+        with accounts.engine.connect() as conn:  # held by the job, not by the server process
+            holder = conn.scalar(
+                select(LedgerEntry.holder).where(LedgerEntry.id == on_ledger_pending(accounts))
+            )
+        assert holder == f"job:{job_id}"
 
         # a graceful stop (SIGTERM) leaves the job to the next server, as a kill does
         _wait(port, token, job_id, lambda j: 0 < j["progress"]["chunks_done"] < total)
@@ -197,4 +215,47 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+        accounts.close()
+
+
+def test_a_job_whose_reservation_was_released_reserves_again(tmp_path: Path) -> None:
+    """The process that queued the job died before handing its reservation over to the job, so
+    a sweep released it: the job, run later, reserves again and is billed once."""
+    data, files = tmp_path / "data", tmp_path / "files"
+    data.mkdir()
+    files.mkdir()
+    songs = build_catalog(data, files)
+    accounts, dead = Accounts.open(data, {}), Accounts.open(data, {})
+    token = accounts.create_account(plan="enterprise").token
+    account = accounts.authenticate(token, "127.0.0.1")
+    before = accounts.remaining(account)
+    upload = tmp_path / "upload.wav"
+    upload.write_bytes(wav_8k(long_recording(songs)))  # six chunks
+    dead.start_lease()
+    reservation = dead.reserve(account, 6, "enterprise")
+    job = JobStore(data).create(
+        account.id,
+        {"api_token": "ab***yz"},
+        "POST",
+        upload,
+        chunks_total=6,
+        reservation_id=reservation.entry_id,
+        reserved=6,
+    )
+    dead.end_lease()  # it is gone before `hand_over`
+    assert accounts.release_abandoned() == 1 and accounts.remaining(account) == before
+    server, port = start_server(data)
+    try:
+        done = _wait(port, token, job.id, lambda j: j["state"] == DONE)
+        assert done["billed"] > 0
+        wait_s = time.monotonic() + 60
+        while not JobStore(data).require(job.id).cleaned:  # settled, media deleted
+            assert time.monotonic() < wait_s
+            time.sleep(0.05)
+        assert accounts.remaining(account) == before - done["billed"]
+        assert accounts.ledger_total(account.id)[0] == before - done["billed"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        dead.close()
         accounts.close()

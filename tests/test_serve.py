@@ -47,8 +47,12 @@ def start_server(
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
             return proc, port
         except httpx.TransportError:
-            assert proc.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "server did not start"
+            if proc.poll() is not None:
+                raise AssertionError("the server exited") from None
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)  # leave no server behind
+                proc.wait()
+                raise AssertionError("server did not start") from None
             time.sleep(0.2)
 
 

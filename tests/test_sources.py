@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 import threading
 import wave
 from collections import Counter
@@ -23,6 +25,7 @@ import pytest
 
 from songscan.errors import InvalidParameters, MediaTooLarge, UrlFailed
 from songscan.sources import (
+    MEDIA_DIR_PREFIX,
     AllowList,
     check_url,
     download,
@@ -30,6 +33,7 @@ from songscan.sources import (
     is_media,
     is_public_address,
     parse_timecode,
+    remove_orphan_media,
     sniff_media,
     temporary_media,
     timecode_from_url,
@@ -669,6 +673,41 @@ def test_temporary_media_with_fetch(allowed: Server, allow: AllowList, tmp_path:
         assert media.exists()
     assert not media.exists()
     assert_empty(tmp_path)
+
+
+def test_orphan_media_of_a_killed_process_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    """A shared temp dir: only `songscan-request-*` directories no live process holds go."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from songscan.sources import temporary_media\n"
+            f"with temporary_media({str(tmp_path)!r}) as d:\n"
+            "    (d / 'upload.wav').write_bytes(b'RIFF')\n"
+            "    print(d, flush=True)\n"
+            "    time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    orphan = Path(holder.stdout.readline().strip())
+    holder.kill()  # SIGKILL: its `finally` never runs
+    holder.wait()
+    assert (orphan / "upload.wav").exists()
+    others = [tmp_path / "songscan-pg-x", tmp_path / "their-dir"]
+    for other in others:
+        other.mkdir()
+    (tmp_path / f"{MEDIA_DIR_PREFIX}file").write_bytes(b"not a directory")
+    (tmp_path / f"{MEDIA_DIR_PREFIX}link").symlink_to(others[1], target_is_directory=True)
+    with temporary_media(tmp_path) as live:
+        (live / "upload.wav").write_bytes(b"RIFF")
+        assert remove_orphan_media(tmp_path) == 1
+        assert not orphan.exists() and (live / "upload.wav").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{MEDIA_DIR_PREFIX}file", f"{MEDIA_DIR_PREFIX}link", "songscan-pg-x", "their-dir"]
+    )
 
 
 # --- yt-dlp's own requests -------------------------------------------------------------

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .allocator import tune_allocator
 from .catalog import (
     Catalog,
     FingerprintedTrack,
@@ -25,6 +24,7 @@ from .config import EngineConfig, MediaLimits
 from .errors import AudioTooLong, DecodeFailed, FingerprintFailed, SongscanError
 from .fingerprint import reference_triplets, streamed_reference_peaks
 from .media import MediaInfo, checked_probe, decode
+from .workers import init_worker
 
 # A segment is written once a batch holds this many postings (or the input ends).
 BATCH_POSTINGS = int(os.environ.get("SONGSCAN_INGEST_BATCH_POSTINGS", 2_000_000))
@@ -170,6 +170,6 @@ def _fingerprints(
         return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=min(n, len(items)), mp_context=ctx, initializer=tune_allocator
-    ) as pool:
+        max_workers=min(n, len(items)), mp_context=ctx, initializer=init_worker
+    ) as pool:  # its processes end if this one is killed (`songscan.workers`)
         yield from pool.map(_work, [(item, cfg) for item in items], chunksize=1)

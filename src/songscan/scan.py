@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .allocator import tune_allocator
 from .catalog import Catalog, Track
 from .chunks import Chunk, ChunkPlan, PlanParams, chunk_plan
 from .config import DEFAULT, EngineConfig
@@ -32,6 +31,7 @@ from .errors import DecodeFailed, FingerprintFailed
 from .fingerprint import Peaks, query_peaks
 from .matcher import Match, Placement, follow, match_peaks, match_samples, match_tracks
 from .media import Media, checked_probe, decode, sample_index
+from .workers import init_worker
 
 
 @dataclass(frozen=True)
@@ -510,12 +510,13 @@ _pools: dict[int, Executor] = {}
 
 
 def _pool(workers: int) -> Executor:
-    """A process pool kept for the life of the process (a server scans many files)."""
+    """A process pool kept for the life of the process (a server scans many files). Its
+    processes end when this one dies, however it dies (`songscan.workers`)."""
     if workers not in _pools:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["songscan.scan"])
         _pools[workers] = ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=tune_allocator
+            max_workers=workers, mp_context=ctx, initializer=init_worker
         )
     return _pools[workers]
 

@@ -10,10 +10,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text, update
 
-from songscan.accounts.db import VERSION_TABLE
-from songscan.accounts.models import AccountRow, Base, LedgerEntry
+from songscan.accounts.db import VERSION_TABLE, make_engine, upgrade
+from songscan.accounts.models import AccountRow, Base, LedgerEntry, ServerLease
 from songscan.accounts.ratelimit import RateLimited
-from songscan.accounts.service import Accounts, LoginRefused, SignupRefused, mask_token
+from songscan.accounts.service import (
+    RELEASED,
+    Accounts,
+    LoginRefused,
+    SignupRefused,
+    mask_token,
+)
 from songscan.errors import InvalidParameters, MissingToken, QuotaExceeded, UnknownToken
 
 PASSWORD = "tuning-fork-42"
@@ -287,19 +293,99 @@ def test_rate_limit_per_plan(database_url: str) -> None:
         service.close()
 
 
-def test_reservations_abandoned_by_a_dead_server_are_released(accounts: Accounts) -> None:
-    account = accounts.create_account().account
-    accounts.reserve(account, 40, "enterprise")  # never settled: the server died
-    fresh = accounts.reserve(account, 10, "enterprise")
-    assert accounts.remaining(account) == 250
-    with accounts.engine.begin() as conn:
+def test_reservations_of_a_dead_server_are_released_and_only_those(
+    database_url: str, config: dict[str, Any]
+) -> None:
+    """Two server instances on one database; one dies (its lease is left to expire). The
+    sweep releases what the dead one held, with a ledger status saying why, and nothing
+    held by the live one, by a long job, or by nobody (a row from before leases)."""
+    dead, live = Accounts(database_url, config), Accounts(database_url, config)
+    try:
+        dead_id = dead.start_lease()
+        live.start_lease()
+        account = live.create_account().account
+        public = live.authenticate("test", "10.0.0.9")
+        orphaned = dead.reserve(account, 40, "enterprise")
+        dead.reserve(public, 3, "recognize")
+        for_job = dead.reserve(account, 7, "enterprise")
+        dead.hand_over(for_job, "0123abcd")
+        kept = live.reserve(account, 10, "enterprise")
+        unowned = Accounts(database_url, config).reserve(account, 5, "enterprise")
+        assert live.remaining(account) == 300 - 62 and live.remaining(public) == 7
+        assert live.release_abandoned() == 0  # the dead one's lease has not expired yet
+        with live.engine.begin() as conn:  # it stopped renewing: the lease runs out
+            conn.execute(
+                update(ServerLease)
+                .where(ServerLease.id == dead_id)
+                .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+        assert live.release_abandoned() == 2
+        assert live.release_abandoned() == 0  # once
+        assert live.remaining(account) == 300 - 22  # the 40 are back; 7 + 10 + 5 still held
+        assert live.remaining(public) == 10  # the public token's daily allowance too
+        assert all(live.is_pending(r.entry_id) for r in (for_job, kept, unowned))
+        assert not live.is_pending(orphaned.entry_id)
+        live.settle(kept, 10, "ok", chunks=10)
+        with pytest.raises(ValueError):  # the dead server cannot bill it afterwards
+            dead.settle(orphaned, 40, "ok", chunks=40)
+        statuses = [(r.cost, r.status) for r in live.status(account.id).recent]
+        assert statuses == [(5, "pending"), (10, "ok"), (7, "pending"), (0, RELEASED)]
+        assert live.ledger_total(account.id)[0] == live.ledger_total(account.id)[1]
+        with live.engine.connect() as conn:  # the expired lease is forgotten
+            assert conn.scalar(select(func.count()).select_from(ServerLease)) == 1
+    finally:
+        dead.close()
+        live.close()
+
+
+def test_reservations_left_pending_before_leases_are_released_after_the_upgrade(
+    database_url: str, config: dict[str, Any]
+) -> None:
+    engine = make_engine(database_url)
+    upgrade(engine, "0001")
+    old = datetime.now(UTC)
+    with engine.begin() as conn:  # a 0001 server: an account, 300 free, 37 reserved, then killed
         conn.execute(
-            update(LedgerEntry)
-            .where(LedgerEntry.reserved == 40)
-            .values(created_at=datetime.now(UTC) - timedelta(hours=3))
+            text(
+                "INSERT INTO accounts (token_hash, token_hint, plan, balance, period, "
+                "disabled, is_test, failed_logins, created_at) "
+                "VALUES ('h', 'ab***yz', 'trial', 263, '', false, false, 0, :t)"
+            ),
+            {"t": old},
         )
-    assert accounts.release_stale(timedelta(hours=1)) == 1
-    assert accounts.remaining(account) == 290  # the 40 are back, the fresh 10 still held
-    accounts.settle(fresh, 10, "success", chunks=10)
-    statuses = [r.status for r in accounts.status(account.id).recent]
-    assert statuses == ["success", "abandoned"]
+        account_id = conn.scalar(text("SELECT id FROM accounts WHERE token_hash = 'h'"))
+        for kind, delta, status in (("bonus", 300, None), ("usage", -37, "pending")):
+            conn.execute(
+                text(
+                    "INSERT INTO ledger_entries (account_id, created_at, day, kind, delta, "
+                    "reserved, status) VALUES (:a, :t, :d, :k, :delta, :r, :s)"
+                ),
+                {
+                    "a": account_id,
+                    "t": old,
+                    "d": old.date(),
+                    "k": kind,
+                    "delta": delta,
+                    "r": max(0, -delta),
+                    "s": status,
+                },
+            )
+    engine.dispose()
+    accounts = Accounts(database_url, config)  # upgrades to head
+    try:
+        assert accounts.release_abandoned() == 1
+        assert accounts.ledger_total(account_id) == (300, 300)
+        assert [r.status for r in accounts.status(account_id).recent] == [RELEASED]
+    finally:
+        accounts.close()
+
+
+def test_a_stopped_server_ends_its_lease(accounts: Accounts) -> None:
+    accounts.start_lease()
+    account = accounts.create_account().account
+    accounts.reserve(account, 4, "enterprise")
+    assert accounts.release_abandoned() == 0
+    accounts.end_lease()  # a graceful stop: what it still holds is released at once
+    assert accounts.release_abandoned() == 1
+    accounts.renew_lease()  # no lease: nothing to renew
+    assert accounts.instance_id is None

@@ -69,6 +69,7 @@ class LedgerEntry(Base):
         UniqueConstraint("account_id", "kind", "reference", name="uq_ledger_reference"),
         Index("ix_ledger_account_day", "account_id", "day"),
         Index("ix_ledger_account_kind", "account_id", "kind", "id"),
+        Index("ix_ledger_status_holder", "status", "holder"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -83,6 +84,25 @@ class LedgerEntry(Base):
     status: Mapped[str | None] = mapped_column(String(32))
     reference: Mapped[str | None] = mapped_column(String(255))  # payment / transfer reference
     note: Mapped[str | None] = mapped_column(String(255))
+    # Who may still settle a pending usage row: a server instance (its `server_leases` id) or
+    # a long job ("job:<id>"); NULL for rows made before 0002 or outside a server.
+    holder: Mapped[str | None] = mapped_column(String(64))
+
+
+class ServerLease(Base):
+    """A running server process: alive while `expires_at` is ahead, which it keeps renewing.
+
+    Pending reservations held by an instance whose lease is gone or expired can no longer be
+    settled by it: the sweep (`Accounts.release_abandoned`) releases them.
+    """
+
+    __tablename__ = "server_leases"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class WebSession(Base):

@@ -4,10 +4,18 @@ The API calls, per request: `authenticate` → `entitlements` / `check_rate` →
 work → `settle`. A reservation takes the requests out of the balance at once (so concurrent
 requests can never overdraw it); `settle` bills what was used and gives the rest back.
 The ledger (`ledger_entries`) is the single record of every credit and debit.
+
+A pending reservation names its holder: the server instance that made it (a process that
+keeps a lease in `server_leases` while it runs: `start_lease` / `renew_lease` / `end_lease`)
+or, after `hand_over`, a long job. `release_abandoned` settles, unbilled, the reservations of
+instances whose lease is gone (a killed server); a job's are left to the job runner.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -27,6 +35,7 @@ from songscan.accounts.models import (
     Checkout,
     LedgerEntry,
     PublicTokenUsage,
+    ServerLease,
     ServerSecret,
     StripeEvent,
     WebSession,
@@ -46,6 +55,9 @@ from songscan.errors import (
 mask_token = tokens.mask_token
 
 CREDIT_KINDS = ("adjust", "transfer", "purchase", "bonus")
+PENDING = "pending"
+RELEASED = "released: server stopped"  # the status of a reservation its dead server held
+JOB_HOLDER = "job:"  # prefix of the holder of a reservation that pays for a long job
 
 
 class SignupRefused(InvalidParameters):
@@ -70,6 +82,7 @@ class AccountsConfig:
     session_days: int = 14
     secure_cookies: bool = False
     database_url: str | None = None
+    server_lease_s: int = 30  # a server process unheard of this long is taken for dead
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> AccountsConfig:
@@ -193,6 +206,7 @@ class Accounts:
         self.engine = make_engine(self.database_url)
         if migrate:
             upgrade(self.engine)
+        self.instance_id: str | None = None  # set by `start_lease`: the holder of reservations
         self._buckets = TokenBuckets()
         self._test_account_id = self._ensure_test_account() if self.config.test_token else None
 
@@ -591,7 +605,8 @@ class Accounts:
                     -n_requests,
                     reserved=n_requests,
                     method=method,
-                    status="pending",
+                    status=PENDING,
+                    holder=self.instance_id,
                 )
                 return Reservation(entry_id, account.id, n_requests, method)
         if row.disabled:
@@ -623,8 +638,9 @@ class Accounts:
                     -n_requests,
                     reserved=n_requests,
                     method=method,
-                    status="pending",
-                    note=f"test token from {addr}"[:255],
+                    status=PENDING,
+                    note=f"{_PUBLIC_NOTE}{addr}"[:255],
+                    holder=self.instance_id,
                 )
                 self._add_balance(conn, account.id, -n_requests)
                 return Reservation(entry_id, account.id, n_requests, method, today, addr)
@@ -647,7 +663,7 @@ class Accounts:
         with self._tx() as conn:
             done = conn.execute(
                 update(LedgerEntry)
-                .where(LedgerEntry.id == reservation.entry_id, LedgerEntry.status == "pending")
+                .where(LedgerEntry.id == reservation.entry_id, LedgerEntry.status == PENDING)
                 .values(delta=-used, status=status[:32], chunks=chunks)
             ).rowcount
             if done != 1:
@@ -664,28 +680,119 @@ class Accounts:
                         .values(used=PublicTokenUsage.used - refund)
                     )
 
-    def release_stale(self, older_than: timedelta) -> int:
-        """Settle, as failed and unbilled, reservations left pending longer than `older_than`
-        (a server that died mid-request). Returns how many were released."""
-        cutoff = utcnow() - older_than
+    def hand_over(self, reservation: Reservation, job_id: str) -> None:
+        """Make a long job the holder of a pending reservation: no server sweep releases it;
+        the job runner settles it when the job has finished (`api/jobs.py`)."""
+        with self._tx() as conn:
+            conn.execute(
+                update(LedgerEntry)
+                .where(LedgerEntry.id == reservation.entry_id, LedgerEntry.status == PENDING)
+                .values(holder=f"{JOB_HOLDER}{job_id}"[:64])
+            )
+
+    def is_pending(self, entry_id: int) -> bool:
+        """Whether the reservation `entry_id` is still waiting to be settled."""
+        with self._read() as conn:
+            status = conn.scalar(select(LedgerEntry.status).where(LedgerEntry.id == entry_id))
+        return status == PENDING
+
+    # -- server leases ------------------------------------------------------------------------
+
+    def start_lease(self) -> str:
+        """Register this process as a live server instance; reservations it makes from now on
+        are held by it. Renew the lease (`renew_lease`) well within `server_lease_s`."""
+        instance_id = secrets.token_hex(16)
+        now = utcnow()
+        with self._tx() as conn:
+            conn.execute(
+                insert(ServerLease).values(
+                    id=instance_id,
+                    host=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    started_at=now,
+                    expires_at=now + timedelta(seconds=self.config.server_lease_s),
+                )
+            )
+        self.instance_id = instance_id
+        return instance_id
+
+    def renew_lease(self) -> None:
+        """Push this instance's lease `server_lease_s` on. A lease that lapsed (the process
+        stalled longer than that) is taken again: what it held may already be released."""
+        if self.instance_id is None:
+            return
+        now = utcnow()
+        expires = now + timedelta(seconds=self.config.server_lease_s)
+        with self._tx() as conn:
+            self._insert_ignore(
+                conn,
+                ServerLease,
+                {
+                    "id": self.instance_id,
+                    "host": socket.gethostname()[:255],
+                    "pid": os.getpid(),
+                    "started_at": now,
+                    "expires_at": expires,
+                },
+            )
+            conn.execute(
+                update(ServerLease)
+                .where(ServerLease.id == self.instance_id)
+                .values(expires_at=expires)
+            )
+
+    def end_lease(self) -> None:
+        """This instance stops (after its requests ended): what it still holds is released by
+        the next sweep, its own or a sibling's."""
+        if self.instance_id is None:
+            return
+        with self._tx() as conn:
+            conn.execute(delete(ServerLease).where(ServerLease.id == self.instance_id))
+        self.instance_id = None
+
+    def release_abandoned(self) -> int:
+        """Settle, unbilled, the pending reservations held by server instances whose lease is
+        gone or expired (a server killed mid-request), with status `RELEASED`; forget expired
+        leases. Reservations of live instances, of jobs and of no holder are left alone.
+        Returns how many were released."""
+        now = utcnow()
+        live = select(ServerLease.id).where(ServerLease.expires_at > now)
         with self._tx() as conn:
             rows = conn.execute(
-                select(LedgerEntry.id, LedgerEntry.account_id, LedgerEntry.reserved).where(
-                    LedgerEntry.status == "pending", LedgerEntry.created_at < cutoff
+                select(
+                    LedgerEntry.id,
+                    LedgerEntry.account_id,
+                    LedgerEntry.reserved,
+                    LedgerEntry.method,
+                    LedgerEntry.day,
+                    LedgerEntry.note,
+                    AccountRow.is_test,
+                )
+                .join(AccountRow, AccountRow.id == LedgerEntry.account_id)
+                .where(
+                    LedgerEntry.status == PENDING,
+                    LedgerEntry.holder.is_not(None),
+                    LedgerEntry.holder.not_like(f"{JOB_HOLDER}%"),
+                    LedgerEntry.holder.not_in(live),
                 )
             ).all()
+            conn.execute(delete(ServerLease).where(ServerLease.expires_at <= now))
         released = 0
         for row in rows:
+            public = row.is_test and (row.note or "").startswith(_PUBLIC_NOTE)
+            reservation = Reservation(
+                row.id,
+                row.account_id,
+                int(row.reserved),
+                row.method or "",
+                public_day=row.day if public else None,
+                client_addr=(row.note or "")[len(_PUBLIC_NOTE) :] if public else None,
+            )
             try:
-                self.settle(
-                    Reservation(row.id, row.account_id, int(row.reserved), "released"),
-                    0,
-                    "abandoned",
-                    0,
-                )
+                self.settle(reservation, 0, RELEASED, 0)
                 released += 1
             except ValueError:
-                pass  # settled meanwhile
+                pass  # settled meanwhile: its server was alive after all, or a sibling swept
         return released
 
     def ledger_total(self, account_id: int) -> tuple[int, int]:
@@ -933,6 +1040,9 @@ class Accounts:
 
 def delete_sessions(account_id: int) -> Any:
     return delete(WebSession).where(WebSession.account_id == account_id)
+
+
+_PUBLIC_NOTE = "test token from "  # the note of a public-token reservation, then the address
 
 
 def _quota_message(needed: int, left: int) -> str:

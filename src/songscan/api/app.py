@@ -3,7 +3,8 @@
 Mounts the accounts pages (dashboard, sign-up, log-in, Stripe webhook). The recognition routes
 are added here by the API module, with the runner of long jobs that the lifespan starts and
 stops. `app.state.accounts` is the accounts service and `app.state.payments` the payments
-side, both shared by every route.
+side, both shared by every route. The lifespan also runs the process's housekeeping (its
+lease, and the sweeps after crashed siblings: `api/housekeeping.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 from songscan.accounts.payments import Payments
 from songscan.accounts.service import Accounts
 from songscan.api import dashboard, recognition
+from songscan.api.housekeeping import Housekeeping
 from songscan.scan import shutdown_pools
 
 
@@ -26,9 +28,12 @@ def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        housekeeping = Housekeeping(accounts, app.state.recognition.settings.tmp_dir)
+        housekeeping.start()  # before any reservation: each must name its holder
         app.state.job_runner.start()
         yield
         app.state.job_runner.stop()
+        housekeeping.stop()
         accounts.close()
         shutdown_pools()  # the scan pool's processes end with the server
 

@@ -8,6 +8,8 @@ token list, poll and cancel its own jobs.
 
 Billing: a job's reservation is settled once, after the job's outcome is recorded (the
 ledger refuses a second settlement), so a job that is run again after a crash is billed once.
+The reservation is held by the job (`Accounts.hand_over`), so no crash sweep releases it; one
+released before the hand-over (its submitter died in between) is reserved anew when it runs.
 A failed or cancelled job costs nothing, like a failed synchronous call.
 """
 
@@ -166,9 +168,14 @@ class JobRunner:
         n_chunks = len(plan_for(path, request.params, cfg))
         self._progress(record.id, 0, n_chunks)  # also: stop here if cancelled meanwhile
         reserved = record.reserved
-        if record.reservation_id is None and n_chunks:  # a url job: now that its size is known
+        reservation_id = record.reservation_id
+        if reservation_id is not None and not service.accounts.is_pending(reservation_id):
+            # Released by a sweep: its process died before handing it over to the job.
+            reservation_id = None
+        if reservation_id is None and n_chunks:  # a url job (its size is now known), or that
             reservation = service.accounts.reserve(account, n_chunks, ENTERPRISE)
             self.store.set_reservation(record.id, reservation.entry_id, n_chunks)
+            service.accounts.hand_over(reservation, record.id)
             reserved = n_chunks
         result = scan_file(
             path,

@@ -40,7 +40,7 @@ from prometheus_client import (
 from starlette.requests import ClientDisconnect
 
 from songscan.accounts.plans import ConfigError, Entitlements
-from songscan.accounts.service import Account, Accounts
+from songscan.accounts.service import Account, Accounts, Reservation
 from songscan.accounts.tokens import mask_token
 from songscan.api.errors import UnexpectedError, error_reply
 from songscan.api.logs import ACCESS_LOGGER, LOGGED, AccessLog
@@ -295,6 +295,16 @@ class Recognition:
             allow=self.settings.url_allow,
         )
 
+    def _settle(self, reservation: Reservation, used: int, status: str, chunks: int) -> int:
+        """Settle the reservation; what was billed. 0 when a crash sweep released it meanwhile
+        (this process stalled longer than its lease): the answer is sent all the same."""
+        try:
+            self.accounts.settle(reservation, used, status, chunks)
+        except ValueError:
+            log.warning("reservation %d was released before it was settled", reservation.entry_id)
+            return 0
+        return used
+
     def _standard(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         cfg = self.engine_config
         max_bytes = min(entitlements.max_file_bytes, self.settings.standard_max_bytes)
@@ -311,10 +321,9 @@ class Recognition:
         try:
             songs = recognize_clip(path, self.data_dir, cfg, owners=catalog_owners(account))
         except BaseException as exc:
-            self.accounts.settle(reservation, 0, _status(exc), 0)
+            self._settle(reservation, 0, _status(exc), 0)
             raise
-        self.accounts.settle(reservation, 1, "ok", 1)
-        call.billed, call.chunks = 1, 1
+        call.billed, call.chunks = self._settle(reservation, 1, "ok", 1), 1
         call.audio_s = min(info.duration_s or limit_s, limit_s)
         return Reply(standard_response(songs))
 
@@ -331,11 +340,11 @@ class Recognition:
             result = scan_file(path, self.data_dir, request.params, cfg, owners=owners)
         except BaseException as exc:
             if reservation is not None:
-                self.accounts.settle(reservation, 0, _status(exc), 0)
+                self._settle(reservation, 0, _status(exc), 0)
             raise
         used = min(result.billable_chunks, n_chunks)
         if reservation is not None:
-            self.accounts.settle(reservation, used, "ok", result.billable_chunks)
+            used = self._settle(reservation, used, "ok", result.billable_chunks)
         call.billed, call.chunks = used, result.billable_chunks
         call.audio_s = sum(c.chunk.duration_s for c in result.chunks)
         result = replace(result, execution_time_s=time.perf_counter() - call.started)
@@ -375,8 +384,10 @@ class Recognition:
             )
         except BaseException as exc:
             if reservation is not None:
-                self.accounts.settle(reservation, 0, _status(exc), 0)
+                self._settle(reservation, 0, _status(exc), 0)
             raise
+        if reservation is not None:  # the job settles it now, whichever process runs it
+            self.accounts.hand_over(reservation, record.id)
         return Reply({"status": "success", "result": job_json(record)})
 
     def _upload(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
@@ -398,10 +409,9 @@ class Recognition:
             if outcome.error is not None:
                 raise outcome.error
         except BaseException as exc:
-            self.accounts.settle(reservation, 0, _status(exc), 0)
+            self._settle(reservation, 0, _status(exc), 0)
             raise
-        self.accounts.settle(reservation, 1, "ok", 0)
-        call.billed = 1
+        call.billed = self._settle(reservation, 1, "ok", 0)
         call.audio_s = info.duration_s or 0.0
         return Reply({"status": "success", "result": None})
 

@@ -8,9 +8,7 @@ Logging is set up by `logs.log_config`, in the supervisor and again in each work
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
 
 import uvicorn
@@ -18,35 +16,25 @@ from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
 from .. import settings
+from ..workers import end_with_owner
 from .app import create_app
 from .logs import access_file, log_config
 
 ENTERPRISE_PORT_ENV = "SONGSCAN_ENTERPRISE_PORT"
 SUPERVISOR_ENV = "SONGSCAN_SUPERVISOR_PID"  # set when the app runs in a worker process
-_PR_SET_PDEATHSIG = 1
 
 
 def app_factory() -> FastAPI:
     """The app for the data directory in $SONGSCAN_DATA (one per Uvicorn worker process)."""
-    _end_with_supervisor()
+    if os.environ.get(SUPERVISOR_ENV):
+        # A killed supervisor (SIGKILL, the OOM killer) cannot stop its workers: they would go
+        # on serving the old socket and running long jobs beside a restarted server.
+        end_with_owner(graceful=True)
     data = settings.data_dir()
     app = create_app(data, settings.load_config(data))
     port = os.environ.get(ENTERPRISE_PORT_ENV)
     app.state.enterprise_port = int(port) if port else None
     return app
-
-
-def _end_with_supervisor() -> None:
-    """In a worker process: be sent SIGTERM when the supervisor dies. A supervisor that is
-    killed (SIGKILL, the OOM killer) cannot stop its workers: they would go on serving the
-    old socket and running long jobs beside a restarted server, which could not bind."""
-    supervisor = os.environ.get(SUPERVISOR_ENV)
-    if not supervisor:
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != int(supervisor):  # it died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _TcpConfig(uvicorn.Config):

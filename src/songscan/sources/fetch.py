@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -84,12 +85,61 @@ def fetch_media(
     )
 
 
+# The only directories `remove_orphan_media` touches. Not the `songscan-media-` of versions
+# that did not lock theirs: a live server of such a version may share the temp dir.
+MEDIA_DIR_PREFIX = "songscan-request-"
+
+
 @contextlib.contextmanager
 def temporary_media(parent: str | os.PathLike[str] | None = None) -> Iterator[Path]:
     """A private directory for one request's media files, removed with all it holds when
-    the block exits, however it exits (success, error, cancellation)."""
-    path = Path(tempfile.mkdtemp(prefix="songscan-media-", dir=parent))
+    the block exits, however it exits (success, error, cancellation).
+
+    The process holds an exclusive `flock` on the directory while the block runs; the kernel
+    drops it when the process dies, however it dies, so `remove_orphan_media` can tell a
+    killed server's directories from a live sibling's."""
+    path, lock_fd = _locked_media_dir(parent)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        os.close(lock_fd)  # after the removal: a sweep never sees the directory unlocked
+
+
+def _locked_media_dir(parent: str | os.PathLike[str] | None) -> tuple[Path, int]:
+    while True:
+        path = Path(tempfile.mkdtemp(prefix=MEDIA_DIR_PREFIX, dir=parent))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # a sweep removed it before it was locked: make another
+        # Waits only while a sweep that found the new directory not yet locked removes it.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink > 0:
+            return path, fd
+        os.close(fd)  # it was removed under us: make another
+
+
+def remove_orphan_media(parent: str | os.PathLike[str] | None = None) -> int:
+    """Remove the request media directories in `parent` (default: the system's temp dir)
+    that no live process holds: those of a server that was killed. Only `songscan-request-*`
+    directories are looked at; live siblings sharing `parent` keep theirs. Returns how many
+    were removed."""
+    root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    removed = 0
+    for path in root.glob(f"{MEDIA_DIR_PREFIX}*"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone meanwhile, a symlink, or not a directory: not ours to remove
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live request's
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
