@@ -91,35 +91,68 @@ def test_bad_signups_say_why_and_change_nothing(site: Site) -> None:
     assert count_accounts(site) == before
 
 
-def test_login_logout_and_the_attempt_limit(site: Site) -> None:
+def login(client: httpx.Client, email: str, password: str) -> httpx.Response:
+    csrf = csrf_of(client, "/login")
+    return client.post("/login", data={"csrf": csrf, "email": email, "password": password})
+
+
+def from_address(site: Site, addr: str) -> httpx.Client:
+    """A client whose connections come from `addr` (any 127.x.y.z is this machine)."""
+    return httpx.Client(
+        base_url=site.base_url,
+        transport=httpx.HTTPTransport(local_address=addr),
+        follow_redirects=False,
+        timeout=30,
+    )
+
+
+def refusal(response: httpx.Response) -> tuple[int, str]:
+    found = re.search(r'data-testid="error">([^<]*)<', response.text)
+    assert found, response.text
+    return response.status_code, found.group(1)
+
+
+def test_login_and_logout(site: Site) -> None:
     with site.client() as client:
         signup(client, "person@example.org")
     with site.client() as client:
         assert client.get("/dashboard").headers["location"] == "/login"
-        csrf = csrf_of(client, "/login")
-        for _ in range(5):
-            wrong = client.post(
-                "/login",
-                data={"csrf": csrf, "email": "person@example.org", "password": "nope-nope-1"},
-            )
-            assert wrong.status_code == 400
-            assert "wrong e-mail address or password" in wrong.text
-        locked = client.post(
-            "/login", data={"csrf": csrf, "email": "person@example.org", "password": PASSWORD}
-        )
-        assert "too many failed log-ins" in locked.text
-        assert client.get("/dashboard").status_code == 303
-    with site.accounts.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE accounts SET locked_until = NULL")
-    with site.client() as client:
-        csrf = csrf_of(client, "/login")
-        ok = client.post(
-            "/login", data={"csrf": csrf, "email": "person@example.org", "password": PASSWORD}
-        )
+        ok = login(client, "PERSON@example.org", PASSWORD)
         assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
         assert client.get("/dashboard").status_code == 200
+        csrf = csrf_of(client, "/dashboard")
         assert client.post("/logout", data={"csrf": csrf}).status_code == 303
         assert client.get("/dashboard").status_code == 303
+
+
+def test_failed_logins_tell_nothing_and_a_stranger_cannot_lock_the_owner_out(site: Site) -> None:
+    """OWASP's authentication guidance: an unknown e-mail, a wrong password and a throttled
+    attempt get one answer; throttling is per (e-mail, address) and per address."""
+    with site.client() as client:
+        signup(client, "owner@example.org")
+    answers = set()
+    with from_address(site, "127.0.0.2") as stranger:
+        for _ in range(8):  # past the 5 free attempts: the pair is throttled
+            answers.add(refusal(login(stranger, "owner@example.org", "guess-guess-1")))
+            answers.add(refusal(login(stranger, "nobody@example.org", "guess-guess-1")))
+        # throttled: even the right password from here gets the same answer
+        answers.add(refusal(login(stranger, "owner@example.org", PASSWORD)))
+    assert len(answers) == 1, answers
+    status, message = answers.pop()
+    assert status == 400 and "wrong e-mail address or password" in message
+    with from_address(site, "127.0.0.3") as owner:  # the owner, elsewhere, is not locked out
+        assert login(owner, "owner@example.org", PASSWORD).status_code == 303
+        assert owner.get("/dashboard").status_code == 200
+
+    # An address that tries many accounts is throttled as a whole…
+    per_address = site.accounts.config.login_attempts_per_address
+    with from_address(site, "127.0.0.4") as sprayer:
+        for i in range(per_address):
+            assert login(sprayer, f"user{i}@example.org", "guess-guess-1").status_code == 400
+        assert refusal(login(sprayer, "owner@example.org", PASSWORD)) == (status, message)
+    # …and only that address.
+    with from_address(site, "127.0.0.5") as owner:
+        assert login(owner, "owner@example.org", PASSWORD).status_code == 303
 
 
 def test_rotating_the_token_on_the_dashboard(site: Site) -> None:

@@ -1,7 +1,7 @@
 """The web side of accounts: sign-up, log-in, the dashboard, buying requests, Stripe's webhook.
 
 Server-rendered pages (Jinja2). A log-in is a session cookie (HttpOnly, SameSite=Lax) whose
-hash is stored in the database. Every form carries a CSRF token that must equal the signed
+hash is stored in the database; failed log-ins are throttled by the accounts service. Every form carries a CSRF token that must equal the signed
 `songscan_csrf` cookie (double submit, signed with a server secret). A new or rotated API
 token is rendered once, in the response to the POST that made it, never stored or redirected.
 """
@@ -129,6 +129,12 @@ def _start_session(request: Request, response: Response, account: Account) -> No
     )
 
 
+def _client_addr(request: Request) -> str:
+    """The caller's address (behind a trusted proxy, Uvicorn's proxy_headers put the
+    forwarded one here)."""
+    return request.client.host if request.client else ""
+
+
 def _current(request: Request) -> Account | None:
     return _accounts(request).session_account(request.cookies.get(SESSION_COOKIE))
 
@@ -193,7 +199,7 @@ async def login(request: Request) -> Response:
         return _csrf_failed(request)
     email = form.get("email", "")
     try:
-        account = _accounts(request).login(email, form.get("password", ""))
+        account = _accounts(request).login(email, form.get("password", ""), _client_addr(request))
     except LoginRefused as exc:
         return _render(request, "login.html", 400, error=exc.message, email=email)
     response = RedirectResponse("/dashboard", status_code=303)
