@@ -11,9 +11,17 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text, update
 
 from songscan.accounts.db import VERSION_TABLE, make_engine, upgrade
-from songscan.accounts.models import AccountRow, Base, LedgerEntry, ServerLease
+from songscan.accounts.models import (
+    AccountRow,
+    Base,
+    LedgerEntry,
+    LoginThrottle,
+    ServerLease,
+    as_utc,
+)
 from songscan.accounts.ratelimit import RateLimited
 from songscan.accounts.service import (
+    LOGIN_FAILED,
     RELEASED,
     Accounts,
     LoginRefused,
@@ -224,17 +232,52 @@ def test_public_test_token_is_off_by_default(database_url: str) -> None:
 
 def test_login_and_the_attempt_limit(accounts: Accounts) -> None:
     made = accounts.create_account("login@example.org", PASSWORD)
-    assert accounts.login("LOGIN@example.org", PASSWORD).id == made.account.id
+    assert accounts.login("LOGIN@example.org", PASSWORD, "10.0.0.1").id == made.account.id
     with pytest.raises(LoginRefused, match="wrong e-mail address or password"):
-        accounts.login("nobody@example.org", PASSWORD)
+        accounts.login("nobody@example.org", PASSWORD, "10.0.0.1")
     for _ in range(5):
         with pytest.raises(LoginRefused, match="wrong"):
-            accounts.login("login@example.org", "not-the-password")
-    with pytest.raises(LoginRefused, match="too many failed log-ins"):
-        accounts.login("login@example.org", PASSWORD)  # locked, even with the right password
-    with accounts.engine.begin() as conn:  # the lock-out ends
-        conn.execute(text("UPDATE accounts SET locked_until = NULL"))
-    assert accounts.login("login@example.org", PASSWORD).id == made.account.id
+            accounts.login("login@example.org", "not-the-password", "10.0.0.1")
+    with pytest.raises(LoginRefused) as throttled:  # even with the right password
+        accounts.login("login@example.org", PASSWORD, "10.0.0.1")
+    assert throttled.value.message == LOGIN_FAILED
+    assert accounts.login("login@example.org", PASSWORD, "10.0.0.2").id == made.account.id
+    with accounts.engine.begin() as conn:  # the wait ends
+        conn.execute(text("UPDATE login_throttle SET wait_until = NULL"))
+    assert accounts.login("login@example.org", PASSWORD, "10.0.0.1").id == made.account.id
+
+
+def test_login_throttle_backs_off_and_is_shared_by_every_process(
+    accounts: Accounts, database_url: str
+) -> None:
+    """Another server process on the same database (here: another service object with its
+    own engine) refuses what this one throttled; each further failure doubles the wait."""
+    accounts.create_account("shared@example.org", PASSWORD)
+    other = Accounts(database_url, {})
+    try:
+        for _ in range(5):
+            with pytest.raises(LoginRefused):
+                accounts.login("shared@example.org", "not-the-password", "10.0.0.9")
+        with pytest.raises(LoginRefused):
+            other.login("shared@example.org", PASSWORD, "10.0.0.9")
+        waits = []
+        for _ in range(3):
+            with accounts.engine.begin() as conn:  # as if each wait had passed
+                conn.execute(text("UPDATE login_throttle SET wait_until = NULL"))
+            with pytest.raises(LoginRefused):
+                other.login("shared@example.org", "not-the-password", "10.0.0.9")
+            with accounts.engine.connect() as conn:
+                row = conn.execute(
+                    select(LoginThrottle.wait_until, LoginThrottle.last_failure_at).where(
+                        LoginThrottle.wait_until.is_not(None)
+                    )
+                ).one()
+            assert row.wait_until is not None
+            waited = as_utc(row.wait_until) - as_utc(row.last_failure_at)
+            waits.append(round(waited.total_seconds()))
+        assert waits == [60, 120, 240]
+    finally:
+        other.close()
 
 
 def test_sessions(accounts: Accounts) -> None:

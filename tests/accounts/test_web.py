@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
 from songscan.accounts.models import AccountRow, StripeEvent
+from songscan.api.app import create_app
 from tests.accounts.conftest import WEBHOOK_SECRET, Site
-from tests.servers import checkout_completed_event, stripe_signature
+from tests.servers import UvicornThread, checkout_completed_event, stripe_signature
 
 PASSWORD = "tuning-fork-42"
 
@@ -91,35 +93,68 @@ def test_bad_signups_say_why_and_change_nothing(site: Site) -> None:
     assert count_accounts(site) == before
 
 
-def test_login_logout_and_the_attempt_limit(site: Site) -> None:
+def login(client: httpx.Client, email: str, password: str) -> httpx.Response:
+    csrf = csrf_of(client, "/login")
+    return client.post("/login", data={"csrf": csrf, "email": email, "password": password})
+
+
+def from_address(site: Site, addr: str) -> httpx.Client:
+    """A client whose connections come from `addr` (any 127.x.y.z is this machine)."""
+    return httpx.Client(
+        base_url=site.base_url,
+        transport=httpx.HTTPTransport(local_address=addr),
+        follow_redirects=False,
+        timeout=30,
+    )
+
+
+def refusal(response: httpx.Response) -> tuple[int, str]:
+    found = re.search(r'data-testid="error">([^<]*)<', response.text)
+    assert found, response.text
+    return response.status_code, found.group(1)
+
+
+def test_login_and_logout(site: Site) -> None:
     with site.client() as client:
         signup(client, "person@example.org")
     with site.client() as client:
         assert client.get("/dashboard").headers["location"] == "/login"
-        csrf = csrf_of(client, "/login")
-        for _ in range(5):
-            wrong = client.post(
-                "/login",
-                data={"csrf": csrf, "email": "person@example.org", "password": "nope-nope-1"},
-            )
-            assert wrong.status_code == 400
-            assert "wrong e-mail address or password" in wrong.text
-        locked = client.post(
-            "/login", data={"csrf": csrf, "email": "person@example.org", "password": PASSWORD}
-        )
-        assert "too many failed log-ins" in locked.text
-        assert client.get("/dashboard").status_code == 303
-    with site.accounts.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE accounts SET locked_until = NULL")
-    with site.client() as client:
-        csrf = csrf_of(client, "/login")
-        ok = client.post(
-            "/login", data={"csrf": csrf, "email": "person@example.org", "password": PASSWORD}
-        )
+        ok = login(client, "PERSON@example.org", PASSWORD)
         assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
         assert client.get("/dashboard").status_code == 200
+        csrf = csrf_of(client, "/dashboard")
         assert client.post("/logout", data={"csrf": csrf}).status_code == 303
         assert client.get("/dashboard").status_code == 303
+
+
+def test_failed_logins_tell_nothing_and_a_stranger_cannot_lock_the_owner_out(site: Site) -> None:
+    """OWASP's authentication guidance: an unknown e-mail, a wrong password and a throttled
+    attempt get one answer; throttling is per (e-mail, address) and per address."""
+    with site.client() as client:
+        signup(client, "owner@example.org")
+    answers = set()
+    with from_address(site, "127.0.0.2") as stranger:
+        for _ in range(8):  # past the 5 free attempts: the pair is throttled
+            answers.add(refusal(login(stranger, "owner@example.org", "guess-guess-1")))
+            answers.add(refusal(login(stranger, "nobody@example.org", "guess-guess-1")))
+        # throttled: even the right password from here gets the same answer
+        answers.add(refusal(login(stranger, "owner@example.org", PASSWORD)))
+    assert len(answers) == 1, answers
+    status, message = answers.pop()
+    assert status == 400 and "wrong e-mail address or password" in message
+    with from_address(site, "127.0.0.3") as owner:  # the owner, elsewhere, is not locked out
+        assert login(owner, "owner@example.org", PASSWORD).status_code == 303
+        assert owner.get("/dashboard").status_code == 200
+
+    # An address that tries many accounts is throttled as a whole…
+    per_address = site.accounts.config.login_attempts_per_address
+    with from_address(site, "127.0.0.4") as sprayer:
+        for i in range(per_address):
+            assert login(sprayer, f"user{i}@example.org", "guess-guess-1").status_code == 400
+        assert refusal(login(sprayer, "owner@example.org", PASSWORD)) == (status, message)
+    # …and only that address.
+    with from_address(site, "127.0.0.5") as owner:
+        assert login(owner, "owner@example.org", PASSWORD).status_code == 303
 
 
 def test_rotating_the_token_on_the_dashboard(site: Site) -> None:
@@ -213,3 +248,91 @@ def test_subscribing_to_a_plan_and_cancelling(site: Site) -> None:
     account = site.accounts.authenticate(token, "127.0.0.1")
     assert account.plan == "trial"
     assert site.accounts.remaining(account) == 300  # the plan's monthly requests expired
+
+
+def cookie_flags(response: httpx.Response) -> dict[str, set[str]]:
+    """Each cookie the response sets -> its attribute names, lower-case (`secure`, …)."""
+    found = {}
+    for header in response.headers.get_list("set-cookie"):
+        name, _, rest = header.partition("=")
+        found[name] = {part.split("=")[0].strip().lower() for part in rest.split(";")[1:]}
+    return found
+
+
+def signup_by_hand(client: httpx.Client, email: str, **headers: str) -> list[httpx.Response]:
+    """Sign-up and log-out, sending the cookies by hand (a client's jar keeps `Secure`
+    cookies for https only, and this test speaks plain HTTP to a server behind a proxy)."""
+    page = client.get("/signup", headers=headers)
+    csrf = page.cookies["songscan_csrf"]
+    cookies = f"songscan_csrf={csrf}"
+    made = client.post(
+        "/signup",
+        data={"csrf": csrf, "email": email, "password": PASSWORD},
+        headers={**headers, "Cookie": cookies},
+    )
+    session = made.cookies["songscan_session"]
+    out = client.post(
+        "/logout",
+        data={"csrf": csrf},
+        headers={**headers, "Cookie": f"{cookies}; songscan_session={session}"},
+    )
+    assert out.status_code == 303
+    return [page, made, out]
+
+
+def test_cookies_are_secure_over_https_behind_a_proxy(site: Site) -> None:
+    with site.client() as client:  # plain HTTP: a Secure cookie would never come back
+        for response in signup_by_hand(client, "plain@example.org"):
+            assert all("secure" not in flags for flags in cookie_flags(response).values())
+    # A proxy on this machine (Uvicorn trusts 127.0.0.1) says the browser spoke HTTPS.
+    https = {"X-Forwarded-Proto": "https"}
+    with site.client() as proxy:
+        responses = signup_by_hand(proxy, "tls@example.org", **https)
+    set_cookies = [cookie_flags(r) for r in responses]
+    assert {name for flags in set_cookies for name in flags} == {
+        "songscan_csrf",
+        "songscan_session",
+    }
+    for flags in set_cookies:
+        for name, attributes in flags.items():
+            assert {"secure", "httponly", "samesite"} <= attributes, (name, attributes)
+    # The same header from an address that is not a trusted proxy changes nothing.
+    with from_address(site, "127.0.0.2") as stranger:
+        page = stranger.get("/signup", headers=https)
+        assert "secure" not in cookie_flags(page)["songscan_csrf"]
+
+
+def test_secure_cookies_can_be_configured(tmp_path: Path) -> None:
+    app = create_app(tmp_path, {"accounts": {"secure_cookies": True}})
+    with UvicornThread(app) as server, httpx.Client(base_url=server.base_url) as client:
+        for response in signup_by_hand(client, "always@example.org"):
+            flags = cookie_flags(response)
+            assert flags and all("secure" in attributes for attributes in flags.values())
+
+
+def test_every_page_has_a_content_security_policy(site: Site) -> None:
+    """No inline script or style on any page, and the headers that forbid them."""
+    with site.client() as client:
+        pages = [client.get(path) for path in ("/signup", "/login", "/try", "/docs")]
+        pages.append(signup(client, "csp@example.org"))  # the token page
+        pages.append(client.get("/dashboard"))
+        pages.append(client.get("/try?method=enterprise"))
+        pages.append(client.post("/login", data={"email": "x@example.org"}))  # 403 page
+        api_reply = client.get("/", params={"api_token": "test"})
+    for page in pages:
+        assert page.headers["content-type"].startswith("text/html")
+        policy = page.headers["content-security-policy"]
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["default-src"] == "'none'"
+        assert directives["script-src"] == "'self'"
+        assert directives["style-src"] == "'self'"
+        assert directives["frame-ancestors"] == "'none'"
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert page.headers["referrer-policy"] == "same-origin"
+        html = page.text
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html), page.url
+        assert "<style" not in html and " style=" not in html, page.url
+        assert not re.search(r"\son[a-z]+=", html), page.url
+    assert api_reply.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in api_reply.headers  # JSON, not a page

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
+from playwright.sync_api import Browser, Route, expect
+
 from tests.api.conftest import Api
+from tests.browser import PageProblems
 
 CONTRACT = {
     "/": ["api_token", "url", "file", "audio", "return", "method"],
@@ -58,3 +63,38 @@ def test_openapi_lists_the_long_job_routes(api: Api) -> None:
             assert ("job_id" in params) == ("{job_id}" in path)
             assert "`running`" in op["responses"]["200"]["description"]
     assert "limit" in {p["name"] for p in paths["/enterprise/jobs"]["get"]["parameters"]}
+
+
+def test_docs_render_with_no_network(browser: Browser, api: Api) -> None:
+    """Swagger UI comes from this server: with every request off this machine refused, /docs
+    still shows each operation, and its page's CSP refuses nothing it needs."""
+    context = browser.new_context(base_url=api.base_url)
+    refused: list[str] = []
+
+    def only_loopback(route: Route) -> None:
+        host = urlsplit(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost", "::1"):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    problems = PageProblems(page)
+    try:
+        page.goto("/docs")
+        for path in CONTRACT:
+            for method in ("get", "post"):
+                summary = page.locator(f".opblock-{method} [data-path='{path}']")
+                expect(summary).to_be_visible(timeout=30_000)
+        expect(
+            page.locator(".opblock-delete [data-path='/enterprise/jobs/{job_id}']")
+        ).to_be_visible()
+        page.locator(".opblock-post [data-path='/enterprise']").click()  # open it: its form
+        expect(page.locator(".opblock-post .parameters").first).to_contain_text("every")
+        assert refused == []
+        assert problems.csp_violations(page) == []
+        assert problems.console_errors == []
+    finally:
+        context.close()

@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.api.conftest import Api, long_recording
 from tests.api.music import excerpt, write_wav
+from tests.browser import Box, PageProblems, box_of, pixels_near, screenshot_pixels, viewport_of
 
 
 @pytest.fixture
@@ -23,6 +24,42 @@ def page(browser: Browser, api: Api) -> Iterator[Page]:
     page.set_default_timeout(60_000)
     yield page
     context.close()
+
+
+@pytest.fixture
+def problems(page: Page) -> PageProblems:
+    return PageProblems(page)
+
+
+TRACK_COLOURS = [(0x2B, 0x6C, 0xB0), (0xC0, 0x56, 0x21)]  # .c0, .c1 in tryit.css
+
+
+def check_timeline(page: Page, axis_labels: list[str]) -> None:
+    """The timeline as a reader sees it: a time axis with these labels, every label whole
+    inside the chart and on screen, bars painted in their colours, each name in the legend."""
+    chart = page.locator("svg#timeline")
+    chart.scroll_into_view_if_needed()
+    frame = box_of(chart)
+    assert viewport_of(page).holds(frame)
+    expect(chart.locator(".x-axis .tick-label")).to_have_text(axis_labels)
+    expect(chart.locator(".x-axis .axis-title")).to_have_text("time in the recording (m:ss)")
+    ticks = [box_of(t) for t in chart.locator(".x-axis .tick-label").all()]
+    assert not any(a.overlaps(b) for i, a in enumerate(ticks) for b in ticks[i + 1 :])
+    for label in chart.locator("text").all():
+        assert frame.holds(box_of(label)), label.text_content()
+    painted = screenshot_pixels(chart)
+    bars = chart.locator(".bar")
+    legend = page.locator("#legend li")
+    expect(legend).to_have_count(bars.count())
+    for i, bar in enumerate(bars.all()):
+        rect = box_of(bar.locator("rect"))
+        for label in bar.locator("text").all():  # a label inside a bar fits in it
+            assert rect.holds(box_of(label)), label.text_content()
+        inside = Box(rect.x - frame.x + 1, rect.y - frame.y + 1, rect.width - 2, rect.height - 2)
+        share = pixels_near(painted, TRACK_COLOURS[i], inside) / (inside.width * inside.height)
+        assert share > 0.7, (i, share)  # the rest is the white label
+        name = (bar.locator("title").text_content() or "").split(" (")[0]
+        expect(legend.nth(i)).to_contain_text(name)
 
 
 @pytest.mark.slow
@@ -48,7 +85,9 @@ def test_standard_form(page: Page, api: Api, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_enterprise_form_timeline(page: Page, api: Api, tmp_path: Path) -> None:
+def test_enterprise_form_timeline(
+    page: Page, api: Api, problems: PageProblems, tmp_path: Path
+) -> None:
     long = write_wav(tmp_path / "long.wav", long_recording(api.songs))
     page.goto("/try?method=enterprise")
     page.fill("#api_token", api.tokens["enterprise"])
@@ -62,9 +101,11 @@ def test_enterprise_form_timeline(page: Page, api: Api, tmp_path: Path) -> None:
     expect(bars.nth(1)).to_contain_text("Song 3")
     assert 11 <= float(bars.nth(0).get_attribute("data-start") or 0) <= 13
     assert 71 <= float(bars.nth(1).get_attribute("data-end") or 0) <= 72.5
+    check_timeline(page, [f"{m}:{s:02d}" for m, s in (divmod(t, 60) for t in range(0, 81, 10))])
     raw = json.loads(page.locator("#raw").inner_text())
     assert [c["offset"] for c in raw["result"]] == ["00:12", "00:24", "00:36", "00:48", "01:00"]
     expect(page.locator("#accurate_offsets")).to_be_checked()
+    assert problems.csp_violations(page) == []
 
     page.fill("#api_token", api.tokens["enterprise"])  # no file, no URL this time
     page.click("#submit")

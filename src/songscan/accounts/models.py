@@ -50,8 +50,6 @@ class AccountRow(Base):
     period: Mapped[str] = mapped_column(String(7), default="")  # YYYY-MM of the last monthly grant
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     is_test: Mapped[bool] = mapped_column(Boolean, default=False)  # the public `test` token
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -157,3 +155,15 @@ class ServerSecret(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(255))
+
+
+class LoginThrottle(Base):
+    """Failed log-ins in a row per key (an e-mail and client address pair, or an address;
+    hashed, see `ratelimit.login_keys`) and until when that key must wait."""
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    wait_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -34,6 +34,7 @@ from songscan.accounts.models import (
     AccountRow,
     Checkout,
     LedgerEntry,
+    LoginThrottle,
     PublicTokenUsage,
     ServerLease,
     ServerSecret,
@@ -43,7 +44,7 @@ from songscan.accounts.models import (
     utcnow,
 )
 from songscan.accounts.plans import ConfigError, Entitlements, Plan, load_plans
-from songscan.accounts.ratelimit import TokenBuckets
+from songscan.accounts.ratelimit import FORGET_AFTER, LoginKey, TokenBuckets, login_keys, login_wait
 from songscan.errors import (
     InvalidParameters,
     MissingToken,
@@ -65,7 +66,15 @@ class SignupRefused(InvalidParameters):
 
 
 class LoginRefused(InvalidParameters):
-    """Wrong e-mail or password, a locked or disabled account."""
+    """Wrong e-mail or password, too many failed attempts, or a disabled account."""
+
+
+# One answer for an unknown e-mail, a wrong password and a throttled attempt, so that none of
+# them tells whether the address has an account (OWASP Authentication Cheat Sheet).
+LOGIN_FAILED = (
+    "wrong e-mail address or password (after several failed attempts, log-ins from your "
+    "address must wait a few minutes)"
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +86,9 @@ class AccountsConfig:
     test_token: bool = False
     test_daily_limit: int = 10
     test_plan: str = "trial"
-    login_attempts: int = 5
-    login_lockout_minutes: int = 15
+    login_attempts: int = 5  # failed log-ins per e-mail and client address before waiting
+    login_attempts_per_address: int = 30  # failed log-ins per client address, any e-mail
+    login_lockout_minutes: int = 15  # the longest wait the back-off reaches
     session_days: int = 14
     secure_cookies: bool = False
     database_url: str | None = None
@@ -290,7 +300,6 @@ class Accounts:
                     "period": "",
                     "disabled": False,
                     "is_test": True,
-                    "failed_logins": 0,
                     "created_at": utcnow(),
                 },
             )
@@ -333,7 +342,6 @@ class Accounts:
                         period="",
                         disabled=False,
                         is_test=False,
-                        failed_logins=0,
                         created_at=now,
                     )
                 )
@@ -865,49 +873,81 @@ class Accounts:
 
     # -- log-in and web sessions ------------------------------------------------------------
 
-    def login(self, email: str, password: str) -> Account:
-        """The account whose e-mail and password these are. After `login_attempts` failures
-        in a row the account is locked for `login_lockout_minutes`, right password or not."""
+    def login(self, email: str, password: str, client_addr: str = "") -> Account:
+        """The account whose e-mail and password these are, asked from `client_addr`.
+
+        Failures are throttled per (e-mail, address) and per address (`ratelimit.login_keys`):
+        a throttled attempt is refused unchecked, right password or not. Unknown e-mail,
+        wrong password and throttled attempt all raise the same LoginRefused(LOGIN_FAILED),
+        and an unknown e-mail costs a password hash like a known one.
+        """
         email = tokens.normalise_email(email)
-        now = utcnow()
-        with self._tx() as conn:
+        keys = login_keys(
+            email,
+            client_addr,
+            self.config.login_attempts,
+            self.config.login_attempts_per_address,
+        )
+        if self._login_throttled(keys):
+            raise LoginRefused(LOGIN_FAILED)
+        with self._read() as conn:
             row = conn.execute(
                 select(AccountRow).where(AccountRow.email == email, AccountRow.is_test.is_(False))
             ).first()
-        if row is not None and row.locked_until and as_utc(row.locked_until) > now:
-            minutes = max(1, round((as_utc(row.locked_until) - now).total_seconds() / 60))
-            raise LoginRefused(f"too many failed log-ins: try again in {minutes} minutes")
         if not tokens.verify_password(row.password_hash if row else None, password):
-            if row is not None:
-                self._login_failed(row.id)
-            raise LoginRefused("wrong e-mail address or password")
+            self._login_failed(keys)
+            raise LoginRefused(LOGIN_FAILED)
         assert row is not None
         if row.disabled:
             raise LoginRefused("this account is disabled")
-        values: dict[str, Any] = {"failed_logins": 0, "locked_until": None}
-        if tokens.password_needs_rehash(row.password_hash):
-            values["password_hash"] = tokens.hash_password(password)
         with self._tx() as conn:
-            conn.execute(update(AccountRow).where(AccountRow.id == row.id).values(**values))
-        return _account(row)
-
-    def _login_failed(self, account_id: int) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                update(AccountRow)
-                .where(AccountRow.id == account_id)
-                .values(failed_logins=AccountRow.failed_logins + 1)
-            )
-            failures = conn.scalar(
-                select(AccountRow.failed_logins).where(AccountRow.id == account_id)
-            )
-            if (failures or 0) >= self.config.login_attempts:
-                locked_until = utcnow() + timedelta(minutes=self.config.login_lockout_minutes)
+            # The pair starts again; the address's count stays, or one account of one's own
+            # would reset the throttle of an address that tries many.
+            conn.execute(delete(LoginThrottle).where(LoginThrottle.key == keys[0].key))
+            if tokens.password_needs_rehash(row.password_hash):
                 conn.execute(
                     update(AccountRow)
-                    .where(AccountRow.id == account_id)
-                    .values(failed_logins=0, locked_until=locked_until)
+                    .where(AccountRow.id == row.id)
+                    .values(password_hash=tokens.hash_password(password))
                 )
+        return _account(row)
+
+    def _login_throttled(self, keys: list[LoginKey]) -> bool:
+        now = utcnow()
+        with self._read() as conn:
+            waits = conn.scalars(
+                select(LoginThrottle.wait_until).where(
+                    LoginThrottle.key.in_([k.key for k in keys]),
+                    LoginThrottle.wait_until.is_not(None),
+                )
+            ).all()
+        return any(as_utc(wait) > now for wait in waits if wait is not None)
+
+    def _login_failed(self, keys: list[LoginKey]) -> None:
+        """Count a failure against each key and set its wait; forget keys idle for a day."""
+        now = utcnow()
+        longest = timedelta(minutes=self.config.login_lockout_minutes)
+        with self._tx() as conn:
+            conn.execute(
+                delete(LoginThrottle).where(LoginThrottle.last_failure_at < now - FORGET_AFTER)
+            )
+            for key in keys:
+                self._insert_ignore(
+                    conn, LoginThrottle, {"key": key.key, "failures": 0, "last_failure_at": now}
+                )
+                failures = conn.scalar(
+                    update(LoginThrottle)
+                    .where(LoginThrottle.key == key.key)
+                    .values(failures=LoginThrottle.failures + 1, last_failure_at=now)
+                    .returning(LoginThrottle.failures)
+                )
+                wait = login_wait(int(failures or 0), key.free_attempts, longest)
+                if wait:
+                    conn.execute(
+                        update(LoginThrottle)
+                        .where(LoginThrottle.key == key.key)
+                        .values(wait_until=now + wait)
+                    )
 
     def start_session(self, account_id: int) -> str:
         """A new web session; the id goes into a cookie, only its hash into the database."""
@@ -1052,6 +1092,7 @@ def _quota_message(needed: int, left: int) -> str:
 
 
 __all__ = [
+    "LOGIN_FAILED",
     "Account",
     "AccountStatus",
     "Accounts",

@@ -1,16 +1,18 @@
 """The web side of accounts: sign-up, log-in, the dashboard, buying requests, Stripe's webhook.
 
-Server-rendered pages (Jinja2). A log-in is a session cookie (HttpOnly, SameSite=Lax) whose
-hash is stored in the database. Every form carries a CSRF token that must equal the signed
-`songscan_csrf` cookie (double submit, signed with a server secret). A new or rotated API
-token is rendered once, in the response to the POST that made it, never stored or redirected.
+Server-rendered pages (Jinja2), no inline script or style (the Content-Security-Policy of
+`security.py` forbids them): scripts and styles are files under `/static`. A log-in is a
+session cookie (HttpOnly, SameSite=Lax, Secure over HTTPS) whose hash is stored in the
+database; failed log-ins are throttled by the accounts service. Every form carries a CSRF
+token that must equal the signed `songscan_csrf` cookie (double submit, signed with a server
+secret). A new or rotated API token is rendered once, in the response to the POST that made
+it, never stored or redirected.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from fastapi.templating import Jinja2Templates
 from songscan.accounts import tokens
 from songscan.accounts.payments import Payments, PaymentsUnavailable, WebhookRejected
 from songscan.accounts.service import Account, Accounts, LoginRefused, SignupRefused
+from songscan.api.charts import usage_chart
+from songscan.api.security import secure_cookies
 from songscan.errors import InvalidParameters
 
 log = logging.getLogger(__name__)
@@ -29,7 +33,7 @@ SESSION_COOKIE = "songscan_session"
 CSRF_COOKIE = "songscan_csrf"
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-router = APIRouter()
+router = APIRouter(include_in_schema=False)  # pages and the webhook: not the API
 
 
 def _accounts(request: Request) -> Accounts:
@@ -88,22 +92,17 @@ def _render(
 ) -> HTMLResponse:
     csrf = _csrf_value(request)
     response = templates.TemplateResponse(
-        request,
-        template,
-        {"csrf": csrf, "secure": _accounts(request).config.secure_cookies, **context},
-        status_code=status_code,
+        request, template, {"csrf": csrf, **context}, status_code=status_code
     )
     response.set_cookie(
-        CSRF_COOKIE,
-        csrf,
-        httponly=True,
-        samesite="lax",
-        secure=_accounts(request).config.secure_cookies,
+        CSRF_COOKIE, csrf, httponly=True, samesite="lax", secure=_secure_cookies(request)
     )
     response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
     return response
+
+
+def _secure_cookies(request: Request) -> bool:
+    return secure_cookies(request, _accounts(request).config.secure_cookies)
 
 
 def _csrf_failed(request: Request) -> HTMLResponse:
@@ -125,34 +124,18 @@ def _start_session(request: Request, response: Response, account: Account) -> No
         max_age=accounts.config.session_days * 86400,
         httponly=True,
         samesite="lax",
-        secure=accounts.config.secure_cookies,
+        secure=_secure_cookies(request),
     )
+
+
+def _client_addr(request: Request) -> str:
+    """The caller's address (behind a trusted proxy, Uvicorn's proxy_headers put the
+    forwarded one here)."""
+    return request.client.host if request.client else ""
 
 
 def _current(request: Request) -> Account | None:
     return _accounts(request).session_account(request.cookies.get(SESSION_COOKIE))
-
-
-@dataclass(frozen=True)
-class ChartBar:
-    day: str
-    requests: int
-    x: float
-    y: float
-    height: float
-
-
-def usage_chart(
-    usage_by_day: list[tuple[Any, int]], width: int = 600, height: int = 120
-) -> list[ChartBar]:
-    """Bars of an inline SVG chart of requests per day (no JavaScript needed)."""
-    top = max((n for _, n in usage_by_day), default=0) or 1
-    step = width / max(1, len(usage_by_day))
-    bars = []
-    for i, (day, n) in enumerate(usage_by_day):
-        bar_height = round(n / top * (height - 10), 1) if n else 0.0
-        bars.append(ChartBar(str(day), n, round(i * step, 1), height - bar_height, bar_height))
-    return bars
 
 
 # -- pages ----------------------------------------------------------------------------------
@@ -193,7 +176,7 @@ async def login(request: Request) -> Response:
         return _csrf_failed(request)
     email = form.get("email", "")
     try:
-        account = _accounts(request).login(email, form.get("password", ""))
+        account = _accounts(request).login(email, form.get("password", ""), _client_addr(request))
     except LoginRefused as exc:
         return _render(request, "login.html", 400, error=exc.message, email=email)
     response = RedirectResponse("/dashboard", status_code=303)
@@ -208,7 +191,9 @@ async def logout(request: Request) -> Response:
         return _csrf_failed(request)
     _accounts(request).end_session(request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(
+        SESSION_COOKIE, httponly=True, samesite="lax", secure=_secure_cookies(request)
+    )
     return response
 
 

@@ -1,14 +1,53 @@
-"""The recognition methods' parameters and error codes, for the OpenAPI document at /docs.
+"""The OpenAPI document and its page: the recognition methods' parameters and error codes,
+and `/docs` (Swagger UI) served without any network.
 
 The routes read their parameters themselves (query string, urlencoded or multipart, GET or
 POST, as AudD does), so FastAPI cannot infer them: they are declared here, once.
+
+FastAPI's own /docs loads Swagger UI from a CDN and starts it with an inline script: blank
+without internet, and refused by the pages' Content-Security-Policy. `install_docs` serves
+the Swagger UI files that the `fastapi-offline` package ships, started by a script file.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
 from songscan.catalog import METADATA_FIELDS
+
+STATIC_URL = "/static"  # this package's scripts and styles (`api/static`)
+SWAGGER_URL = "/static/swagger"  # swagger-ui-bundle.js, swagger-ui.css, favicon.png
+STATIC_DIR = Path(__file__).parent / "static"
+
+_templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+def install_docs(app: FastAPI) -> None:
+    """Mount the pages' static files and Swagger UI's, and the `/docs` page.
+    The app must be made with `docs_url=None, redoc_url=None`."""
+    # Swagger's mount first: "/static" would otherwise take its paths too.
+    app.mount(SWAGGER_URL, StaticFiles(packages=[("fastapi_offline", "static")]), name="swagger")
+    app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return _templates.TemplateResponse(
+            request,
+            "docs.html",
+            {
+                "openapi_url": f"{root}{app.openapi_url}",
+                "assets": f"{root}{SWAGGER_URL}",
+                "static": f"{root}{STATIC_URL}",
+            },
+        )
+
 
 # (name, type, description); types are OpenAPI schema types
 COMMON = [

@@ -2,9 +2,10 @@
 
 `GET /try` shows the forms; a form posts (multipart, like any AudD client) to
 `/try/recognize` or `/try/enterprise`, which runs the very request the API would and renders
-its reply: a table of the matches, a timeline of where songs play (enterprise) and the raw
-response, in whichever `response_type` was asked for (JSON chunks, CSV or segments).
-No script is needed; the token is typed into the form and sent with it, never stored.
+its reply: a table of the matches, a timeline of where songs play (enterprise: an SVG with a
+time axis, see `charts.timeline`) and the raw response, in whichever `response_type` was
+asked for (JSON chunks, CSV or segments). No script is needed; the token is typed into the
+form and sent with it, never stored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import io
 import json
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from songscan.api import recognition
+from songscan.api.charts import Span, clock, timeline
 from songscan.config import DEFAULT
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -47,19 +48,6 @@ _CHUNK_COLUMNS = (
 _SEGMENT_COLUMNS = ("start", "end", "artist", "title", "timecode", "chunks", "score", "audio_id")
 
 
-@dataclass(frozen=True)
-class TimelineBar:
-    """One run of consecutive chunks whose best match is the same track."""
-
-    start_s: float
-    end_s: float
-    label: str
-    audio_id: int
-    left_pct: float = 0.0
-    width_pct: float = 0.0
-    colour: int = 0
-
-
 def _seconds(clock: str) -> float:
     total = 0.0
     for part in clock.split(":"):
@@ -72,66 +60,48 @@ def _ms(value: Any, default: float) -> float:
     return default if value in (None, "") else float(value)
 
 
-def chunk_bars(best_songs: Iterable[tuple[float, dict[str, Any]]]) -> list[TimelineBar]:
-    """Bars from each matched chunk's offset (s) and best song: consecutive chunks of one track
+def chunk_spans(best_songs: Iterable[tuple[float, dict[str, Any]]]) -> list[Span]:
+    """Spans from each matched chunk's offset (s) and best song: consecutive chunks of one track
     merged (a chunk is `chunk_s` long; start/end offsets refine the ends)."""
     chunk_s = DEFAULT.scan.chunk_s
-    bars: list[TimelineBar] = []
+    spans: list[Span] = []
     for offset, best in best_songs:
         start = offset + _ms(best.get("start_offset"), 0) / 1000
         end = offset + _ms(best.get("end_offset"), chunk_s * 1000) / 1000
         audio_id = int(best.get("audio_id") or 0)
-        last = bars[-1] if bars else None
+        last = spans[-1] if spans else None
         if last and last.audio_id == audio_id and offset - last.end_s <= chunk_s / 2:
-            bars[-1] = TimelineBar(last.start_s, end, last.label, audio_id)
+            spans[-1] = Span(last.start_s, end, last.label, audio_id)
         else:
-            bars.append(TimelineBar(start, end, _label(best), audio_id))
-    return bars
+            spans.append(Span(start, end, _label(best), audio_id))
+    return spans
 
 
-def timeline(result: list[dict[str, Any]]) -> list[TimelineBar]:
-    """Bars for an enterprise result in JSON chunks."""
-    return placed(chunk_bars((_seconds(c["offset"]), c["songs"][0]) for c in result if c["songs"]))
+def json_spans(result: list[dict[str, Any]]) -> list[Span]:
+    """Spans of an enterprise result in JSON chunks."""
+    return chunk_spans((_seconds(c["offset"]), c["songs"][0]) for c in result if c["songs"])
 
 
 def _label(song: dict[str, Any]) -> str:
     return " — ".join(x for x in (song.get("artist"), song.get("title")) if x)
 
 
-def placed(bars: list[TimelineBar]) -> list[TimelineBar]:
-    """The bars with their place and width on the page, one colour per track."""
-    total = max((b.end_s for b in bars), default=0.0) or 1.0
-    ids = sorted({b.audio_id for b in bars})
-    return [
-        TimelineBar(
-            b.start_s,
-            b.end_s,
-            b.label,
-            b.audio_id,
-            left_pct=round(100 * b.start_s / total, 2),
-            width_pct=max(0.5, round(100 * (b.end_s - b.start_s) / total, 2)),
-            colour=ids.index(b.audio_id) % 6,
-        )
-        for b in bars
-    ]
-
-
 def _enterprise_view(
     body: dict[str, Any] | str, response_type: str
-) -> tuple[list[dict[str, Any]], tuple[str, ...], list[TimelineBar]]:
-    """Rows, columns and timeline bars of a successful enterprise reply."""
+) -> tuple[list[dict[str, Any]], tuple[str, ...], list[Span]]:
+    """Rows, columns and timeline spans of a successful enterprise reply."""
     if isinstance(body, str):  # CSV: one row per (chunk, song), best song first
         rows = list(csv.DictReader(io.StringIO(body)))
         firsts: dict[str, dict[str, Any]] = {}
         for row in rows:
             firsts.setdefault(row["offset_seconds"], row)
-        return rows, _CHUNK_COLUMNS, placed(chunk_bars((float(k), v) for k, v in firsts.items()))
+        return rows, _CHUNK_COLUMNS, chunk_spans((float(k), v) for k, v in firsts.items())
     result = body["result"]
     if response_type == "segments":
-        bars = [TimelineBar(s["start"], s["end"], _label(s), int(s["audio_id"])) for s in result]
-        return result, _SEGMENT_COLUMNS, placed(bars)
+        spans = [Span(s["start"], s["end"], _label(s), int(s["audio_id"])) for s in result]
+        return result, _SEGMENT_COLUMNS, spans
     rows = [dict(song, offset=chunk["offset"]) for chunk in result for song in chunk["songs"]]
-    return rows, _CHUNK_COLUMNS, timeline(result)
+    return rows, _CHUNK_COLUMNS, json_spans(result)
 
 
 def _render(
@@ -151,17 +121,18 @@ def _render(
         "request_id": request_id,
         "kept": {name: fields.get(name, "") for name in _KEPT_FIELDS},
         "checked": {name: fields.get(name) == "true" for name in _CHECKBOXES},
-        "bars": [],
+        "timeline": None,
         "rows": [],
         "columns": _STANDARD_COLUMNS,
     }
     if body is not None and error is None:
         if method == recognition.ENTERPRISE:
-            view = _enterprise_view(body, fields.get("response_type", "json"))
-            context["rows"], context["columns"], context["bars"] = view
+            rows, columns, spans = _enterprise_view(body, fields.get("response_type", "json"))
+            context["rows"], context["columns"] = rows, columns
+            context["timeline"] = timeline(spans) if spans else None
         elif isinstance(body.get("result"), dict):
             context["rows"] = [body["result"]]
-    return templates.TemplateResponse(request, "tryit_page.html", context)
+    return templates.TemplateResponse(request, "tryit_page.html", {"clock": clock, **context})
 
 
 @router.get("/try", response_class=HTMLResponse)
