@@ -132,9 +132,9 @@ def render(
         "",
         f"`{command}` ({machine()}; this revision: {engine_version()}). A fresh `songscan` "
         f"process per figure, spawn to exit, best of {rounds}; baseline `{baseline}` run in "
-        "the same rounds by the same interpreter. Figures taken while other engineers' work "
-        "shared the 2 cores are noisy (the ratios less so): the lead re-runs it on a quiet "
-        "machine. CPU: user + system time of the command and the processes it waited for, "
+        "the same rounds by the same interpreter. Figures taken while other work shares the "
+        "2 cores are noisy (the ratios less so): compare the load average. CPU: user + "
+        "system time of the command and the processes it waited for, "
         "best of the rounds (a scan's pool workers are children of the forkserver, not of the "
         "command: their CPU is not in it).",
         "",
