@@ -98,6 +98,14 @@ class NotEntitled(SongscanError):
     default_message = "this method or option is not available to this token"
 
 
+class AlreadySettled(SongscanError):
+    """A reservation was settled already (billed once, or released by a crash sweep): settling
+    it again changes nothing. Callers that may race a sweep or a rerun expect it."""
+
+    code = 100
+    default_message = "the reservation is already settled"
+
+
 class NotFound(SongscanError):
     """A catalog entry or other named thing does not exist (CLI and admin use)."""
 

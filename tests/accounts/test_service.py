@@ -28,7 +28,13 @@ from songscan.accounts.service import (
     SignupRefused,
     mask_token,
 )
-from songscan.errors import InvalidParameters, MissingToken, QuotaExceeded, UnknownToken
+from songscan.errors import (
+    AlreadySettled,
+    InvalidParameters,
+    MissingToken,
+    QuotaExceeded,
+    UnknownToken,
+)
 
 PASSWORD = "tuning-fork-42"
 
@@ -153,7 +159,7 @@ def test_reserve_and_settle_bill_exactly_what_was_used(accounts: Accounts) -> No
     failed = accounts.reserve(account, 1, "recognize")
     accounts.settle(failed, 0, "error 500", chunks=0)  # no work done: nothing billed
     assert accounts.remaining(account) == 293
-    with pytest.raises(ValueError, match="already settled"):
+    with pytest.raises(AlreadySettled, match="already settled"):
         accounts.settle(failed, 0, "error 500", chunks=0)
     with pytest.raises(ValueError):
         accounts.settle(accounts.reserve(account, 2, "enterprise"), 3, "success", chunks=3)
@@ -369,7 +375,7 @@ def test_reservations_of_a_dead_server_are_released_and_only_those(
         assert all(live.is_pending(r.entry_id) for r in (for_job, kept, unowned))
         assert not live.is_pending(orphaned.entry_id)
         live.settle(kept, 10, "ok", chunks=10)
-        with pytest.raises(ValueError):  # the dead server cannot bill it afterwards
+        with pytest.raises(AlreadySettled):  # the dead server cannot bill it afterwards
             dead.settle(orphaned, 40, "ok", chunks=40)
         statuses = [(r.cost, r.status) for r in live.status(account.id).recent]
         assert statuses == [(5, "pending"), (10, "ok"), (7, "pending"), (0, RELEASED)]

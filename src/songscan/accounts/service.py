@@ -46,6 +46,7 @@ from songscan.accounts.models import (
 from songscan.accounts.plans import ConfigError, Entitlements, Plan, load_plans
 from songscan.accounts.ratelimit import FORGET_AFTER, LoginKey, TokenBuckets, login_keys, login_wait
 from songscan.errors import (
+    AlreadySettled,
     InvalidParameters,
     MissingToken,
     NotFound,
@@ -663,7 +664,7 @@ class Accounts:
         """Bill `used` (0 ≤ used ≤ reserved) of the reservation and give back the rest.
 
         Records the request for the dashboard. A reservation is settled once; settling it
-        again raises ValueError and changes nothing.
+        again raises AlreadySettled and changes nothing.
         """
         if not 0 <= used <= reservation.requests:
             raise ValueError(f"used must be between 0 and {reservation.requests}, got {used}")
@@ -675,7 +676,7 @@ class Accounts:
                 .values(delta=-used, status=status[:32], chunks=chunks)
             ).rowcount
             if done != 1:
-                raise ValueError(f"reservation {reservation.entry_id} is already settled")
+                raise AlreadySettled(f"reservation {reservation.entry_id} is already settled")
             if refund:
                 self._add_balance(conn, reservation.account_id, refund)
                 if reservation.public_day is not None:
@@ -799,7 +800,7 @@ class Accounts:
             try:
                 self.settle(reservation, 0, RELEASED, 0)
                 released += 1
-            except ValueError:
+            except AlreadySettled:
                 pass  # settled meanwhile: its server was alive after all, or a sibling swept
         return released
 

@@ -45,7 +45,7 @@ from songscan.api.recognition import (
     record_request,
     reply_for_error,
 )
-from songscan.errors import InvalidParameters, NotEntitled, SongscanError
+from songscan.errors import AlreadySettled, InvalidParameters, NotEntitled, SongscanError
 from songscan.jobs import ACTIVE, CANCELLED, DONE, FAILED, FINISHED, JobRecord, job_json
 from songscan.results import to_json
 from songscan.scan import ScanResult, plan_for, scan_file
@@ -242,7 +242,7 @@ class JobRunner:
             try:
                 self.service.accounts.settle(reservation, used, status, record.chunks)
                 self.service.metrics.billed.inc(used)
-            except ValueError:
+            except AlreadySettled:
                 pass  # settled before this process went down: billed once
         self.store.remove_media(record.id)
         self.store.mark_cleaned(record.id)

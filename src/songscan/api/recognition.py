@@ -58,6 +58,7 @@ from songscan.catalog import METADATA_FIELDS, Catalog, metadata_from_mapping
 from songscan.chunks import PlanParams
 from songscan.config import DEFAULT, EngineConfig
 from songscan.errors import (
+    AlreadySettled,
     InvalidParameters,
     MediaTooLarge,
     NoMedia,
@@ -300,7 +301,7 @@ class Recognition:
         (this process stalled longer than its lease): the answer is sent all the same."""
         try:
             self.accounts.settle(reservation, used, status, chunks)
-        except ValueError:
+        except AlreadySettled:
             log.warning("reservation %d was released before it was settled", reservation.entry_id)
             return 0
         return used
