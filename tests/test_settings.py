@@ -50,3 +50,19 @@ def test_config_errors_are_songscan_errors(tmp_path: Path) -> None:
     assert isinstance(raised.value, SongscanError)
     assert raised.value.code == 100
     assert str(tmp_path / "songscan.toml") in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "toml",
+    ["[api]\nbogus = 1\n", '[media]\nmin_sample_rate_hz = "low"\n', "[log]\nbogus = 1\n"],
+)
+def test_serve_refuses_a_bad_config_in_one_line_before_it_listens(
+    tmp_path: Path, toml: str
+) -> None:
+    (tmp_path / "songscan.toml").write_text(toml)
+    proc = songscan(tmp_path, "serve", "--port", "0", "--workers", "2")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error (100): [")

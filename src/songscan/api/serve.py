@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -35,6 +36,16 @@ def app_factory() -> FastAPI:
     port = os.environ.get(ENTERPRISE_PORT_ENV)
     app.state.enterprise_port = int(port) if port else None
     return app
+
+
+def check_app(data_dir: Path) -> None:
+    """Make the app once before any worker starts: a bad songscan.toml, a data directory of
+    another format or a database that cannot be migrated ends `serve` with one SongscanError
+    (one line from the CLI), not a traceback in every worker; the database is migrated once,
+    not by the workers at the same time."""
+    data = settings.data_dir(data_dir)
+    app = create_app(data, settings.load_config(data))
+    app.state.accounts.close()
 
 
 class _TcpConfig(uvicorn.Config):
@@ -87,6 +98,7 @@ def serve(
     data_dir: str, host: str, port: int, workers: int = 0, enterprise_port: int | None = None
 ) -> None:
     """Serve until SIGINT/SIGTERM; `workers` 0 means one per core."""
+    check_app(Path(data_dir))
     config = server_config(data_dir, host, port, workers, enterprise_port)
     sockets = [config.bind_socket()]
     if enterprise_port:
