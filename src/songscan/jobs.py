@@ -268,7 +268,7 @@ class JobStore:
             )
             return cursor.rowcount == 1
 
-    def set_reservation(self, job_id: str, reservation_id: int, reserved: int) -> None:
+    def set_reservation(self, job_id: str, reservation_id: int | None, reserved: int) -> None:
         self._update(job_id, "1", reservation_id=reservation_id, reserved=reserved)
 
     def progress(self, job_id: str, chunks_done: int, chunks_total: int) -> bool:

@@ -149,6 +149,32 @@ def test_mask_token() -> None:
     assert mask_token(None) == ""
 
 
+def test_a_reservation_block_bills_what_its_work_used_and_nothing_when_it_fails(
+    accounts: Accounts,
+) -> None:
+    account = accounts.create_account("held@example.org", PASSWORD).account
+    with accounts.reservation(account, 10, "enterprise") as held:
+        assert accounts.remaining(account) == 290  # held while the work runs
+        assert held.settle(7, "ok", 7) == 7
+        assert held.settle(7, "ok", 7) == 0  # once
+    assert accounts.remaining(account) == 293
+    with pytest.raises(QuotaExceeded), accounts.reservation(account, 1, "recognize") as held:
+        raise QuotaExceeded("the work failed")
+    assert accounts.remaining(account) == 293  # a failed block costs nothing
+    with accounts.reservation(account, 4, "enterprise"):
+        pass  # neither billed nor handed over: given back
+    assert accounts.remaining(account) == 293
+    with accounts.reservation(account, 5, "enterprise") as held:
+        held.hand_over("job-1")
+        entry_id = held.entry_id
+    assert entry_id is not None and accounts.is_pending(entry_id)  # the job settles it
+    with accounts.reservation(account, 0, "enterprise") as held:
+        assert held.entry_id is None and held.settle(0, "ok", 0) == 0  # nothing to hold
+    statuses = [(r.cost, r.status) for r in accounts.status(account.id).recent]
+    assert (7, "ok") in statuses and (0, "error 902") in statuses and (0, "unused") in statuses
+    assert accounts.ledger_total(account.id)[0] == accounts.ledger_total(account.id)[1]
+
+
 def test_reserve_and_settle_bill_exactly_what_was_used(accounts: Accounts) -> None:
     made = accounts.create_account("meter@example.org", PASSWORD)
     account = made.account

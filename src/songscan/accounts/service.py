@@ -13,6 +13,7 @@ instances whose lease is gone (a killed server); a job's are left to the job run
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -51,8 +52,11 @@ from songscan.errors import (
     MissingToken,
     NotFound,
     QuotaExceeded,
+    SongscanError,
     UnknownToken,
 )
+
+log = logging.getLogger("songscan.accounts")
 
 mask_token = tokens.mask_token
 
@@ -142,6 +146,46 @@ class Reservation:
     method: str
     public_day: date | None = None  # set for the public `test` token
     client_addr: str | None = None
+
+
+class Held:
+    """A reservation being worked on (`Accounts.reservation`): settled once, by the work or by
+    the block's end; `entry_id` is None when nothing was reserved (0 requests)."""
+
+    def __init__(self, accounts: Accounts, reservation: Reservation | None) -> None:
+        self._accounts = accounts
+        self._reservation = reservation
+        self._done = reservation is None
+
+    @property
+    def entry_id(self) -> int | None:
+        return self._reservation.entry_id if self._reservation else None
+
+    def settle(self, used: int, status: str, chunks: int) -> int:
+        """Bill `used` of the reservation, give back the rest; what was billed. 0 when a crash
+        sweep released it meanwhile (this process stalled longer than its lease): the work's
+        answer is sent all the same, unbilled. A second call changes nothing."""
+        if self._done or self._reservation is None:
+            return 0
+        self._done = True
+        try:
+            self._accounts.settle(self._reservation, used, status, chunks)
+        except AlreadySettled:
+            log.warning("reservation %d was released before it was settled", self.entry_id)
+            return 0
+        return used
+
+    def hand_over(self, job_id: str) -> None:
+        """Make a long job its holder: the job runner settles it when the job has finished."""
+        if self._done or self._reservation is None:
+            return
+        self._done = True
+        self._accounts.hand_over(self._reservation, job_id)
+
+
+def error_status(exc: BaseException) -> str:
+    """The ledger status of work that ended with `exc`."""
+    return f"error {exc.code}" if isinstance(exc, SongscanError) else "error"
 
 
 @dataclass(frozen=True)
@@ -689,6 +733,20 @@ class Accounts:
                         .values(used=PublicTokenUsage.used - refund)
                     )
 
+    @contextmanager
+    def reservation(self, account: Account, n_requests: int, method: str) -> Iterator[Held]:
+        """Hold `n_requests` of the account's quota for the work in the block (QuotaExceeded
+        when they are not there; nothing is held for 0). The block bills what it used with
+        `held.settle(...)`, or hands the reservation to a long job; if it raises, nothing is
+        billed and the ledger says which error ended it."""
+        held = Held(self, self.reserve(account, n_requests, method) if n_requests else None)
+        try:
+            yield held
+        except BaseException as exc:
+            held.settle(0, error_status(exc), 0)
+            raise
+        held.settle(0, "unused", 0)  # a block that neither billed nor handed over: give back
+
     def hand_over(self, reservation: Reservation, job_id: str) -> None:
         """Make a long job the holder of a pending reservation: no server sweep releases it;
         the job runner settles it when the job has finished (`api/jobs.py`)."""
@@ -1098,10 +1156,12 @@ __all__ = [
     "AccountStatus",
     "Accounts",
     "AccountsConfig",
+    "Held",
     "LoginRefused",
     "NewToken",
     "Reservation",
     "SignupRefused",
     "UsageRecord",
+    "error_status",
     "mask_token",
 ]

@@ -173,9 +173,9 @@ class JobRunner:
             # Released by a sweep: its process died before handing it over to the job.
             reservation_id = None
         if reservation_id is None and n_chunks:  # a url job (its size is now known), or that
-            reservation = service.accounts.reserve(account, n_chunks, ENTERPRISE)
-            self.store.set_reservation(record.id, reservation.entry_id, n_chunks)
-            service.accounts.hand_over(reservation, record.id)
+            with service.accounts.reservation(account, n_chunks, ENTERPRISE) as held:
+                self.store.set_reservation(record.id, held.entry_id, n_chunks)
+                held.hand_over(record.id)
             reserved = n_chunks
         result = scan_file(
             path,

@@ -40,7 +40,7 @@ from prometheus_client import (
 from starlette.requests import ClientDisconnect
 
 from songscan.accounts.plans import ConfigError, Entitlements
-from songscan.accounts.service import Account, Accounts, Reservation
+from songscan.accounts.service import Account, Accounts
 from songscan.accounts.tokens import mask_token
 from songscan.api.errors import UnexpectedError, error_reply
 from songscan.api.logs import ACCESS_LOGGER, LOGGED, AccessLog
@@ -58,7 +58,6 @@ from songscan.catalog import METADATA_FIELDS, Catalog, metadata_from_mapping
 from songscan.chunks import PlanParams
 from songscan.config import DEFAULT, EngineConfig
 from songscan.errors import (
-    AlreadySettled,
     InvalidParameters,
     MediaTooLarge,
     NoMedia,
@@ -296,16 +295,6 @@ class Recognition:
             allow=self.settings.url_allow,
         )
 
-    def _settle(self, reservation: Reservation, used: int, status: str, chunks: int) -> int:
-        """Settle the reservation; what was billed. 0 when a crash sweep released it meanwhile
-        (this process stalled longer than its lease): the answer is sent all the same."""
-        try:
-            self.accounts.settle(reservation, used, status, chunks)
-        except AlreadySettled:
-            log.warning("reservation %d was released before it was settled", reservation.entry_id)
-            return 0
-        return used
-
     def _standard(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         cfg = self.engine_config
         max_bytes = min(entitlements.max_file_bytes, self.settings.standard_max_bytes)
@@ -318,13 +307,9 @@ class Recognition:
                 f"the standard method takes clips of up to {limit_s:g} s "
                 f"(this one is {info.duration_s:.0f} s); use /enterprise for longer files"
             )
-        reservation = self.accounts.reserve(account, 1, RECOGNIZE)
-        try:
+        with self.accounts.reservation(account, 1, RECOGNIZE) as held:
             songs = recognize_clip(path, self.data_dir, cfg, owners=catalog_owners(account))
-        except BaseException as exc:
-            self._settle(reservation, 0, _status(exc), 0)
-            raise
-        call.billed, call.chunks = self._settle(reservation, 1, "ok", 1), 1
+            call.billed, call.chunks = held.settle(1, "ok", 1), 1
         call.audio_s = min(info.duration_s or limit_s, limit_s)
         return Reply(standard_response(songs))
 
@@ -335,18 +320,12 @@ class Recognition:
         path = self._media(call, entitlements.max_file_bytes)
         cfg = self.engine_config
         n_chunks = len(plan_for(path, request.params, cfg))
-        reservation = self.accounts.reserve(account, n_chunks, ENTERPRISE) if n_chunks else None
-        try:
+        with self.accounts.reservation(account, n_chunks, ENTERPRISE) as held:
             owners = catalog_owners(account)
             result = scan_file(path, self.data_dir, request.params, cfg, owners=owners)
-        except BaseException as exc:
-            if reservation is not None:
-                self._settle(reservation, 0, _status(exc), 0)
-            raise
-        used = min(result.billable_chunks, n_chunks)
-        if reservation is not None:
-            used = self._settle(reservation, used, "ok", result.billable_chunks)
-        call.billed, call.chunks = used, result.billable_chunks
+            used = min(result.billable_chunks, n_chunks)
+            call.billed = held.settle(used, "ok", result.billable_chunks)
+        call.chunks = result.billable_chunks
         call.audio_s = sum(c.chunk.duration_s for c in result.chunks)
         result = replace(result, execution_time_s=time.perf_counter() - call.started)
         return enterprise_reply(result, request)
@@ -360,12 +339,9 @@ class Recognition:
         if account.is_test:
             raise NotEntitled("long jobs need an api_token of your own, not the public test token")
         n_chunks: int | None = None
-        reservation = None
         if call.media is not None:
             path = self._media(call, entitlements.max_file_bytes)
             n_chunks = len(plan_for(path, request.params, self.engine_config))
-            if n_chunks:
-                reservation = self.accounts.reserve(account, n_chunks, ENTERPRISE)
         elif request.url:
             check_url(request.url, self.settings.url_allow)
             if self.accounts.remaining(account) + self.accounts.plan(account).overage_limit < 1:
@@ -373,22 +349,18 @@ class Recognition:
         else:
             raise NoMedia()
         masked = {**call.fields, "api_token": mask_token(text_param(call.fields, "api_token"))}
-        try:
+        # A file's chunks are held now (a `url` job reserves when it has downloaded).
+        with self.accounts.reservation(account, n_chunks or 0, ENTERPRISE) as held:
             record = self.jobs.create(
                 account.id,
                 masked,
                 call.http_method,
                 call.media,
                 chunks_total=n_chunks,
-                reservation_id=reservation.entry_id if reservation else None,
+                reservation_id=held.entry_id,
                 reserved=n_chunks or 0,
             )
-        except BaseException as exc:
-            if reservation is not None:
-                self._settle(reservation, 0, _status(exc), 0)
-            raise
-        if reservation is not None:  # the job settles it now, whichever process runs it
-            self.accounts.hand_over(reservation, record.id)
+            held.hand_over(record.id)  # the job settles it, whichever process runs it
         return Reply({"status": "success", "result": job_json(record)})
 
     def _upload(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
@@ -403,16 +375,12 @@ class Recognition:
         path = self._media(call, entitlements.max_file_bytes)
         info = checked_probe(path, self.engine_config.limits)
         check_reference(info, self.engine_config.limits)
-        reservation = self.accounts.reserve(account, 1, UPLOAD)
-        try:
+        with self.accounts.reservation(account, 1, UPLOAD) as held:
             item = IngestItem(path, metadata=metadata, audio_id=audio_id, owner=_owner(account))
             outcome = ingest(self.catalog, [item], self.engine_config, workers=1)[0]
             if outcome.error is not None:
                 raise outcome.error
-        except BaseException as exc:
-            self._settle(reservation, 0, _status(exc), 0)
-            raise
-        call.billed = self._settle(reservation, 1, "ok", 0)
+            call.billed = held.settle(1, "ok", 0)
         call.audio_s = info.duration_s or 0.0
         return Reply({"status": "success", "result": None})
 
@@ -469,10 +437,6 @@ def _or(value: int | None, default: int) -> int:
 
 def _mb(n_bytes: int) -> str:
     return f"{n_bytes / _MB:g} MB"
-
-
-def _status(exc: BaseException) -> str:
-    return f"error {exc.code}" if isinstance(exc, SongscanError) else "error"
 
 
 def _owner(account: Account) -> str:
