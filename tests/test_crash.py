@@ -81,6 +81,29 @@ def long_audio(path: Path, minutes: int = 24) -> Path:
     return path
 
 
+def upload_in_background(
+    base_url: str, token: str, audio: Path
+) -> tuple[threading.Thread, list[httpx.Response]]:
+    """A synchronous enterprise scan of `audio`, sent from a thread; its reply lands in the
+    list (none when the server is killed under it)."""
+    replies: list[httpx.Response] = []
+
+    def scan() -> None:
+        with contextlib.suppress(httpx.TransportError), audio.open("rb") as fh:
+            replies.append(
+                httpx.post(
+                    f"{base_url}/enterprise",
+                    data={"api_token": token},
+                    files={"file": ("day.wav", fh)},
+                    timeout=WAIT_S,
+                )
+            )
+
+    client = threading.Thread(target=scan, daemon=True)
+    client.start()
+    return client, replies
+
+
 def kill_mid_work(proc: subprocess.Popen[bytes], workers: int) -> set[int]:
     """SIGKILL `proc` (only it) once its pool is at work; the pool's processes."""
     pool: set[int] = set()
@@ -147,17 +170,7 @@ def test_a_killed_server_leaves_nothing_and_spares_a_live_sibling(tmp_path: Path
             server, port = start_server(data, "--workers", "1")
             servers.append(server)
 
-            def scan() -> None:
-                with contextlib.suppress(httpx.TransportError), audio.open("rb") as fh:
-                    httpx.post(
-                        f"http://127.0.0.1:{port}/enterprise",
-                        data={"api_token": token},
-                        files={"file": ("day.wav", fh)},
-                        timeout=WAIT_S,
-                    )
-
-            client = threading.Thread(target=scan, daemon=True)
-            client.start()
+            client, _ = upload_in_background(f"http://127.0.0.1:{port}", token, audio)
             wait_until("the scan's reservation is made", lambda: len(_pending(accounts)) == 2)
             (held,) = [row for row in _pending(accounts) if row.id != kept.entry_id]
             (request_media,) = [p for p in media_tmp.iterdir() if p != sibling_media]
@@ -265,23 +278,9 @@ def test_a_request_whose_reservation_was_released_under_it_is_answered(tmp_path:
     before = accounts.remaining(account)
     audio = long_audio(tmp_path / "day.wav", minutes=12)
     sibling = Accounts.open(data, {})
-    replies: list[httpx.Response] = []
     try:
         with UvicornThread(app) as server:
-
-            def scan() -> None:
-                with audio.open("rb") as fh:
-                    replies.append(
-                        httpx.post(
-                            f"{server.base_url}/enterprise",
-                            data={"api_token": token},
-                            files={"file": ("day.wav", fh)},
-                            timeout=WAIT_S,
-                        )
-                    )
-
-            client = threading.Thread(target=scan, daemon=True)
-            client.start()
+            client, replies = upload_in_background(server.base_url, token, audio)
             wait_until("the scan's reservation is made", lambda: len(_pending(accounts)) == 1)
             with accounts.engine.begin() as conn:
                 conn.execute(

@@ -129,10 +129,13 @@ def recognize_clip(
     data_dir: str | os.PathLike[str],
     cfg: EngineConfig = DEFAULT,
     owners: tuple[str, ...] | None = None,
+    checked: bool = False,
 ) -> list[SongMatch]:
     """Standard recognition: the first `standard_max_s` seconds of a clip, best match first.
-    Error 300 for a clip of less than `min_clip_s` seconds."""
-    checked_probe(path, cfg.limits)  # a sample rate no recording has, before it is resampled
+    Error 300 for a clip of less than `min_clip_s` seconds. `checked`: the caller has made the
+    file's `checked_probe` already (the API has, to judge its length)."""
+    if not checked:
+        checked_probe(path, cfg.limits)  # a sample rate no recording has, before resampling
     rate = cfg.fingerprint.sample_rate_hz
     blocks = list(decode(path, rate, end_s=cfg.scan.standard_max_s))
     samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)

@@ -44,10 +44,11 @@ from songscan.accounts.models import (
     as_utc,
     utcnow,
 )
-from songscan.accounts.plans import ConfigError, Entitlements, Plan, load_plans
+from songscan.accounts.plans import Entitlements, Plan, load_plans
 from songscan.accounts.ratelimit import FORGET_AFTER, LoginKey, TokenBuckets, login_keys, login_wait
 from songscan.errors import (
     AlreadySettled,
+    ConfigError,
     InvalidParameters,
     MissingToken,
     NotFound,
@@ -768,24 +769,14 @@ class Accounts:
     def start_lease(self) -> str:
         """Register this process as a live server instance; reservations it makes from now on
         are held by it. Renew the lease (`renew_lease`) well within `server_lease_s`."""
-        instance_id = secrets.token_hex(16)
-        now = utcnow()
-        with self._tx() as conn:
-            conn.execute(
-                insert(ServerLease).values(
-                    id=instance_id,
-                    host=socket.gethostname()[:255],
-                    pid=os.getpid(),
-                    started_at=now,
-                    expires_at=now + timedelta(seconds=self.config.server_lease_s),
-                )
-            )
-        self.instance_id = instance_id
-        return instance_id
+        self.instance_id = secrets.token_hex(16)
+        self.renew_lease()  # takes the lease: nobody else has this id
+        return self.instance_id
 
     def renew_lease(self) -> None:
-        """Push this instance's lease `server_lease_s` on. A lease that lapsed (the process
-        stalled longer than that) is taken again: what it held may already be released."""
+        """Push this instance's lease `server_lease_s` on (taking it, the first time). A lease
+        that lapsed (the process stalled longer than that) is taken again: what it held may
+        already be released."""
         if self.instance_id is None:
             return
         now = utcnow()

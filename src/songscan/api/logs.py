@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.logging import DefaultFormatter
 
-from songscan.errors import SongscanError
+from songscan.errors import ConfigError
 
 ACCESS_LOGGER = "songscan.access"
 LOGGED = "songscan.access_logged"  # scope key: the route wrote this request's access line
@@ -48,9 +48,8 @@ def redact(text: str) -> str:
 
 
 def _mask(token: str | None) -> str:
-    # Imported when first needed: this module is loaded by every worker process to set up
-    # logging before it answers the supervisor's health checks, and the tokens module takes
-    # ~0.5 s to import (it hashes a dummy password).
+    # Imported when first needed: this module is loaded by every worker process (and the
+    # supervisor) to set up logging, and the tokens module brings argon2 (~30 ms) with it.
     from songscan.accounts.tokens import mask_token
 
     return mask_token(token)
@@ -74,15 +73,15 @@ def access_file(config: Mapping[str, Any], data_dir: Path) -> Path | None:
     """`[log] access_file` (relative to the data directory), or None for stderr."""
     section = config.get("log", {})
     if not isinstance(section, dict):
-        raise SongscanError("[log]: expected a table")
+        raise ConfigError("[log]: expected a table")
     for key in section:
         if key != "access_file":
-            raise SongscanError(f"[log]: unknown key {key!r} (known: access_file)")
+            raise ConfigError(f"[log]: unknown key {key!r} (known: access_file)")
     value = section.get("access_file")
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise SongscanError(f"[log].access_file: expected a path, got {value!r}")
+        raise ConfigError(f"[log].access_file: expected a path, got {value!r}")
     return data_dir / Path(value).expanduser()
 
 

@@ -39,7 +39,7 @@ from prometheus_client import (
 )
 from starlette.requests import ClientDisconnect
 
-from songscan.accounts.plans import ConfigError, Entitlements
+from songscan.accounts.plans import Entitlements
 from songscan.accounts.service import Account, Accounts
 from songscan.accounts.tokens import mask_token
 from songscan.api.errors import UnexpectedError, error_reply
@@ -58,6 +58,7 @@ from songscan.catalog import METADATA_FIELDS, Catalog, metadata_from_mapping
 from songscan.chunks import PlanParams
 from songscan.config import DEFAULT, EngineConfig
 from songscan.errors import (
+    ConfigError,
     InvalidParameters,
     MediaTooLarge,
     NoMedia,
@@ -308,7 +309,8 @@ class Recognition:
                 f"(this one is {info.duration_s:.0f} s); use /enterprise for longer files"
             )
         with self.accounts.reservation(account, 1, RECOGNIZE) as held:
-            songs = recognize_clip(path, self.data_dir, cfg, owners=catalog_owners(account))
+            owners = catalog_owners(account)
+            songs = recognize_clip(path, self.data_dir, cfg, owners=owners, checked=True)
             call.billed, call.chunks = held.settle(1, "ok", 1), 1
         call.audio_s = min(info.duration_s or limit_s, limit_s)
         return Reply(standard_response(songs))
