@@ -310,7 +310,7 @@ def scan(
         segments_json,
         to_json,
     )
-    from .scan import scan_file
+    from .scan import scan_file, start_pool_for
 
     def run() -> str:
         if format not in ("json", "csv", "segments"):
@@ -319,6 +319,7 @@ def scan(
         params = PlanParams(skip, every, limit, skip_first_seconds)
         cfg = _engine(ctx).with_workers(workers)
         tune_allocator()
+        start_pool_for(file, _data(ctx), params, cfg)  # before the progress bar's thread
         with _progress() as bar:
             task = bar.add_task("scanning", total=None, rate="")
 
