@@ -115,6 +115,21 @@ def test_the_use_cases_load_without_a_web_framework() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+def test_the_enterprise_use_case_loads_what_the_command_line_scan_needs_only() -> None:
+    """`songscan scan` shares the use case's plan, scan and reply; it has no accounts and no
+    URLs, so the module loads neither SQLAlchemy nor the URL fetchers (httpx, yt-dlp)."""
+    script = (
+        "import songscan.enterprise, sys\n"
+        "heavy = {'sqlalchemy', 'httpx', 'yt_dlp', 'fastapi', 'starlette'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_the_environment_is_read_by_the_settings_alone() -> None:
     readers: dict[str, int] = {}
     for name, path in _modules().items():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +29,13 @@ from songscan.fields import bool_param, choice_param, float_param, int_param, te
 from songscan.jobs import JobRecord, JobStore
 from songscan.results import OutputOptions, enterprise_csv, enterprise_response, segments_json
 from songscan.scan import ScanResult, plan_for, scan_file
-from songscan.sources import AllowList, check_url, fetch_media, timecode_from_url
 
-if TYPE_CHECKING:  # SQLAlchemy loads with the accounts; `songscan scan` has none
+# `songscan scan` uses neither the accounts (SQLAlchemy) nor URLs: what they need is imported
+# when first used (the URL fetchers bring httpx and yt-dlp, ~0.4 s of the command's start-up).
+if TYPE_CHECKING:
     from songscan.accounts.plans import Entitlements
     from songscan.accounts.service import Account, Accounts
+    from songscan.sources import AllowList
 
 ENTERPRISE = "enterprise"  # the API method, and the ledger's name for what it bills
 RESPONSE_TYPES = ("json", "csv", "segments")
@@ -76,6 +78,8 @@ def enterprise_request(
     if url and not entitlements.enterprise_url_input:
         raise NotEntitled("url input on /enterprise is not available to this token")
     if use_timecode and url:
+        from songscan.sources import timecode_from_url  # see the imports
+
         params = replace(params, skip_first_seconds=timecode_from_url(url) or 0.0)
     return EnterpriseRequest(params, opts, response_type, url)
 
@@ -148,12 +152,21 @@ class UrlFetch:
     """How media named by a `url` is fetched (`[api] fetch_timeout_s`, `url_allow`)."""
 
     timeout_s: float = 600.0
-    allow: AllowList = field(default_factory=AllowList)
+    allow: AllowList | None = None  # private hosts `url` may reach; None: only public ones
+
+    def check(self, url: str) -> None:
+        """Refuse a URL that may not be fetched (error 600), before anything is fetched."""
+        from songscan.sources import AllowList, check_url  # see the imports
+
+        check_url(url, self.allow or AllowList())
 
     def fetch(self, url: str, dest_dir: Path, max_bytes: int) -> Path:
         """Download what `url` points to into `dest_dir` (errors 600, 400)."""
+        from songscan.sources import AllowList, fetch_media  # see the imports
+
+        allow = self.allow or AllowList()
         return fetch_media(
-            url, dest_dir, max_bytes=max_bytes, timeout_s=self.timeout_s, allow=self.allow
+            url, dest_dir, max_bytes=max_bytes, timeout_s=self.timeout_s, allow=allow
         )
 
 
@@ -253,7 +266,7 @@ class EnterpriseScans:
         if media is not None:
             n_chunks = self.chunk_count(media, request)
         elif request.url:
-            check_url(request.url, self.fetcher.allow)
+            self.fetcher.check(request.url)
             if self.accounts.remaining(account) + self.accounts.plan(account).overage_limit < 1:
                 raise QuotaExceeded()
         else:
