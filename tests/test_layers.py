@@ -103,31 +103,30 @@ def test_every_module_imports_first_on_its_own() -> None:
     assert len(names) > 40
 
 
-def test_the_use_cases_load_without_a_web_framework() -> None:
+def _loaded(modules: tuple[str, ...], packages: set[str]) -> list[str]:
+    """Which of `packages` a fresh interpreter has loaded once it has imported `modules`."""
     script = (
-        f"import {', '.join(WITHOUT_HTTP)}, sys\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette'}))\n"
+        f"import sys, {', '.join(modules)}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {packages!r}))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    loaded: list[str] = ast.literal_eval(proc.stdout.strip())
+    return loaded
+
+
+def test_the_use_cases_load_without_a_web_framework() -> None:
+    assert _loaded(WITHOUT_HTTP, {"fastapi", "starlette"}) == []
+    assert _loaded(("songscan.api.app",), {"fastapi", "starlette"}) == ["fastapi", "starlette"]
 
 
 def test_the_enterprise_use_case_loads_what_the_command_line_scan_needs_only() -> None:
     """`songscan scan` shares the use case's plan, scan and reply; it has no accounts and no
     URLs, so the module loads neither SQLAlchemy nor the URL fetchers (httpx, yt-dlp)."""
-    script = (
-        "import songscan.enterprise, sys\n"
-        "heavy = {'sqlalchemy', 'httpx', 'yt_dlp', 'fastapi', 'starlette'}\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    heavy = {"sqlalchemy", "httpx", "yt_dlp", "fastapi", "starlette"}
+    assert _loaded(("songscan.enterprise",), heavy) == []
 
 
 def test_the_environment_is_read_by_the_settings_alone() -> None:

@@ -8,10 +8,10 @@ command line's `scan` (which has no accounts: it uses `enterprise_scan` and `rep
 later, a task queue's worker.
 
 The steps of one request: `enterprise_request` checks the parameters against the account's
-entitlements; `EnterpriseScans.media` finds the file (the upload, or what `url` points to)
-within the size limit; `run` plans, reserves, scans and settles; a long job is queued by
-`submit_job` (its chunks reserved at once) and run by `run_job` (settled by the runner once
-its outcome is recorded, so a job run again after a crash is billed once).
+entitlements; `checked_media` finds the file (the upload, or what `url` points to) within the
+size limit; `EnterpriseScans.run` plans, reserves, scans, settles and builds the reply; a long
+job is queued by `submit_job` (its chunks reserved at once) and run by `run_job` (settled by
+the runner once its outcome is recorded, so a job run again after a crash is billed once).
 """
 
 from __future__ import annotations
