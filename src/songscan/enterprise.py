@@ -26,15 +26,16 @@ from songscan.chunks import PlanParams
 from songscan.config import EngineConfig
 from songscan.errors import InvalidParameters, MediaTooLarge, NoMedia, NotEntitled, QuotaExceeded
 from songscan.fields import bool_param, choice_param, float_param, int_param, text_param
-from songscan.jobs import JobRecord, JobStore
 from songscan.results import OutputOptions, enterprise_csv, enterprise_response, segments_json
 from songscan.scan import ScanResult, plan_for, scan_file
 
-# `songscan scan` uses neither the accounts (SQLAlchemy) nor URLs: what they need is imported
-# when first used (the URL fetchers bring httpx and yt-dlp, ~0.4 s of the command's start-up).
+# `songscan scan` uses neither the accounts (SQLAlchemy), nor long jobs, nor URLs: what they
+# need is imported when first used (the URL fetchers bring httpx and yt-dlp, ~0.4 s of the
+# command's start-up); the callers that use them have them loaded already.
 if TYPE_CHECKING:
     from songscan.accounts.plans import Entitlements
     from songscan.accounts.service import Account, Accounts
+    from songscan.jobs import JobRecord, JobStore
     from songscan.sources import AllowList
 
 ENTERPRISE = "enterprise"  # the API method, and the ledger's name for what it bills
