@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError  # Typer's own Click (typer is pinned)
 
 from . import settings
-from .cli_errors import fail
+from .cli_errors import fail, guard
 from .errors import AlreadyInCatalog, InvalidParameters, SongscanError
+from .settings import Settings
 
 # The engine (numpy, SciPy, PyAV), the catalog and the server are imported by the commands
 # that use them: `songscan --help` or `catalog stats` does not pay for what `scan` needs.
@@ -37,7 +37,6 @@ catalog_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(catalog_app, name="catalog")
-T = TypeVar("T")
 
 OwnerOption = Annotated[
     str | None,
@@ -67,16 +66,25 @@ def _stderr() -> Console:
     return Console(stderr=True)
 
 
+def _settings(ctx: typer.Context) -> Settings:
+    """The settings (`songscan.settings`), read once per command: the data directory of
+    `--data` (else `$SONGSCAN_DATA`, else the user's), its songscan.toml and the environment."""
+    obj = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        obj["settings"] = settings.load(obj.get("data_dir"))
+    loaded: Settings = obj["settings"]
+    return loaded
+
+
 def _data(ctx: typer.Context) -> Path:
-    obj = ctx.obj or {}
-    return obj.get("data_dir") or settings.data_dir()
+    return _settings(ctx).data_dir
 
 
 def _engine(ctx: typer.Context) -> EngineConfig:
     """The engine's settings, with the data directory's songscan.toml `[media]` applied."""
     from .config import EngineConfig
 
-    return EngineConfig.from_config(settings.load_config(_data(ctx)))
+    return EngineConfig.from_config(_settings(ctx).config)
 
 
 def _run_app() -> None:
@@ -103,16 +111,6 @@ def _usage_message(exc: typer.TyperException) -> str:
     if ctx is None:
         return message
     return f"{message} (see `{ctx.command_path} --help`)"
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    """Run a command body: songscan errors end in one line on stderr and a non-zero exit."""
-    try:
-        return fn()
-    except SongscanError as exc:
-        raise fail(exc) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 def _progress() -> Progress:
@@ -249,13 +247,21 @@ def add(
                         soft_wrap=True,
                     )
 
-            ingest(catalog, items, engine, workers=workers, on_done=done, vet=vet)
+            ingest(
+                catalog,
+                items,
+                engine,
+                workers=workers,
+                on_done=done,
+                vet=vet,
+                batch_postings_max=_settings(ctx).ingest_batch_postings,
+            )
         if len(items) == 1 and failures:
             raise failures[0]
         if len(failures) == len(items):
             raise InvalidParameters("nothing was added")
 
-    _guard(run)
+    guard(run)
 
 
 def _describe(track: Track) -> str:
@@ -282,7 +288,7 @@ def recognize(ctx: typer.Context, file: Path, owner: OwnerOption = None) -> None
     from .scan import recognize_clip
 
     tune_allocator()
-    songs = _guard(lambda: recognize_clip(file, _data(ctx), _engine(ctx), owners=_owners(owner)))
+    songs = guard(lambda: recognize_clip(file, _data(ctx), _engine(ctx), owners=_owners(owner)))
     print(to_json(standard_response(songs)))
 
 
@@ -303,23 +309,21 @@ def scan(
     --owner, that account's uploads): result on stdout."""
     from .allocator import tune_allocator
     from .chunks import PlanParams
-    from .results import (
-        OutputOptions,
-        enterprise_csv,
-        enterprise_response,
-        segments_json,
-        to_json,
-    )
-    from .scan import scan_file, start_pool_for
+    from .enterprise import RESPONSE_TYPES, EnterpriseRequest, enterprise_scan, reply_body
+    from .results import OutputOptions, to_json
+    from .scan import start_pool_for
 
     def run() -> str:
-        if format not in ("json", "csv", "segments"):
+        if format not in RESPONSE_TYPES:
             raise InvalidParameters("--format must be json, csv or segments")
         owners = _owners(owner)
         params = PlanParams(skip, every, limit, skip_first_seconds)
+        opts = OutputOptions(accurate_offsets=accurate_offsets)
+        request = EnterpriseRequest(params, opts, format, url=None)
         cfg = _engine(ctx).with_workers(workers)
+        data = _data(ctx)
         tune_allocator()
-        start_pool_for(file, _data(ctx), params, cfg)  # before the progress bar's thread
+        start_pool_for(file, data, params, cfg)  # before the progress bar's thread
         with _progress() as bar:
             task = bar.add_task("scanning", total=None, rate="")
 
@@ -332,16 +336,11 @@ def scan(
                     rate=f"{done * cfg.scan.chunk_s / elapsed:.0f}x",
                 )
 
-            result = scan_file(file, _data(ctx), params, cfg, progress=progress, owners=owners)
-        opts = OutputOptions(accurate_offsets=accurate_offsets)
-        if format == "csv":
-            return enterprise_csv(result, opts)
-        body: dict[str, Any] = (
-            segments_json(result) if format == "segments" else enterprise_response(result, opts)
-        )
-        return to_json(body) + "\n"
+            result = enterprise_scan(file, data, request, cfg, owners=owners, progress=progress)
+        reply = reply_body(result, request).body
+        return reply if isinstance(reply, str) else to_json(reply) + "\n"
 
-    sys.stdout.write(_guard(run))
+    sys.stdout.write(guard(run))
 
 
 @app.command()
@@ -361,7 +360,7 @@ def serve(
     from .api.serve import serve as run_server
 
     tune_allocator()
-    _guard(lambda: run_server(str(_data(ctx)), host, port, workers, enterprise_port))
+    guard(lambda: run_server(_settings(ctx), host, port, workers, enterprise_port))
 
 
 @catalog_app.command("list")
@@ -374,7 +373,7 @@ def catalog_list(
     that account's only). OWNER is "shared" or the account's id."""
     from .catalog import Catalog
 
-    tracks = _guard(lambda: Catalog(_data(ctx)).tracks(None if owner is None else _owner(owner)))
+    tracks = guard(lambda: Catalog(_data(ctx)).tracks(None if owner is None else _owner(owner)))
     if as_json:
         rows = [
             {
@@ -410,7 +409,7 @@ def catalog_remove(ctx: typer.Context, audio_id: int, owner: OwnerOption = None)
     uploads."""
     from .catalog import Catalog
 
-    track = _guard(lambda: Catalog(_data(ctx)).remove(audio_id, _owner(owner)))
+    track = guard(lambda: Catalog(_data(ctx)).remove(audio_id, _owner(owner)))
     print(f"removed {track.audio_id}\t{track.owner or 'shared'}\t{track.metadata.title}")
 
 
@@ -419,7 +418,7 @@ def catalog_stats(ctx: typer.Context) -> None:
     """Tracks, hours of reference audio, postings and index size."""
     from .catalog import Catalog
 
-    print(json.dumps(_guard(lambda: Catalog(_data(ctx)).stats())))
+    print(json.dumps(guard(lambda: Catalog(_data(ctx)).stats())))
 
 
 @catalog_app.command("reindex")
@@ -436,7 +435,7 @@ def catalog_reindex(ctx: typer.Context) -> None:
             catalog.reindex(DEFAULT.fingerprint, on_track=lambda: bar.advance(task))
         print(json.dumps(catalog.stats()))
 
-    _guard(run)
+    guard(run)
 
 
 @catalog_app.command("compact")
@@ -449,7 +448,7 @@ def catalog_compact(ctx: typer.Context) -> None:
         catalog.compact()
         print(json.dumps(catalog.stats()))
 
-    _guard(run)
+    guard(run)
 
 
 def _mount_optional() -> None:
