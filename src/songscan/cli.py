@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from .catalog import Track
+    from .catalog import Catalog, Track
     from .config import EngineConfig
 
 app = typer.Typer(
@@ -80,11 +80,18 @@ def _data(ctx: typer.Context) -> Path:
     return _settings(ctx).data_dir
 
 
+def _catalog(ctx: typer.Context, upgrade: bool = False) -> Catalog:
+    from .catalog import Catalog
+
+    return Catalog(_data(ctx), upgrade=upgrade, database_url=_settings(ctx).catalog_url)
+
+
 def _engine(ctx: typer.Context) -> EngineConfig:
     """The engine's settings, with the data directory's songscan.toml `[media]` applied."""
     from .config import EngineConfig
 
-    return EngineConfig.from_config(_settings(ctx).config)
+    loaded = _settings(ctx)
+    return EngineConfig.from_config(loaded.config, loaded.catalog_url)
 
 
 def _run_app() -> None:
@@ -178,7 +185,7 @@ def add(
     audio is already in the catalog (by its fingerprint, whatever its name) is refused unless
     --replace or --allow-duplicate is given."""
     from .allocator import tune_allocator
-    from .catalog import Catalog, FingerprintedTrack, TrackMetadata, iter_audio_files
+    from .catalog import FingerprintedTrack, TrackMetadata, iter_audio_files
     from .duplicates import find_duplicate
     from .ingest import IngestItem, IngestOutcome, ingest
 
@@ -196,7 +203,7 @@ def add(
         override = TrackMetadata(artist, title, album, release_date, label, isrc, upc, song_link)
         items = [IngestItem(p, override, audio_id, _owner(owner)) for p in files]
         tune_allocator()
-        catalog = Catalog(_data(ctx))
+        catalog = _catalog(ctx)
         engine = _engine(ctx)
         stderr = _stderr()
 
@@ -371,9 +378,8 @@ def catalog_list(
 ) -> None:
     """The reference tracks: the shared catalog's and every account's uploads (with --owner,
     that account's only). OWNER is "shared" or the account's id."""
-    from .catalog import Catalog
 
-    tracks = guard(lambda: Catalog(_data(ctx)).tracks(None if owner is None else _owner(owner)))
+    tracks = guard(lambda: _catalog(ctx).tracks(None if owner is None else _owner(owner)))
     if as_json:
         rows = [
             {
@@ -407,29 +413,26 @@ def catalog_list(
 def catalog_remove(ctx: typer.Context, audio_id: int, owner: OwnerOption = None) -> None:
     """Remove a track by audio_id: of the shared catalog, or with --owner of that account's
     uploads."""
-    from .catalog import Catalog
 
-    track = guard(lambda: Catalog(_data(ctx)).remove(audio_id, _owner(owner)))
+    track = guard(lambda: _catalog(ctx).remove(audio_id, _owner(owner)))
     print(f"removed {track.audio_id}\t{track.owner or 'shared'}\t{track.metadata.title}")
 
 
 @catalog_app.command("stats")
 def catalog_stats(ctx: typer.Context) -> None:
     """Tracks, hours of reference audio, postings and index size."""
-    from .catalog import Catalog
 
-    print(json.dumps(guard(lambda: Catalog(_data(ctx)).stats())))
+    print(json.dumps(guard(lambda: _catalog(ctx).stats())))
 
 
 @catalog_app.command("reindex")
 def catalog_reindex(ctx: typer.Context) -> None:
     """Rebuild the fingerprint index from the stored peaks: after an upgrade that changed the
     hashes (the data directory's format), no audio needed."""
-    from .catalog import Catalog
     from .config import DEFAULT
 
     def run() -> None:
-        catalog = Catalog(_data(ctx), upgrade=True)
+        catalog = _catalog(ctx, upgrade=True)
         with _progress() as bar:
             task = bar.add_task("reindexing", total=len(catalog.live_ids()), rate="")
             catalog.reindex(DEFAULT.fingerprint, on_track=lambda: bar.advance(task))
@@ -441,10 +444,9 @@ def catalog_reindex(ctx: typer.Context) -> None:
 @catalog_app.command("compact")
 def catalog_compact(ctx: typer.Context) -> None:
     """Merge index segments and drop postings of removed tracks."""
-    from .catalog import Catalog
 
     def run() -> None:
-        catalog = Catalog(_data(ctx))
+        catalog = _catalog(ctx)
         catalog.compact()
         print(json.dumps(catalog.stats()))
 

@@ -63,6 +63,9 @@ class Settings:
     config: Mapping[str, Any]  # the parsed songscan.toml ({} without one)
     database_url: str
     index_url: str | None = None  # None: the segment files in the data directory
+    # The catalog's database: the database URL when the environment or [backends] names one
+    # (None: catalog.sqlite in the data directory; an [accounts] URL moves the accounts alone).
+    catalog_url: str | None = None
     broker_url: str | None = None  # None: this host's job runner and process pool
     ingest_batch_postings: int = INGEST_BATCH_POSTINGS
 
@@ -85,6 +88,7 @@ def from_config(
     `[backends]` section or a backend URL songscan cannot use."""
     env = os.environ if environ is None else environ
     chosen = _backend_urls(config, env)
+    catalog_url = _database_url(*chosen["database_url"]) if "database_url" in chosen else None
     older = config.get("accounts", {}).get("database_url")  # [accounts]' checks its type
     if "database_url" not in chosen and isinstance(older, str) and older.strip():
         chosen["database_url"] = ("[accounts].database_url", older.strip())
@@ -95,6 +99,7 @@ def from_config(
             _database_url(*chosen["database_url"]) if "database_url" in chosen else sqlite_url(data)
         ),
         index_url=_index_url(*chosen["index_url"]) if "index_url" in chosen else None,
+        catalog_url=catalog_url,
         broker_url=_broker_url(*chosen["broker_url"]) if "broker_url" in chosen else None,
         ingest_batch_postings=_positive_int(env, INGEST_BATCH_ENV, INGEST_BATCH_POSTINGS),
     )

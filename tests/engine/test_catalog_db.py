@@ -3,6 +3,7 @@ schema kept by migrations, and a data dir written before those migrations upgrad
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import threading
@@ -172,3 +173,33 @@ def test_a_data_dir_written_before_the_migrations_upgrades_in_place(tmp_path: Pa
     with sqlite3.connect(data / "catalog.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM peaks").fetchone()[0] == 1
     catalog.close()
+
+
+def test_songscan_keeps_its_catalog_in_the_database_the_settings_name(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """SONGSCAN_DATABASE_URL moves the catalog too: `add` writes its tracks there (not into
+    the data dir's SQLite), and `scan`'s pool workers read them from there."""
+    from .test_cli import run
+
+    url = postgres_server.create_database()
+    env = {"SONGSCAN_DATABASE_URL": url}
+    data = tmp_path / "data"
+    songs = [write_audio(tmp_path / f"t{s}.flac", synth_song(s, 40.0)) for s in (31, 32)]
+    added = run("--data", data, "add", *songs, env=env)
+    assert added.returncode == 0, added.stderr
+    assert not (data / "catalog.sqlite").exists()
+    catalog = Catalog(data, database_url=url)
+    assert sorted(t.audio_id for t in catalog.tracks()) == [1, 2]
+    catalog.close()
+    show = write_audio(
+        tmp_path / "show.flac",
+        np.concatenate([excerpt(synth_song(32, 40.0), 2.0, 36.0)] * 10),  # 6 min: a pool's work
+    )
+    scanned = run("--data", data, "scan", "--workers", "2", show, env=env)
+    assert scanned.returncode == 0, scanned.stderr
+    found = {s["audio_id"] for c in json.loads(scanned.stdout)["result"] for s in c["songs"]}
+    assert found == {2}
+    # Without the setting, the same data dir has its own (empty) SQLite catalog.
+    listed = run("--data", data, "catalog", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []

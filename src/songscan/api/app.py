@@ -72,7 +72,10 @@ def install_recognition(app: FastAPI, settings: Settings, accounts: Accounts) ->
     """The recognition API, the long jobs (routes, and the runner the lifespan starts) and the
     try-it pages, over one `Recognition` service."""
     service = recognition.Recognition(
-        settings.data_dir, settings.config, accounts, EngineConfig.from_config(settings.config)
+        settings.data_dir,
+        settings.config,
+        accounts,
+        EngineConfig.from_config(settings.config, settings.catalog_url),
     )
     app.state.recognition = service
     app.state.job_runner = jobs.JobRunner(service)

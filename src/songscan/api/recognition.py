@@ -238,7 +238,8 @@ class Recognition:
         self.settings = ApiSettings.from_config(config, plans_max)
         self.fetcher = UrlFetch(self.settings.fetch_timeout_s, self.settings.url_allow)
         self.enterprise = EnterpriseScans(accounts, self.data_dir, engine_config, self.fetcher)
-        self.catalog = Catalog(self.data_dir)  # for uploads; scans open their own
+        # for uploads; scans open their own
+        self.catalog = Catalog(self.data_dir, database_url=engine_config.catalog_url)
         self.jobs = JobStore(self.data_dir)
         self.metrics = Metrics()
         self._limiter: anyio.CapacityLimiter | None = None
