@@ -52,6 +52,8 @@ FORMAT = 3
 REINDEXABLE = (2,)
 # Tracks fingerprinted per index batch when reindexing.
 REINDEX_BATCH_TRACKS = 500
+# Tracks copied per transaction by `copy_to` (their peaks are in memory meanwhile).
+COPY_BATCH_TRACKS = 200
 # Tracks whose pair postings each process keeps (a scan hears the same songs chunk after chunk).
 PAIR_CACHE_TRACKS = 64
 
@@ -410,6 +412,60 @@ class Catalog:
                 tx.execute("UPDATE catalog_state SET format = ? WHERE id = 1", (FORMAT,))
                 _bump_version(tx)
         self._changed()
+
+    def copy_to(self, database_url: str, on_track: Callable[[], None] | None = None) -> int:
+        """Copy this catalog's tracks (their rows and peaks, ids kept: the index's postings
+        name them) into the empty catalog of `database_url`, for a data directory moving
+        onto PostgreSQL; returns how many. The index stays where it is."""
+        target = Catalog(self.data_dir, database_url=database_url)
+        try:
+            with self._writing(), target._writing():
+                if target._store.row("SELECT 1 AS one FROM tracks LIMIT 1") is not None:
+                    raise InvalidParameters("that database already holds a catalog")
+                ids = self.live_ids().tolist()
+                columns = (
+                    "id",
+                    "owner",
+                    "audio_id",
+                    "state",
+                    *METADATA_FIELDS,
+                    "source",
+                    "duration_s",
+                    "hash_count",
+                    "added_at",
+                )
+                insert_track = (
+                    f"INSERT INTO tracks ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' * len(columns))})"
+                )
+                for lo in range(0, len(ids), COPY_BATCH_TRACKS):
+                    batch = ids[lo : lo + COPY_BATCH_TRACKS]
+                    marks = ", ".join("?" * len(batch))
+                    rows = self._store.rows(f"SELECT * FROM tracks WHERE id IN ({marks})", batch)
+                    peaks = self._store.rows(
+                        f"SELECT * FROM peaks WHERE track_id IN ({marks})", batch
+                    )
+                    with target._store.transaction() as tx:
+                        tx.executemany(insert_track, [[r[c] for c in columns] for r in rows])
+                        tx.executemany(
+                            "INSERT INTO peaks (track_id, time_frames, freq_hz) VALUES (?, ?, ?)",
+                            [(p["track_id"], p["time_frames"], p["freq_hz"]) for p in peaks],
+                        )
+                    for _ in batch:
+                        if on_track is not None:
+                            on_track()
+                fmt = self._store.value("SELECT format FROM catalog_state WHERE id = 1")
+                with target._store.transaction() as tx:
+                    tx.execute("UPDATE catalog_state SET format = ? WHERE id = 1", (fmt,))
+                    _bump_version(tx)
+                    if target._store.dialect == "postgresql":  # ids go on after the copied ones
+                        tx.execute(
+                            "SELECT setval(pg_get_serial_sequence('tracks', 'id'),"
+                            " (SELECT COALESCE(MAX(id), 0) + 1 FROM tracks), false)"
+                        )
+        finally:
+            target.close()
+        return len(ids)
 
     def compact(self) -> None:
         """Drop postings of removed, replaced or never-finished tracks from the index."""

@@ -441,6 +441,31 @@ def catalog_reindex(ctx: typer.Context) -> None:
     guard(run)
 
 
+@catalog_app.command("copy")
+def catalog_copy(
+    ctx: typer.Context,
+    to: Annotated[
+        str | None,
+        typer.Option(help="Database URL (default: the settings' SONGSCAN_DATABASE_URL)."),
+    ] = None,
+) -> None:
+    """Copy the data directory's SQLite catalog into an empty database (PostgreSQL), to move
+    a data directory onto it: then set SONGSCAN_DATABASE_URL to that database."""
+    from .catalog import Catalog
+
+    def run() -> None:
+        target = to or _settings(ctx).catalog_url
+        if not target:
+            raise InvalidParameters("name the database: --to URL or SONGSCAN_DATABASE_URL")
+        source = Catalog(_data(ctx))  # the data directory's own catalog.sqlite
+        with _progress() as bar:
+            task = bar.add_task("copying", total=len(source.live_ids()), rate="")
+            copied = source.copy_to(target, on_track=lambda: bar.advance(task))
+        print(json.dumps({"tracks": copied}))
+
+    guard(run)
+
+
 @catalog_app.command("compact")
 def catalog_compact(ctx: typer.Context) -> None:
     """Merge index segments and drop postings of removed tracks."""

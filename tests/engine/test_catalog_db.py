@@ -203,3 +203,35 @@ def test_songscan_keeps_its_catalog_in_the_database_the_settings_name(
     # Without the setting, the same data dir has its own (empty) SQLite catalog.
     listed = run("--data", data, "catalog", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
+def test_a_data_dir_moves_its_catalog_onto_postgresql(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    from .test_cli import assert_clean_error, run
+
+    data = tmp_path / "data"
+    songs = [write_audio(tmp_path / f"t{s}.flac", synth_song(s, 30.0)) for s in (33, 34)]
+    assert run("--data", data, "add", *songs).returncode == 0
+    url = postgres_server.create_database()
+    copied = run("--data", data, "catalog", "copy", "--to", url)
+    assert copied.returncode == 0, copied.stderr
+    assert json.loads(copied.stdout) == {"tracks": 2}
+    env = {"SONGSCAN_DATABASE_URL": url}
+    before = json.loads(run("--data", data, "catalog", "list", "--json").stdout)
+    after = json.loads(run("--data", data, "catalog", "list", "--json", env=env).stdout)
+    assert after == before and len(after) == 2
+    clip = write_audio(tmp_path / "clip.flac", excerpt(synth_song(34, 30.0), 5.0, 10.0))
+    found = run("--data", data, "recognize", clip, env=env)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["result"]["audio_id"] == 2
+    # New tracks get ids after the copied ones (the index's postings name tracks by id).
+    third = write_audio(tmp_path / "t35.flac", synth_song(35, 30.0))
+    assert run("--data", data, "add", third, env=env).returncode == 0
+    copied_ids = {t.id for t in Catalog(data).tracks()}
+    catalog = Catalog(data, database_url=url)
+    new_id = catalog.get(3).id
+    assert {t.id for t in catalog.tracks()} == copied_ids | {new_id}
+    assert new_id > max(copied_ids)
+    catalog.close()
+    assert_clean_error(run("--data", data, "catalog", "copy", "--to", url))  # not empty now

@@ -164,7 +164,7 @@ class Store:
     def _migrate(self) -> None:
         from .migrate import upgrade
 
-        upgrade(self.url, self.dialect, _PG_MIGRATION_LOCK)
+        upgrade(self.url, self.dialect, VERSION_TABLE, _PG_MIGRATION_LOCK)
 
 
 class Transaction:

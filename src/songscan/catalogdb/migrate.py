@@ -10,8 +10,6 @@ from alembic.config import Config
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.pool import NullPool
 
-from . import VERSION_TABLE
-
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The revision whose schema a data directory written before the catalog had migrations holds.
 PRE_ALEMBIC = "0001"
@@ -23,7 +21,7 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(url: str, dialect: str, pg_lock: int) -> None:
+def upgrade(url: str, dialect: str, version_table: str, pg_lock: int) -> None:
     """Migrate to head in one transaction, under a lock (processes starting together)."""
     engine = create_engine(_sqlalchemy_url(url), poolclass=NullPool)
     try:
@@ -34,8 +32,9 @@ def upgrade(url: str, dialect: str, pg_lock: int) -> None:
                 connection.exec_driver_sql("SELECT 1")  # pysqlite begins lazily
             config = alembic_config()
             config.attributes["connection"] = connection
+            config.attributes["version_table"] = version_table
             tables = set(inspect(connection).get_table_names())
-            if "tracks" in tables and VERSION_TABLE not in tables:
+            if "tracks" in tables and version_table not in tables:
                 command.stamp(config, PRE_ALEMBIC)  # written before migrations: 0001's schema
             command.upgrade(config, "head")
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from alembic import context
 
-from songscan.catalogdb import VERSION_TABLE
 from songscan.catalogdb.schema import metadata
 
 connection = context.config.attributes.get("connection")
@@ -14,7 +13,7 @@ if connection is None:  # pragma: no cover - only catalogdb.migrate.upgrade runs
 context.configure(
     connection=connection,
     target_metadata=metadata,
-    version_table=VERSION_TABLE,
+    version_table=context.config.attributes["version_table"],
     render_as_batch=True,
     compare_type=True,
 )
