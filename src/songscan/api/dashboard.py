@@ -52,7 +52,7 @@ def _payments(request: Request) -> Payments:
 def _csrf_key(request: Request) -> str:
     key: str | None = getattr(request.app.state, "csrf_key", None)
     if key is None:
-        key = _accounts(request).server_secret("csrf")
+        key = _accounts(request).identity.server_secret("csrf")
         request.app.state.csrf_key = key
     return key
 
@@ -117,7 +117,7 @@ def _csrf_failed(request: Request) -> HTMLResponse:
 
 def _start_session(request: Request, response: Response, account: Account) -> None:
     accounts = _accounts(request)
-    session_id = accounts.start_session(account.id)
+    session_id = accounts.identity.start_session(account.id)
     response.set_cookie(
         SESSION_COOKIE,
         session_id,
@@ -135,7 +135,7 @@ def _client_addr(request: Request) -> str:
 
 
 def _current(request: Request) -> Account | None:
-    return _accounts(request).session_account(request.cookies.get(SESSION_COOKIE))
+    return _accounts(request).identity.session_account(request.cookies.get(SESSION_COOKIE))
 
 
 # -- pages ----------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ async def signup(request: Request) -> HTMLResponse:
     password = form.get("password", "")
     accounts = _accounts(request)
     try:
-        made = accounts.create_account(email, password)
+        made = accounts.identity.create_account(email, password)
     except SignupRefused as exc:
         return _render(request, "signup.html", 400, error=exc.message, email=email)
     log.info("signup: account %s (%s)", made.account.id, made.account.token_hint)
@@ -176,7 +176,9 @@ async def login(request: Request) -> Response:
         return _csrf_failed(request)
     email = form.get("email", "")
     try:
-        account = _accounts(request).login(email, form.get("password", ""), _client_addr(request))
+        account = _accounts(request).identity.login(
+            email, form.get("password", ""), _client_addr(request)
+        )
     except LoginRefused as exc:
         return _render(request, "login.html", 400, error=exc.message, email=email)
     response = RedirectResponse("/dashboard", status_code=303)
@@ -189,7 +191,7 @@ async def logout(request: Request) -> Response:
     form = await _form(request)
     if form is None:
         return _csrf_failed(request)
-    _accounts(request).end_session(request.cookies.get(SESSION_COOKIE))
+    _accounts(request).identity.end_session(request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(
         SESSION_COOKIE, httponly=True, samesite="lax", secure=_secure_cookies(request)
@@ -214,7 +216,7 @@ def _dashboard_page(
     error: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    status = _accounts(request).status(account.id)
+    status = _accounts(request).ledger.status(account.id)
     payments = _payments(request)
     return _render(
         request,
@@ -239,7 +241,7 @@ async def rotate_token(request: Request) -> Response:
     account = _current(request)
     if account is None:
         return RedirectResponse("/login", status_code=303)
-    made = _accounts(request).rotate_token(account.id)
+    made = _accounts(request).identity.rotate_token(account.id)
     log.info("token rotated: account %s (%s)", account.id, made.account.token_hint)
     return _render(request, "token.html", token=made.token, new_account=False)
 
