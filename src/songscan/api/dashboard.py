@@ -7,6 +7,13 @@ database; failed log-ins are throttled by the accounts service. Every form carri
 token that must equal the signed `songscan_csrf` cookie (double submit, signed with a server
 secret). A new or rotated API token is rendered once, in the response to the POST that made
 it, never stored or redirected.
+
+Every route is a plain `def`, which Starlette runs in its threadpool: a log-in's argon2, the
+database and the call to Stripe never hold up the event loop, which answers every other
+request of the process meanwhile. Only reading the posted body is `async`, in the
+dependencies `CheckedForm` and `Body`. (A whole route in the threadpool, rather than each
+blocking call wrapped in `anyio.to_thread.run_sync`, leaves no call to forget: the session
+lookup, the CSRF key and the page's own queries run there too.)
 """
 
 from __future__ import annotations
@@ -14,9 +21,9 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -73,15 +80,30 @@ def _csrf_value(request: Request) -> str:
     return f"{nonce}.{tokens.sign(_csrf_key(request), nonce)}"
 
 
-async def _form(request: Request) -> dict[str, str] | None:
-    """The posted form when its CSRF token matches the cookie; None when it does not."""
+async def _posted_fields(request: Request) -> dict[str, str]:
+    """The posted form's text fields, read on the event loop."""
     form = await request.form()
-    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def _checked_form(
+    request: Request, fields: Annotated[dict[str, str], Depends(_posted_fields)]
+) -> dict[str, str] | None:
+    """The posted form when its CSRF token matches the cookie; None when it does not.
+    (A plain `def`: checking the cookie may read the CSRF key from the database.)"""
     cookie = request.cookies.get(CSRF_COOKIE)
     sent = fields.get("csrf")
     if not cookie or not sent or not tokens.same(cookie, sent):
         return None
     return fields if _valid_csrf_value(request, cookie) else None
+
+
+async def _body(request: Request) -> bytes:
+    return await request.body()
+
+
+CheckedForm = Annotated[dict[str, str] | None, Depends(_checked_form)]
+Body = Annotated[bytes, Depends(_body)]
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -147,8 +169,7 @@ def signup_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/signup", response_class=HTMLResponse)
-async def signup(request: Request) -> HTMLResponse:
-    form = await _form(request)
+def signup(request: Request, form: CheckedForm) -> HTMLResponse:
     if form is None:
         return _csrf_failed(request)
     email = form.get("email", "")
@@ -170,8 +191,7 @@ def login_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/login", response_model=None)
-async def login(request: Request) -> Response:
-    form = await _form(request)
+def login(request: Request, form: CheckedForm) -> Response:
     if form is None:
         return _csrf_failed(request)
     email = form.get("email", "")
@@ -187,8 +207,7 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout", response_model=None)
-async def logout(request: Request) -> Response:
-    form = await _form(request)
+def logout(request: Request, form: CheckedForm) -> Response:
     if form is None:
         return _csrf_failed(request)
     _accounts(request).identity.end_session(request.cookies.get(SESSION_COOKIE))
@@ -234,8 +253,7 @@ def _dashboard_page(
 
 
 @router.post("/dashboard/token", response_model=None)
-async def rotate_token(request: Request) -> Response:
-    form = await _form(request)
+def rotate_token(request: Request, form: CheckedForm) -> Response:
     if form is None:
         return _csrf_failed(request)
     account = _current(request)
@@ -247,8 +265,7 @@ async def rotate_token(request: Request) -> Response:
 
 
 @router.post("/dashboard/buy", response_model=None)
-async def buy(request: Request) -> Response:
-    form = await _form(request)
+def buy(request: Request, form: CheckedForm) -> Response:
     if form is None:
         return _csrf_failed(request)
     account = _current(request)
@@ -277,8 +294,7 @@ async def buy(request: Request) -> Response:
 
 
 @router.post("/stripe/webhook", response_model=None)
-async def stripe_webhook(request: Request) -> Response:
-    payload = await request.body()
+def stripe_webhook(request: Request, payload: Body) -> Response:
     try:
         outcome = _payments(request).handle_webhook(
             payload, request.headers.get("Stripe-Signature")
