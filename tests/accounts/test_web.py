@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import func, select, text
 
 from songscan.accounts.models import AccountRow, StripeEvent
 from songscan.api.app import create_app
@@ -352,7 +352,7 @@ def test_every_page_has_a_content_security_policy(site: Site) -> None:
 
 def finish_order(
     site: Site,
-    slow: Callable[[httpx.Client], httpx.Response],
+    slow: Callable[[], httpx.Response],
     held: Callable[[], None],
     release: Callable[[], None],
 ) -> tuple[list[str], httpx.Response]:
@@ -360,36 +360,38 @@ def finish_order(
     `release()` it. The order the two finished in, and the slow one's response."""
     finished: list[str] = []
     monitor = httpx.Client(base_url=site.base_url, timeout=120)  # outwaits the bound below
-    with site.client() as client, monitor, ThreadPoolExecutor(2) as pool:
-        slow_call = pool.submit(slow, client)
+    with monitor, ThreadPoolExecutor(2) as pool:
+        slow_call = pool.submit(slow)
         slow_call.add_done_callback(lambda _: finished.append("slow"))
         try:
             held()
             health = pool.submit(monitor.get, "/healthz")
             health.add_done_callback(lambda _: finished.append("healthz"))
-            wait([health], timeout=60)
+            wait([health], timeout=20)  # short of the slow client's 30 s timeout
         finally:
             release()
         assert health.result().status_code == 200
         return finished, slow_call.result()
 
 
-def waiting_for_lock(conn: Connection, table: str) -> bool:
-    """Whether another PostgreSQL session waits for a lock on `table`."""
-    query = text(
+def finish_order_under_lock(
+    site: Site, table: str, slow: Callable[[], httpx.Response]
+) -> tuple[list[str], httpx.Response]:
+    """`finish_order` with `table` locked (PostgreSQL) until /healthz has been asked for,
+    once `slow` waits for the lock."""
+    waiting = text(
         "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"
     )
-    return bool(conn.scalar(query, {"t": table}))
+    with site.accounts.engine.connect() as locker:
+        locker.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
 
+        def held() -> None:
+            deadline = time.monotonic() + 60
+            while not locker.scalar(waiting, {"t": table}):
+                assert time.monotonic() < deadline, f"the request never waited for {table}"
+                time.sleep(0.02)
 
-def hold_until_waiting(conn: Connection, table: str) -> Callable[[], None]:
-    def held() -> None:
-        deadline = time.monotonic() + 60
-        while not waiting_for_lock(conn, table):
-            assert time.monotonic() < deadline, f"the request never waited for {table}"
-            time.sleep(0.02)
-
-    return held
+        return finish_order(site, slow, held, locker.rollback)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -397,37 +399,26 @@ def test_a_log_in_waiting_for_the_database_holds_up_no_other_request(site: Site)
     with site.client() as client:
         signup(client, "patient@example.org")
         csrf = csrf_of(client, "/login")
-        cookies = dict(client.cookies)
-
-    def log_in(client: httpx.Client) -> httpx.Response:
-        client.cookies.update(cookies)
         form = {"csrf": csrf, "email": "patient@example.org", "password": PASSWORD}
-        return client.post("/login", data=form)
-
-    with site.accounts.engine.connect() as locker:  # the log-in's first query waits for it
-        locker.execute(text("LOCK TABLE login_throttle IN ACCESS EXCLUSIVE MODE"))
-        order, response = finish_order(
-            site, log_in, hold_until_waiting(locker, "login_throttle"), locker.rollback
+        order, response = finish_order_under_lock(  # the log-in's first query waits
+            site, "login_throttle", lambda: client.post("/login", data=form)
         )
-    assert response.status_code == 303  # logged in, once the table was free
     assert order == ["healthz", "slow"]
+    assert response.status_code == 303  # logged in, once the table was free
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_webhook_waiting_for_the_database_holds_up_no_other_request(site: Site) -> None:
     event = checkout_completed_event("cs_unknown")
-
-    def deliver(client: httpx.Client) -> httpx.Response:
-        headers = {"Stripe-Signature": stripe_signature(event, WEBHOOK_SECRET)}
-        return client.post("/stripe/webhook", content=event, headers=headers)
-
-    with site.accounts.engine.connect() as locker:  # the event's id is recorded first
-        locker.execute(text("LOCK TABLE stripe_events IN ACCESS EXCLUSIVE MODE"))
-        order, response = finish_order(
-            site, deliver, hold_until_waiting(locker, "stripe_events"), locker.rollback
+    headers = {"Stripe-Signature": stripe_signature(event, WEBHOOK_SECRET)}
+    with site.client() as client:
+        order, response = finish_order_under_lock(  # the event's id is recorded first
+            site,
+            "stripe_events",
+            lambda: client.post("/stripe/webhook", content=event, headers=headers),
         )
-    assert response.json()["outcome"] == "unknown checkout"
     assert order == ["healthz", "slow"]
+    assert response.json()["outcome"] == "unknown checkout"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -438,19 +429,15 @@ def test_a_checkout_waiting_for_stripe_holds_up_no_other_request(site: Site) -> 
         in_stripe.set()
         answer.wait(60)
 
-    site.stripe.on_create = hold_back
-    with site.client() as client:
-        signup(client, "waiting-buyer@example.org")
-        csrf = csrf_of(client, "/dashboard")
-        cookies = dict(client.cookies)
-
-    def buy_a_pack(client: httpx.Client) -> httpx.Response:
-        client.cookies.update(cookies)
-        return client.post("/dashboard/buy", data={"csrf": csrf, "kind": "pack", "item": "10k"})
-
     def held() -> None:
         assert in_stripe.wait(60), "the checkout never reached Stripe"
 
-    order, response = finish_order(site, buy_a_pack, held, answer.set)
-    assert response.status_code == 303  # on to Stripe's page, once Stripe answered
+    site.stripe.on_create = hold_back
+    with site.client() as client:
+        signup(client, "waiting-buyer@example.org")
+        form = {"csrf": csrf_of(client, "/dashboard"), "kind": "pack", "item": "10k"}
+        order, response = finish_order(
+            site, lambda: client.post("/dashboard/buy", data=form), held, answer.set
+        )
     assert order == ["healthz", "slow"]
+    assert response.status_code == 303  # on to Stripe's page, once Stripe answered
