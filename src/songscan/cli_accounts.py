@@ -49,7 +49,7 @@ def create(
     """Create an account; prints its new API token as the last line."""
     accounts = _open(ctx)
     try:
-        made = accounts.create_account(email, password, plan)
+        made = accounts.identity.create_account(email, password, plan)
     finally:
         accounts.close()
     typer.echo(
@@ -65,7 +65,7 @@ def list_accounts(ctx: typer.Context) -> None:
     """Every account: id, e-mail, plan, requests left, state, masked token."""
     accounts = _open(ctx)
     try:
-        rows = accounts.list_accounts()
+        rows = accounts.identity.list_accounts()
     finally:
         accounts.close()
     typer.echo(f"{'id':>5}  {'email':<32} {'plan':<12} {'left':>10}  {'state':<8} token")
@@ -84,8 +84,8 @@ def show(ctx: typer.Context, account: AccountArg) -> None:
     """One account: plan, requests left, entitlements, recent credits and requests."""
     accounts = _open(ctx)
     try:
-        found = accounts.find(account)
-        status = accounts.status(found.id, recent=10)
+        found = accounts.identity.find(account)
+        status = accounts.ledger.status(found.id, recent=10)
     finally:
         accounts.close()
     ent = status.plan.entitlements
@@ -136,8 +136,10 @@ def credit(
         raise InvalidParameters("a bank transfer needs --reference")
     accounts = _open(ctx)
     try:
-        found = accounts.find(account)
-        done = accounts.credit(found.id, requests, kind=chosen, reference=reference, note=note)
+        found = accounts.identity.find(account)
+        done = accounts.ledger.credit(
+            found.id, requests, kind=chosen, reference=reference, note=note
+        )
         left = accounts.remaining(found)
     finally:
         accounts.close()
@@ -156,7 +158,7 @@ def set_plan(
     """Move an account to another plan (its monthly requests are granted at once)."""
     accounts = _open(ctx)
     try:
-        found = accounts.set_plan(accounts.find(account).id, plan)
+        found = accounts.ledger.set_plan(accounts.identity.find(account).id, plan)
         left = accounts.remaining(found)
     finally:
         accounts.close()
@@ -173,7 +175,7 @@ def disable(
     """Disable an account: its token and log-in stop working at once (--enable undoes it)."""
     accounts = _open(ctx)
     try:
-        found = accounts.set_disabled(accounts.find(account).id, not enable)
+        found = accounts.identity.set_disabled(accounts.identity.find(account).id, not enable)
     finally:
         accounts.close()
     typer.echo(f"account {found.id} is {'disabled' if found.disabled else 'enabled'}")
@@ -185,7 +187,7 @@ def rotate_token(ctx: typer.Context, account: AccountArg) -> None:
     """Give an account a new token (the old one stops working); prints it as the last line."""
     accounts = _open(ctx)
     try:
-        made = accounts.rotate_token(accounts.find(account).id)
+        made = accounts.identity.rotate_token(accounts.identity.find(account).id)
     finally:
         accounts.close()
     typer.echo(f"new token for account {made.account.id}; the old one no longer works")

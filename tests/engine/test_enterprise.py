@@ -35,8 +35,8 @@ def accounts(tmp_path: Path) -> Iterator[Accounts]:
 
 @pytest.fixture
 def account(accounts: Accounts) -> Account:
-    made = accounts.create_account("ops@example.org", None, "enterprise")
-    accounts.credit(made.account.id, 100, kind="adjust")
+    made = accounts.identity.create_account("ops@example.org", None, "enterprise")
+    accounts.ledger.credit(made.account.id, 100, kind="adjust")
     return made.account
 
 
