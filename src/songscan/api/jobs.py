@@ -8,7 +8,7 @@ progress; the routes let a token list, poll and cancel its own jobs.
 
 Billing: a job's reservation is settled once, after the job's outcome is recorded (the
 ledger refuses a second settlement), so a job that is run again after a crash is billed once.
-The reservation is held by the job (`held.hand_over`, `Ledger.hand_over`), so no crash sweep releases it; one
+The reservation is held by the job (`held.hand_over`), so no crash sweep releases it; one
 released before the hand-over (its submitter died in between) is reserved anew when it runs.
 A failed or cancelled job costs nothing, like a failed synchronous call.
 """
