@@ -266,21 +266,30 @@ class RedisClusterIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         hashes = np.asarray(hashes, dtype=np.uint32)
         try:
-            values, generation = self._first_trip(hashes)
-            if generation is None:
-                return _no_hits()
-            counts = np.array([_count(v) for v in values], dtype=np.int64)
-            keep = counts > 0
-            if max_postings is not None:
-                keep &= _rarest_within(counts, max_postings)
-            long_runs = np.flatnonzero(keep & np.array([isinstance(v, int) for v in values]))
-            if long_runs.shape[0]:
-                every = self._runs(generation, hashes[long_runs], limit=0)
-                for at, value in zip(long_runs.tolist(), every, strict=True):
-                    values[at] = value
-                    counts[at] = len(value) // 8
+            try:
+                return self._lookup(hashes, max_postings)
+            except NoScriptError:  # a replica promoted since: load the scripts, read again
+                self._load_scripts()
+                return self._lookup(hashes, max_postings)
         except RedisError as exc:
             raise unavailable(exc) from None
+
+    def _lookup(
+        self, hashes: np.ndarray, max_postings: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        values, generation = self._first_trip(hashes)
+        if generation is None:
+            return _no_hits()
+        counts = np.array([_count(v) for v in values], dtype=np.int64)
+        keep = counts > 0
+        if max_postings is not None:
+            keep &= _rarest_within(counts, max_postings)
+        long_runs = np.flatnonzero(keep & np.array([isinstance(v, int) for v in values], bool))
+        if long_runs.shape[0]:
+            every = self._runs(generation, hashes[long_runs], limit=0)
+            for at, value in zip(long_runs.tolist(), every, strict=True):
+                values[at] = value
+                counts[at] = len(value) // 8
         kept = np.flatnonzero(keep)
         postings = np.frombuffer(b"".join(values[i] for i in kept.tolist()), dtype="<u8")  # type: ignore[misc]
         return np.repeat(kept, counts[kept]), postings.astype(np.uint64)
