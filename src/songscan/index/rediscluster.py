@@ -2,9 +2,11 @@
 over the cluster's hash slots, shared by every API node and worker.
 
 Keys (PREFIX is `songscan` unless the URL names another; G a generation; S its bucket shift):
-    PREFIX:G:{B}         a STRING per bucket B = hash >> S: 10-byte records, the hash's low S
+    PREFIX:G:{T}:B       a STRING per bucket B = hash >> S: 10-byte records, the hash's low S
                          bits (big-endian uint16) then the posting (little-endian uint64, see
-                         pack_postings), sorted by the low bits (a hash's postings are a run)
+                         pack_postings), sorted by the low bits (a hash's postings are a run).
+                         The hash tag T (the hash's top TAG_BITS bits) puts 2^(28-S-10)
+                         buckets in one slot, so one script call serves all of them
     {PREFIX}:generation  "G:S", the generation readers use; changed atomically by a switch
     {PREFIX}:building    "G:S:token" while a rebuild or compaction writes generation G (a lease)
     {PREFIX}:postings:G  how many postings generation G holds
@@ -14,12 +16,13 @@ Memory: 10 bytes a record plus a key per bucket (about 100 bytes, spread over ~1
 S is chosen for that by a rebuild or compaction, at most 16 so the low bits fit two bytes).
 
 A lookup is one pipeline, which ClusterPipeline sends each master in one round trip: a script
-call per bucket the query touches (binary search of its fields' runs; a read-only script, so no
-write traffic) and a GET of the generation key to notice a switch. The first round trip gives
-each hash's postings, or only their count when it has more than OVERFLOW_POSTINGS (the ones a
-posting budget leaves out); the few long runs the budget keeps cost a second round trip.
+call per hash tag the query touches (at most 1024; a read-only script that binary searches
+its buckets for the query's fields) and a GET of the generation key to notice a switch. The
+first round trip gives each hash's postings, or only their count when it has more than
+OVERFLOW_POSTINGS (the ones a posting budget leaves out); the few long runs the budget keeps
+cost a second round trip.
 
-Writes go through one script call per bucket (`_ADD`): it inserts each record the bucket does
+Writes go through one script call per hash tag (`_ADD`): it inserts each record the bucket does
 not hold yet after its hash's run, so a write retried after a failure (by the caller, or by the
 client after a lost reply) leaves no duplicates; a posting is stored once per hash. A write
 then waits until each master it touched has passed it to `wait_replicas` replicas (WAIT) and
@@ -39,6 +42,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from redis.cluster import ClusterNode, RedisCluster
@@ -56,8 +60,12 @@ RECORD = np.dtype([("field", ">u2"), ("posting", "<u8")])
 BUCKET_RECORDS = 1024
 # A lookup's first round trip returns counts, not postings, for hashes with more than this.
 OVERFLOW_POSTINGS = 64
-# Writes, reads and deletions send this many buckets in one pipeline.
+# Buckets share a hash tag (a slot) by the hash's top TAG_BITS bits: a lookup or write is one
+# script call per tag it touches, at most 2^TAG_BITS (against one per bucket).
+TAG_BITS = 10
+# Reads and deletions send this many buckets, writes this many script calls, in one pipeline.
 PIPELINE_BUCKETS = 512
+PIPELINE_CALLS = 64
 BUILD_LEASE_MS = 10 * 60 * 1000
 
 # Both scripts read a bucket as RECORD-byte records: the hash's low bits (big-endian uint16)
@@ -83,24 +91,29 @@ _LOOKUP = (
     "#!lua flags=no-writes\n"
     + _RUNS
     + """
--- KEYS: bucket. ARGV: limit, then fields (ascending). For each field its postings, or their
--- count when there are more than `limit` (0: no limit).
-local blob = redis.call('GET', KEYS[1]) or ''
+-- KEYS: buckets (of one hash tag). ARGV: limit, then for each bucket the number of its fields
+-- and those fields (ascending). For each field in turn, its postings, or their count when
+-- there are more than `limit` (0: no limit).
 local limit = tonumber(ARGV[1])
-local n = #blob / 10
-local found, at = {}, 0
-for k = 2, #ARGV do
-  local field = tonumber(ARGV[k])
-  local lo = bound(blob, at, n, field, false)
-  local hi = bound(blob, lo, n, field, true)
-  if limit > 0 and hi - lo > limit then
-    found[k - 1] = hi - lo
-  else
-    local postings = {}
-    for i = lo, hi - 1 do postings[#postings + 1] = string.sub(blob, i * 10 + 3, i * 10 + 10) end
-    found[k - 1] = table.concat(postings)
+local found, a = {}, 2
+for key = 1, #KEYS do
+  local blob = redis.call('GET', KEYS[key]) or ''
+  local n, fields = #blob / 10, tonumber(ARGV[a])
+  local at = 0
+  for k = a + 1, a + fields do
+    local field = tonumber(ARGV[k])
+    local lo = bound(blob, at, n, field, false)
+    local hi = bound(blob, lo, n, field, true)
+    if limit > 0 and hi - lo > limit then
+      found[#found + 1] = hi - lo
+    else
+      local postings = {}
+      for i = lo, hi - 1 do postings[#postings + 1] = string.sub(blob, i * 10 + 3, i * 10 + 10) end
+      found[#found + 1] = table.concat(postings)
+    end
+    at = lo
   end
-  at = lo
+  a = a + 1 + fields
 end
 return found
 """
@@ -120,65 +133,44 @@ local function holds(run, record)
   end
 end
 
--- KEYS: bucket. ARGV: records sorted by field. Adds each record the bucket does not hold yet
--- after its field's run (retried writes add nothing); returns how many it added.
-local blob = redis.call('GET', KEYS[1]) or ''
-local new = ARGV[1]
-local n, m = #blob / 10, #new / 10
-local out, kept, added = {}, 0, 0
-local j = 0
-while j < m do
-  local field = field_at(new, j)
-  local j_end = j + 1
-  while j_end < m and field_at(new, j_end) == field do j_end = j_end + 1 end
-  local lo = bound(blob, kept, n, field, false)
-  local hi = bound(blob, lo, n, field, true)
-  out[#out + 1] = string.sub(blob, kept * 10 + 1, hi * 10)
-  local run, seen = string.sub(blob, lo * 10 + 1, hi * 10), {}
-  for k = j, j_end - 1 do
-    local record = string.sub(new, k * 10 + 1, k * 10 + 10)
-    if not seen[record] and not holds(run, record) then
-      seen[record] = true
-      out[#out + 1] = record
-      added = added + 1
+-- Adds each of `new`'s records (sorted by field) that the bucket does not hold yet after its
+-- field's run (a retried write adds nothing); returns how many it added.
+local function add(key, new)
+  local blob = redis.call('GET', key) or ''
+  local n, m = #blob / 10, #new / 10
+  local out, kept, added = {}, 0, 0
+  local j = 0
+  while j < m do
+    local field = field_at(new, j)
+    local j_end = j + 1
+    while j_end < m and field_at(new, j_end) == field do j_end = j_end + 1 end
+    local lo = bound(blob, kept, n, field, false)
+    local hi = bound(blob, lo, n, field, true)
+    out[#out + 1] = string.sub(blob, kept * 10 + 1, hi * 10)
+    local run, seen = string.sub(blob, lo * 10 + 1, hi * 10), {}
+    for k = j, j_end - 1 do
+      local record = string.sub(new, k * 10 + 1, k * 10 + 10)
+      if not seen[record] and not holds(run, record) then
+        seen[record] = true
+        out[#out + 1] = record
+        added = added + 1
+      end
     end
+    kept, j = hi, j_end
   end
-  kept, j = hi, j_end
+  if added > 0 then
+    out[#out + 1] = string.sub(blob, kept * 10 + 1)
+    redis.call('SET', key, table.concat(out))
+  end
+  return added
 end
-if added > 0 then
-  out[#out + 1] = string.sub(blob, kept * 10 + 1)
-  redis.call('SET', KEYS[1], table.concat(out))
-end
+
+-- KEYS: buckets (of one hash tag). ARGV: each bucket's new records.
+local added = 0
+for key = 1, #KEYS do added = added + add(KEYS[key], ARGV[key]) end
 return added
 """
 )
-
-_SWITCH = """
--- KEYS: generation, building. ARGV: token. Makes the generation being built the current one.
-local keys, args = KEYS, ARGV
-local building = redis.call('GET', keys[2])
-local generation, token = nil, nil
-if building then generation, token = string.match(building, '^(%d+:%d+):(.+)$') end
-if token ~= args[1] then
-  return redis.error_reply('songscan: this rebuild lost its lease to another writer')
-end
-redis.call('SET', keys[1], generation)
-redis.call('DEL', keys[2])
-return 1
-"""
-
-_LEASE = """
--- KEYS: building. ARGV: token, lease (ms). Renews (lease > 0) or releases (0) a build's lease.
-local keys, args = KEYS, ARGV
-local building = redis.call('GET', keys[1])
-if not building or string.sub(building, -#args[1] - 1) ~= ':' .. args[1] then return 0 end
-if tonumber(args[2]) > 0 then
-  redis.call('PEXPIRE', keys[1], args[2])
-else
-  redis.call('DEL', keys[1])
-end
-return 1
-"""
 
 _SWITCH = """
 -- KEYS: generation, building. ARGV: token. Makes the generation being built the current one.
@@ -327,20 +319,32 @@ class RedisClusterIndex:
 
     def _queue_runs(
         self, pipe: object, generation: Generation, hashes: np.ndarray, limit: int
-    ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """Queue one `_LOOKUP` call per bucket of `hashes` on `pipe`."""
-        groups = _by_bucket(generation, hashes)
-        for bucket, fields, _ in groups:
-            key = bucket_key(self.prefix, generation, bucket)
-            self._queue_script(pipe, _LOOKUP, key, limit, *fields.tolist())
-        return groups
+    ) -> list[np.ndarray]:
+        """Queue one `_LOOKUP` call per hash tag of `hashes` on `pipe`; the positions in
+        `hashes` whose values each call returns, in its order."""
+        order = np.argsort(hashes, kind="stable")
+        sorted_hashes = hashes[order]
+        fields = (sorted_hashes & np.uint32((1 << generation.shift) - 1)).tolist()
+        positions = []
+        for lo, hi, buckets in _tag_groups(self.prefix, generation, sorted_hashes):
+            args: list[int] = [limit]
+            for _, start, end in buckets:
+                args += [end - start, *fields[start:end]]
+            self._queue_script(pipe, _LOOKUP, [key for key, _, _ in buckets], args)
+            positions.append(order[lo:hi])
+        return positions
 
-    def _queue_script(self, pipe: object, script: str, key: str, *args: object) -> ClusterNode:
-        """Queue a one-key script call on a ClusterPipeline, addressed to the key's master.
-        (The pipeline blocks its evalsha() method, not the command; named, its node is not
-        asked for the call's keys by COMMAND GETKEYS. A MOVED reply still redirects it.)"""
-        node = self.redis.get_node_from_key(key)
-        pipe.execute_command("EVALSHA", _SHA[script], 1, key, *args, target_nodes=node)  # type: ignore[attr-defined]
+    def _queue_script(
+        self, pipe: object, script: str, keys: list[str], args: list[Any]
+    ) -> ClusterNode:
+        """Queue a script call on a ClusterPipeline, addressed to its keys' master (one hash
+        tag: one slot). The pipeline blocks its evalsha() method, not the command; named, its
+        node is not asked for the call's keys by COMMAND GETKEYS. A MOVED reply (resharding)
+        still redirects it."""
+        node = self.redis.get_node_from_key(keys[0])
+        pipe.execute_command(  # type: ignore[attr-defined]
+            "EVALSHA", _SHA[script], len(keys), *keys, *args, target_nodes=node
+        )
         return node
 
     def _current(self) -> Generation | None:
@@ -372,7 +376,7 @@ class RedisClusterIndex:
             hashes, postings = [], []
             for key, blob in zip(keys, pipe.execute(), strict=True):
                 records = np.frombuffer(blob or b"", dtype=RECORD)
-                bucket = int(key.rsplit(b"{", 1)[1][:-1], 16)
+                bucket = int(key.rsplit(b":", 1)[1], 16)
                 hashes.append((bucket << generation.shift) | records["field"].astype(np.uint32))
                 postings.append(records["posting"].astype(np.uint64))
             piece = np.concatenate(hashes), np.concatenate(postings)
@@ -383,7 +387,7 @@ class RedisClusterIndex:
                 yield piece
 
     def _bucket_keys(self, generation: Generation) -> Iterator[bytes]:
-        pattern = f"{self.prefix}:{generation.number}:{{*}}"
+        pattern = f"{self.prefix}:{generation.number}:{{*}}:*"
         return self.redis.scan_iter(match=pattern, count=1000)
 
     def posting_count(self) -> int:
@@ -443,16 +447,13 @@ class RedisClusterIndex:
         records["field"] = hashes & np.uint32((1 << generation.shift) - 1)
         records["posting"] = postings
         blob = records.tobytes()
-        buckets = hashes >> np.uint32(generation.shift)
-        starts = run_starts(buckets)
-        ends = [*starts[1:].tolist(), hashes.shape[0]]
         calls = [
-            (bucket_key(self.prefix, generation, int(buckets[lo])), blob[lo * 10 : hi * 10])
-            for lo, hi in zip(starts.tolist(), ends, strict=True)
+            ([key for key, _, _ in buckets], [blob[lo * 10 : hi * 10] for _, lo, hi in buckets])
+            for _, _, buckets in _tag_groups(self.prefix, generation, hashes)
         ]
         added = 0
-        for piece in range(0, len(calls), PIPELINE_BUCKETS):
-            batch = calls[piece : piece + PIPELINE_BUCKETS]
+        for piece in range(0, len(calls), PIPELINE_CALLS):
+            batch = calls[piece : piece + PIPELINE_CALLS]
             try:
                 added += self._add_calls(batch)
             except NoScriptError:  # a replica promoted since: load them, write again (no dups)
@@ -460,12 +461,13 @@ class RedisClusterIndex:
                 added += self._add_calls(batch)
         self.redis.incrby(self._keys.postings(generation), added)
 
-    def _add_calls(self, calls: list[tuple[str, bytes]]) -> int:
-        """Run `_ADD` on each (bucket key, records), replicated; how many postings were new."""
+    def _add_calls(self, calls: list[tuple[list[str], list[bytes]]]) -> int:
+        """Run `_ADD` on each (bucket keys of a tag, their records), replicated; how many
+        postings were new."""
         pipe = self.redis.pipeline()
         primaries = {}
-        for key, records in calls:
-            node = self._queue_script(pipe, _ADD, key, records)
+        for keys, records in calls:
+            node = self._queue_script(pipe, _ADD, keys, records)
             primaries[node.name] = node
         added = sum(pipe.execute())
         self._replicated(list(primaries.values()))
@@ -569,7 +571,7 @@ class RedisClusterIndex:
     def _remove_orphans(self, keep: set[int]) -> None:
         """Delete the keys of generations neither current nor being built (left by a writer that
         died mid-rebuild)."""
-        found = self.redis.scan_iter(match=f"{self.prefix}:*:{{*}}", count=1000)
+        found = self.redis.scan_iter(match=f"{self.prefix}:*:{{*}}:*", count=1000)
         self._unlink([k for k in found if int(k.split(b":", 2)[1]) not in keep])
 
     def _next_number(self) -> int:
@@ -605,7 +607,10 @@ class _MetaKeys:
 
 
 def bucket_key(prefix: str, generation: Generation, bucket: int) -> str:
-    return f"{prefix}:{generation.number}:{{{bucket:x}}}"
+    """`PREFIX:G:{T}:B`: the hash tag T is the hash's top TAG_BITS bits, so the buckets of a
+    tag share a slot and one script call reads or writes all of a query's buckets in it."""
+    tag = bucket >> max(0, HASH_BITS - generation.shift - TAG_BITS)
+    return f"{prefix}:{generation.number}:{{{tag:x}}}:{bucket:x}"
 
 
 def unavailable(exc: RedisError) -> IndexUnavailable:
@@ -622,23 +627,30 @@ def _checked(hashes: np.ndarray, postings: np.ndarray) -> tuple[np.ndarray, np.n
     return hashes, postings
 
 
-def _by_bucket(
-    generation: Generation, hashes: np.ndarray
-) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """The hashes grouped by bucket: (bucket, low bits ascending, positions in `hashes`)."""
-    order = np.argsort(hashes, kind="stable")
-    buckets = hashes[order] >> np.uint32(generation.shift)
-    fields = hashes[order] & np.uint32((1 << generation.shift) - 1)
+def _tag_groups(
+    prefix: str, generation: Generation, sorted_hashes: np.ndarray
+) -> list[tuple[int, int, list[tuple[str, int, int]]]]:
+    """Sorted hashes grouped by hash tag, then bucket: for each tag [lo, hi) of
+    `sorted_hashes` and its buckets' (key, start, end)."""
+    buckets = sorted_hashes >> np.uint32(generation.shift)
     starts = run_starts(buckets).tolist()
-    ends = [*starts[1:], order.shape[0]]
-    return [(int(buckets[s]), fields[s:e], order[s:e]) for s, e in zip(starts, ends, strict=True)]
+    ends = [*starts[1:], sorted_hashes.shape[0]]
+    groups: list[tuple[int, int, list[tuple[str, int, int]]]] = []
+    tag = None
+    for start, end in zip(starts, ends, strict=True):
+        key = bucket_key(prefix, generation, int(buckets[start]))
+        key_tag = key[: key.index("}")]
+        if key_tag != tag:
+            groups.append((start, end, []))
+            tag = key_tag
+        groups[-1][2].append((key, start, end))
+        groups[-1] = (groups[-1][0], end, groups[-1][2])
+    return groups
 
 
-def _in_query_order(
-    n: int, groups: list[tuple[int, np.ndarray, np.ndarray]], replies: list
-) -> list[bytes | int]:
+def _in_query_order(n: int, positions: list[np.ndarray], replies: list) -> list[bytes | int]:
     values: list[bytes | int] = [b""] * n
-    for (_, _, at), reply in zip(groups, replies, strict=True):
+    for at, reply in zip(positions, replies, strict=True):
         for i, value in zip(at.tolist(), reply, strict=True):
             values[i] = value
     return values
