@@ -14,13 +14,24 @@ from typing import Any
 import numpy as np
 import pytest
 from redis.cluster import NodeCommands
+from scipy.signal import resample_poly
 
-from songscan.errors import ConfigError, IndexUnavailable
+from songscan.catalog import Catalog, FingerprintedTrack, TrackMetadata
+from songscan.config import DEFAULT
+from songscan.errors import ConfigError, IndexUnavailable, NotFound
+from songscan.fingerprint import Peaks, query_peaks
 from songscan.index import pack_postings, unpack_postings
 from songscan.index.backends import open_index, parse_redis_cluster_url
 from songscan.index.rediscluster import OVERFLOW_POSTINGS, RedisClusterIndex
 from songscan.index.segments import HASH_BITS, SegmentIndex
+from songscan.matcher import match_peaks
+from tests.audio import RATE
 from tests.servers import RedisCluster, start_redis_cluster
+
+from .conftest import Library
+
+SERIAL = DEFAULT.with_workers(1)
+RATE_8K = SERIAL.fingerprint.sample_rate_hz
 
 
 @pytest.fixture
@@ -152,11 +163,14 @@ def _addresses(index: RedisClusterIndex) -> list[tuple[str, int]]:
 
 
 @pytest.mark.slow
-def test_a_stopped_master_fails_writes_and_reads_until_its_replica_takes_over() -> None:
-    """Own cluster (this one loses a node). While a master is down, an add raises, and so does
-    a lookup: never a partial answer. After the failover both work, and what was acknowledged
-    before is all there."""
+def test_a_stopped_master_fails_writes_and_reads_until_its_replica_takes_over(
+    tmp_path: Path,
+) -> None:
+    """Own cluster (this one loses a node). While a master is down, an add raises, so an
+    ingest fails and its track stays invisible; a lookup raises too: never a partial answer.
+    After the failover both work, and what was acknowledged before is all there."""
     cluster = start_redis_cluster()
+    catalog = Catalog(tmp_path / "data")
     try:
         index = RedisClusterIndex(cluster.addresses, "failover", switch_grace_s=0)
         hashes, postings = random_postings(20_000, 5)
@@ -165,6 +179,16 @@ def test_a_stopped_master_fails_writes_and_reads_until_its_replica_takes_over() 
         victim.stop()
         with pytest.raises(IndexUnavailable):
             index.add(hashes[10_000:], postings[10_000:])
+        catalog.index = index  # type: ignore[assignment]
+        no_peaks = Peaks(*(np.zeros(0, np.float32),) * 3)
+        track = FingerprintedTrack(
+            TrackMetadata(title="lost"), hashes[:3000], np.arange(3000), 60.0, no_peaks, 77
+        )
+        with pytest.raises(IndexUnavailable):
+            catalog.add([track])
+        assert catalog.live_ids().shape[0] == 0
+        with pytest.raises(NotFound):
+            catalog.get(77)
         with pytest.raises(IndexUnavailable):
             index.lookup(hashes[:5000])
         cluster.wait_ok(timeout_s=60)
@@ -187,8 +211,12 @@ def test_a_stopped_master_fails_writes_and_reads_until_its_replica_takes_over() 
         index.add(hashes, postings)
         qi, found = index.lookup(hashes)
         assert found.shape[0] == 20_000
+        assert [t.audio_id for t in catalog.add([track])] == [77]  # the retried ingest
+        assert catalog.live_ids().tolist() == [catalog.get(77).id]
         index.close()
     finally:
+        catalog.index = SegmentIndex(tmp_path / "data" / "index")
+        catalog.close()
         cluster.stop()
 
 
@@ -226,3 +254,39 @@ def test_a_malformed_index_url_is_a_config_error(url: str) -> None:
 def test_an_index_url_lists_its_nodes_and_options() -> None:
     nodes, options = parse_redis_cluster_url("redis-cluster://a:1,b.example:7002?prefix=x")
     assert nodes == [("a", 1), ("b.example", 7002)] and options == {"prefix": "x"}
+
+
+def test_the_matcher_finds_the_same_on_both_backends(
+    library: Library, redis_cluster: RedisCluster
+) -> None:
+    """The catalog's postings copied into the cluster: every chunk of a mix (songs, a quieter
+    song over noise, noise) gets equal matches (tracks, offsets, scores) from either index."""
+    catalog = Catalog(library.data)
+    redis_index = RedisClusterIndex(redis_cluster.addresses, f"t{uuid.uuid4().hex[:10]}")
+    try:
+        redis_index.rebuild(iter([catalog.index.every_posting()]))  # type: ignore[attr-defined]
+        fp = SERIAL.fingerprint
+        songs = [
+            resample_poly(library.songs[i], RATE_8K, RATE).astype(np.float32) for i in (1, 2, 3)
+        ]
+        noise = np.random.default_rng(6).normal(0, 0.1, 12 * RATE_8K).astype(np.float32)
+        pieces = [song[12 * RATE_8K : 24 * RATE_8K] for song in songs]
+        pieces += [0.3 * songs[1][30 * RATE_8K : 42 * RATE_8K] + noise, noise]
+        segment_index = catalog.index
+        found = []
+        for index in (segment_index, redis_index):
+            catalog.index = index  # type: ignore[assignment]
+            found.append(
+                [
+                    match_peaks(query_peaks(x, fp), catalog, catalog.live_ids(), SERIAL)
+                    for x in pieces
+                ]
+            )
+        catalog.index = segment_index
+        assert found[0] == found[1]
+        assert [m[0].track_id for m in found[0][:3] if m] == sorted(
+            catalog.get(i).id for i in (1, 2, 3)
+        )
+    finally:
+        redis_index.close()
+        catalog.close()
