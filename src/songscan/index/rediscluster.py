@@ -103,7 +103,8 @@ for key = 1, #KEYS do
   for k = a + 1, a + fields do
     local field = tonumber(ARGV[k])
     local lo = bound(blob, at, n, field, false)
-    local hi = bound(blob, lo, n, field, true)
+    local hi = lo  -- runs are short but for the commonest hashes: walk to the run's end
+    while hi < n and field_at(blob, hi) == field do hi = hi + 1 end
     if limit > 0 and hi - lo > limit then
       found[#found + 1] = hi - lo
     else
@@ -272,11 +273,15 @@ class RedisClusterIndex:
         values, generation = self._first_trip(hashes)
         if generation is None:
             return _no_hits()
-        counts = np.array([_count(v) for v in values], dtype=np.int64)
+        # A long run comes back as its count (an int), a short one as its postings (bytes).
+        counts = np.array(
+            [v if isinstance(v, int) else len(v) >> 3 for v in values], dtype=np.int64
+        )
+        is_count = np.array([isinstance(v, int) for v in values], dtype=bool)
         keep = counts > 0
         if max_postings is not None:
             keep &= _rarest_within(counts, max_postings)
-        long_runs = np.flatnonzero(keep & np.array([isinstance(v, int) for v in values], bool))
+        long_runs = np.flatnonzero(keep & is_count)
         if long_runs.shape[0]:
             every = self._runs(generation, hashes[long_runs], limit=0)
             for at, value in zip(long_runs.tolist(), every, strict=True):
@@ -654,11 +659,6 @@ def _in_query_order(n: int, positions: list[np.ndarray], replies: list) -> list[
         for i, value in zip(at.tolist(), reply, strict=True):
             values[i] = value
     return values
-
-
-def _count(value: bytes | int) -> int:
-    """A run's postings: given, or counted by the server (an int) when it was long."""
-    return value if isinstance(value, int) else len(value) // 8
 
 
 def _batched(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
