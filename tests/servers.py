@@ -160,11 +160,6 @@ def start_postgres(max_connections: int = 300) -> PostgresServer:
     raise RuntimeError(f"PostgreSQL did not start: {log[-2000:]}")
 
 
-# What the index backend needs of every Redis Cluster node (docs/scale-out.md says the same):
-# buckets stay listpack-encoded up to 512 hashes and 64-byte values (8 postings inline).
-REDIS_INDEX_CONFIG = ("--hash-max-listpack-entries", "512", "--hash-max-listpack-value", "64")
-
-
 @dataclass
 class RedisNode:
     port: int
@@ -286,7 +281,6 @@ def _start_redis_node(root: Path, node_timeout_ms: int) -> RedisNode:
                 "--appendonly", "no",
                 "--save", "",
                 "--logfile", str(directory / "redis.log"),
-                *REDIS_INDEX_CONFIG,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
