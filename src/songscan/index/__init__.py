@@ -1,7 +1,9 @@
 """The fingerprint index: hash -> postings (track id, anchor frame).
 
 One narrow interface (`PostingIndex`) with one module per backend. The embedded default is
-`segments.SegmentIndex` (sorted, memory-mapped numpy segments with a JSON manifest). It holds
+`segments.SegmentIndex` (sorted, memory-mapped numpy segments with a JSON manifest);
+`rediscluster.RedisClusterIndex` shares one index on a Redis Cluster; `backends.open_index`
+opens the one an index URL names. It holds
 the reference tracks' triplet hashes, which find candidates; the candidates' pair hashes come
 from the catalog's `References.pair_postings` (see matcher.py).
 
