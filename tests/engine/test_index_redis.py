@@ -290,3 +290,34 @@ def test_the_matcher_finds_the_same_on_both_backends(
     finally:
         redis_index.close()
         catalog.close()
+
+
+def test_an_add_during_a_rebuild_lands_in_the_new_generation(index: RedisClusterIndex) -> None:
+    """An ingest while a compaction or reindex runs (another API node, say) writes to both
+    generations, so its postings survive the switch; a second rebuild meanwhile is refused."""
+    old = np.arange(100, dtype=np.uint32), pack_postings(1, np.arange(100))
+    index.add(*old)
+    other = RedisClusterIndex(_addresses(index), index.prefix)
+    fresh = random_postings(3000, 7)
+    ingested = np.arange(50, dtype=np.uint32), pack_postings(9, np.arange(50))
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        yield fresh[0][:1500], fresh[1][:1500]
+        other.add(*ingested)
+        with pytest.raises(IndexUnavailable, match="another rebuild"):
+            other.rebuild(iter([old]))
+        yield fresh[0][1500:], fresh[1][1500:]
+
+    try:
+        index.rebuild(batches())
+        assert other.lookup(ingested[0])[1].tolist() == ingested[1].tolist()
+    finally:
+        other.close()
+    hashes, postings = index.every_posting()
+    want = zip(
+        np.concatenate([fresh[0], ingested[0]]).tolist(),
+        np.concatenate([fresh[1], ingested[1]]).tolist(),
+        strict=True,
+    )
+    assert sorted(zip(hashes.tolist(), postings.tolist(), strict=True)) == sorted(want)
+    assert index.posting_count() == 3050
