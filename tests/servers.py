@@ -2,6 +2,8 @@
 
 - `start_postgres()`: Debian's PostgreSQL (`initdb` + `pg_ctl`), as the `postgres` user when
   the tests run as root.
+- `start_redis_cluster()`: Debian's `redis-server`, six nodes in cluster mode (3 masters with a
+  replica each) joined by `redis-cli --cluster create`.
 - `UvicornThread`: an ASGI app served by uvicorn in a thread of the test process.
 - `StripeStandIn`: a tiny stand-in for Stripe's API (Checkout Sessions), to point the
   `stripe` library's API base at; `stripe_signature()` signs webhook payloads like Stripe does.
@@ -156,6 +158,152 @@ def start_postgres(max_connections: int = 300) -> PostgresServer:
     log = (directory / "log").read_text(errors="replace") if (directory / "log").exists() else ""
     shutil.rmtree(directory, ignore_errors=True)
     raise RuntimeError(f"PostgreSQL did not start: {log[-2000:]}")
+
+
+@dataclass
+class RedisNode:
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        """Kill the node at once (a crashed master, as far as the cluster can tell)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+@dataclass
+class RedisCluster:
+    nodes: list[RedisNode]
+    directory: Path
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", node.port) for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return "redis-cluster://" + ",".join(f"{h}:{p}" for h, p in self.addresses)
+
+    def cli(self, port: int, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+
+    def masters(self) -> list[RedisNode]:
+        return [n for n in self.nodes if n.process.poll() is None and self._is_master(n.port)]
+
+    def _is_master(self, port: int) -> bool:
+        return "role:master" in self.cli(port, "INFO", "replication")
+
+    def wait_ok(self, timeout_s: float = 60.0) -> None:
+        """Until every live node says cluster_state:ok."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            live = [n for n in self.nodes if n.process.poll() is None]
+            if all("cluster_state:ok" in self.cli(n.port, "CLUSTER", "INFO") for n in live):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_redis_cluster(masters: int = 3, node_timeout_ms: int = 2000) -> RedisCluster:
+    """Start `2 * masters` redis-server nodes on free loopback ports (each with its own dir)
+    and join them into a cluster with one replica per master; `stop()` kills them all."""
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is not installed: run scripts/install-system-deps")
+    directory = Path(tempfile.mkdtemp(prefix="songscan-redis-"))
+    cluster = RedisCluster([], directory)
+    try:
+        for _ in range(2 * masters):
+            cluster.nodes.append(_start_redis_node(directory, node_timeout_ms))
+        created = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
+        cluster.wait_ok()
+        _wait_replicas_linked(cluster)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port + 10000)) != 0:
+                return port
+
+
+def _start_redis_node(root: Path, node_timeout_ms: int) -> RedisNode:
+    for _attempt in range(5):
+        port = _cluster_port()
+        directory = root / str(port)
+        directory.mkdir()
+        process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(directory),
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms),
+                "--appendonly", "no",
+                "--save", "",
+                "--logfile", str(directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return RedisNode(port, directory, process)
+            time.sleep(0.05)
+        process.kill()
+        process.wait()
+    raise RuntimeError(f"redis-server did not start; see {root}")
+
+
+def _wait_replicas_linked(cluster: RedisCluster, timeout_s: float = 60.0) -> None:
+    """Until every master has a replica in sync (so that WAIT 1 answers 1)."""
+    deadline = time.monotonic() + timeout_s
+    for master in cluster.masters():
+        while "state=online" not in cluster.cli(master.port, "INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("a Redis master has no replica in sync")
+            time.sleep(0.1)
 
 
 class UvicornThread:

@@ -31,7 +31,8 @@ from .catalogdb import Row, Store, Transaction, sqlite_url
 from .config import FingerprintConfig
 from .errors import InvalidParameters, NotFound, SongscanError
 from .fingerprint import Hashes, Peaks, reference_pairs, reference_triplets
-from .index import expand_runs, join_hits, pack_postings
+from .index import PostingIndex, expand_runs, join_hits, pack_postings
+from .index.backends import open_index
 from .index.segments import SegmentIndex
 from .settings import unusable_data_dir
 
@@ -143,14 +144,16 @@ class Catalog:
         data_dir: str | os.PathLike[str],
         upgrade: bool = False,
         database_url: str | None = None,
+        index_url: str | None = None,
     ) -> None:
         """`upgrade`: open a data directory of an older format that `reindex` can rebuild,
         for that alone. `database_url`: the catalog's database (SQLite in the data directory
-        when None)."""
+        when None); `index_url`: its index (the segment files in the data directory when
+        None, or a Redis Cluster: `index.backends`)."""
         self.data_dir = Path(data_dir)
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self.index = SegmentIndex(self.data_dir / "index")
+            self.index: PostingIndex = open_index(index_url, self.data_dir / "index")
         except OSError as exc:
             raise unusable_data_dir(self.data_dir, exc) from None
         self._store = Store(database_url or sqlite_url(self.data_dir), self.data_dir)
@@ -289,7 +292,11 @@ class Catalog:
             "tracks": len(tracks),
             "hours": round(hours, 3),
             "postings": self.index.posting_count(),
-            "segments": self.index.segment_count(),
+            **(
+                {"segments": self.index.segment_count()}
+                if isinstance(self.index, SegmentIndex)
+                else {}
+            ),
             "index_bytes": size,
             "postings_bytes": postings_bytes,
             "peaks_bytes": peaks_bytes,

@@ -83,7 +83,10 @@ def _data(ctx: typer.Context) -> Path:
 def _catalog(ctx: typer.Context, upgrade: bool = False) -> Catalog:
     from .catalog import Catalog
 
-    return Catalog(_data(ctx), upgrade=upgrade, database_url=_settings(ctx).catalog_url)
+    loaded = _settings(ctx)
+    return Catalog(
+        _data(ctx), upgrade=upgrade, database_url=loaded.catalog_url, index_url=loaded.index_url
+    )
 
 
 def _engine(ctx: typer.Context) -> EngineConfig:
@@ -91,7 +94,7 @@ def _engine(ctx: typer.Context) -> EngineConfig:
     from .config import EngineConfig
 
     loaded = _settings(ctx)
-    return EngineConfig.from_config(loaded.config, loaded.catalog_url)
+    return EngineConfig.from_config(loaded.config, loaded.catalog_url, loaded.index_url)
 
 
 def _run_app() -> None:

@@ -151,11 +151,17 @@ class EngineConfig:
     # Where the catalog's tracks live: None is catalog.sqlite in the data directory, else the
     # database URL of the settings (pool workers open the catalog from this).
     catalog_url: str | None = None
+    # Its index: None is the segment files in the data directory, else a redis-cluster:// URL.
+    index_url: str | None = None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], catalog_url: str | None = None) -> EngineConfig:
+    def from_config(
+        cls, config: Mapping[str, Any], catalog_url: str | None = None, index_url: str | None = None
+    ) -> EngineConfig:
         """The engine's settings with songscan.toml's `[media]` section applied."""
-        return cls(limits=MediaLimits.from_config(config), catalog_url=catalog_url)
+        return cls(
+            limits=MediaLimits.from_config(config), catalog_url=catalog_url, index_url=index_url
+        )
 
     def with_workers(self, workers: int) -> EngineConfig:
         return replace(self, scan=replace(self.scan, workers=workers))

@@ -117,3 +117,11 @@ class AlreadyInCatalog(InvalidParameters):
     """A file being added holds audio the catalog already has (found by its fingerprint)."""
 
     default_message = "this audio is already in the catalog"
+
+
+class IndexUnavailable(SongscanError):
+    """The posting index's servers (a Redis Cluster) cannot be reached, lost a write, or are
+    failing over: the request fails rather than answering from part of the index."""
+
+    code = 100
+    default_message = "the fingerprint index is unavailable"

@@ -109,7 +109,7 @@ def scan_file(
     started = time.perf_counter()
     plan = plan_for(path, params, cfg)
     units = plan.runs(cfg.scan.max_chunks_per_unit)
-    catalog = _catalog(Path(data_dir), cfg.catalog_url)
+    catalog = _catalog(Path(data_dir), cfg)
     results: list[ChunkResult] = []
     done = 0
     for unit_result in _run_units(Path(path), Path(data_dir), units, cfg, owners):
@@ -144,7 +144,7 @@ def recognize_clip(
             f"the audio is too short to fingerprint ({samples.shape[0] / rate:.2f} s; a clip "
             f"needs {cfg.scan.min_clip_s:g} s)"
         )
-    catalog = _catalog(Path(data_dir), cfg.catalog_url)
+    catalog = _catalog(Path(data_dir), cfg)
     matches = match_samples(samples, catalog, catalog.live_ids(owners), cfg)
     matches = [m for m in matches if not m.weak]  # a clip has no neighbour to confirm it
     clip = Chunk(0, 0.0, samples.shape[0] / rate)
@@ -424,15 +424,15 @@ def check_neighbours_songs(
             return matches
 
 
-_catalogs: dict[tuple[Path, str | None], Catalog] = {}
+_catalogs: dict[tuple[Path, str | None, str | None], Catalog] = {}
 
 
-def _catalog(data_dir: Path, database_url: str | None = None) -> Catalog:
-    """One open catalog per data directory (and database) per process (workers keep theirs
-    between units)."""
-    key = (data_dir, database_url)
+def _catalog(data_dir: Path, cfg: EngineConfig) -> Catalog:
+    """One open catalog per data directory (and database, and index) per process (workers
+    keep theirs between units)."""
+    key = (data_dir, cfg.catalog_url, cfg.index_url)
     if key not in _catalogs:
-        _catalogs[key] = Catalog(data_dir, database_url=database_url)
+        _catalogs[key] = Catalog(data_dir, database_url=cfg.catalog_url, index_url=cfg.index_url)
     return _catalogs[key]
 
 
@@ -492,7 +492,7 @@ _worker_media = _WorkerMedia()
 def _worker_unit(args: UnitArgs) -> UnitResult:
     path, data_dir, unit, cfg, owners, scan_id = args
     with _worker_media.open(path, scan_id) as media:
-        return scan_unit(media, _catalog(data_dir, cfg.catalog_url), unit, cfg, owners)
+        return scan_unit(media, _catalog(data_dir, cfg), unit, cfg, owners)
 
 
 def _pool_size(n_units: int, cfg: EngineConfig) -> int:
@@ -505,7 +505,7 @@ def _run_units(
     """Each unit's result, in order: in this process through one open file, or on the pool."""
     workers = _pool_size(len(units), cfg)
     if workers <= 1:
-        catalog = _catalog(data_dir, cfg.catalog_url)
+        catalog = _catalog(data_dir, cfg)
         with Media(path) as media:
             for unit in units:
                 yield scan_unit(media, catalog, unit, cfg, owners)
@@ -553,11 +553,11 @@ def start_pool_for(
             initializer=_init_forked_worker,
         )
     for _ in range(workers):
-        _pools[workers].submit(_open_catalog, Path(data_dir), cfg.catalog_url)
+        _pools[workers].submit(_open_catalog, Path(data_dir), cfg)
 
 
-def _open_catalog(data_dir: Path, database_url: str | None) -> None:
-    _catalog(data_dir, database_url)
+def _open_catalog(data_dir: Path, cfg: EngineConfig) -> None:
+    _catalog(data_dir, cfg)
 
 
 def _init_forked_worker() -> None:

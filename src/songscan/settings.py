@@ -189,10 +189,13 @@ def _index_url(source: str, url: str) -> str:
     nodes = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
     if not nodes or not all(_is_host_port(node) for node in nodes.split(",")):
         raise ConfigError(f"{source}: expected redis-cluster://HOST:PORT[,HOST:PORT…]")
-    raise ConfigError(
-        f"{source}: the Redis Cluster index is not available yet in this version of "
-        "songscan; leave it unset for the index files in the data directory"
-    )
+    from .index.backends import parse_redis_cluster_url  # numpy: only when one is named
+
+    try:
+        parse_redis_cluster_url(url)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return url
 
 
 def _broker_url(source: str, url: str) -> str:

@@ -1,16 +1,22 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from songscan.catalog import Catalog, TrackMetadata
 from songscan.config import DEFAULT
+from songscan.index.rediscluster import RedisClusterIndex
+from songscan.index.segments import SegmentIndex
 from songscan.ingest import IngestItem, ingest
 from tests.audio import RATE, synth_song, write_audio
+from tests.servers import RedisCluster, start_redis_cluster
 
 SONG_SECONDS = 60.0
 
@@ -65,3 +71,32 @@ def mix(parts: list[tuple[float, np.ndarray]], seconds: float) -> np.ndarray:
 def excerpt(song: np.ndarray, start_s: float, seconds: float) -> np.ndarray:
     i = round(start_s * RATE)
     return song[i : i + round(seconds * RATE)]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One Redis Cluster (3 masters, 3 replicas) per test worker; each test its own key prefix."""
+    cluster = start_redis_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["segments", "redis-cluster"])
+def open_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """Opens the test's index (a new handle on the same postings at each call) on each
+    backend: the segment files in a temp dir, or a fresh key prefix on the Redis Cluster."""
+    opened: list[Any] = []
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+
+    def open_one() -> Any:
+        if request.param == "segments":
+            index: Any = SegmentIndex(tmp_path / "index")
+        else:
+            cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+            index = RedisClusterIndex(cluster.addresses, prefix, switch_grace_s=0.05)
+        opened.append(index)
+        return index
+
+    yield open_one
+    for index in opened:
+        index.close()

@@ -3,14 +3,45 @@ from __future__ import annotations
 import json
 import threading
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from songscan.index import pack_postings, segments, unpack_postings
 from songscan.index.segments import MAX_SEGMENTS, SegmentIndex
+
+# Tests that take `open_index` run on every backend (segment files, Redis Cluster): the
+# contract of `PostingIndex`. The others test the segment files' own machinery.
+OpenIndex = Callable[[], Any]
+
+
+def test_every_backend_finds_every_posting(open_index: OpenIndex) -> None:
+    rng = np.random.default_rng(11)
+    index = open_index()
+    assert index.posting_count() == 0
+    assert index.lookup(np.arange(10, dtype=np.uint32))[0].shape[0] == 0
+    keys = rng.integers(0, 1 << segments.HASH_BITS, 20_000).astype(np.uint32)
+    keys[:3000] = rng.integers(0, 700, 3000)  # crowded hash values too, across the parts
+    values = pack_postings(rng.integers(1, 50, 20_000), rng.integers(0, 100_000, 20_000))
+    for part in np.array_split(np.arange(20_000), 3):
+        index.add(keys[part], values[part])
+    queries = np.concatenate([keys[::40], keys[:5], rng.integers(0, 700, 50).astype(np.uint32)])
+    qi, found = open_index().lookup(queries)  # another handle: what is stored, not cached
+    got = sorted((int(queries[i]), int(i), int(v)) for i, v in zip(qi, found, strict=True))
+    want = sorted((int(q), i, int(v)) for i, q in enumerate(queries) for v in values[keys == q])
+    assert got == want
+    assert index.posting_count() == 20_000
+    every_hash, every_posting = index.every_posting()
+    assert sorted(zip(every_hash.tolist(), every_posting.tolist(), strict=True)) == sorted(
+        zip(keys.tolist(), values.tolist(), strict=True)
+    )
+    with pytest.raises(ValueError, match="below"):
+        index.add(np.array([1 << segments.HASH_BITS], dtype=np.uint32), values[:1])
+    with pytest.raises(ValueError, match="differ"):
+        index.add(keys[:2], values[:1])
 
 
 @pytest.mark.parametrize("max_bucket_entries", [segments.MAX_BUCKET_ENTRIES, 0])
@@ -80,15 +111,18 @@ def test_large_segments_look_up_through_a_stored_directory(
         index.add(np.array([1 << hash_bits], dtype=np.uint32), values[:1])
 
 
-def test_segments_merge_and_compaction_drops_dead_tracks(tmp_path: Path) -> None:
-    index = SegmentIndex(tmp_path)
+def test_segments_merge_and_compaction_drops_dead_tracks(open_index: OpenIndex) -> None:
+    index = open_index()
     for track in range(1, MAX_SEGMENTS + 3):
         index.add(np.arange(100, dtype=np.uint32), pack_postings(track, np.arange(100)))
-    assert index.segment_count() <= MAX_SEGMENTS
+    if isinstance(index, SegmentIndex):
+        assert index.segment_count() <= MAX_SEGMENTS
     assert index.posting_count() == 100 * (MAX_SEGMENTS + 2)
     index.compact(np.array([2, 3], dtype=np.int64))
-    assert index.segment_count() == 1
-    _, postings = index.lookup(np.arange(100, dtype=np.uint32))
+    if isinstance(index, SegmentIndex):
+        assert index.segment_count() == 1
+    assert index.posting_count() == 200
+    _, postings = open_index().lookup(np.arange(100, dtype=np.uint32))
     tracks, frames = unpack_postings(postings)
     assert set(tracks.tolist()) == {2, 3}
     assert sorted(frames[tracks == 2].tolist()) == list(range(100))
@@ -152,8 +186,10 @@ def test_a_merge_holds_a_piece_in_memory_not_the_segments(
     assert peak < 8_000_000, peak
 
 
-def test_a_rebuild_replaces_every_posting_at_once_or_not_at_all(tmp_path: Path) -> None:
-    index = SegmentIndex(tmp_path)
+def test_a_rebuild_replaces_every_posting_at_once_or_not_at_all(
+    open_index: OpenIndex, tmp_path: Path
+) -> None:
+    index = open_index()
     for track in (1, 2, 3):
         index.add(np.arange(100, dtype=np.uint32), pack_postings(track, np.arange(100)))
     before = index.every_posting()
@@ -170,9 +206,13 @@ def test_a_rebuild_replaces_every_posting_at_once_or_not_at_all(tmp_path: Path) 
         for t, n in ((7, 30), (8, 20))
     ]
     index.rebuild(iter(batches))  # the next writer also removes what the failed one wrote
-    hashes, postings = SegmentIndex(tmp_path).every_posting()
+    hashes, postings = open_index().every_posting()
     assert sorted(set(unpack_postings(postings)[0].tolist())) == [7, 8]
-    assert hashes.shape[0] == 50 and index.segment_count() == 1
+    assert hashes.shape[0] == 50 and index.posting_count() == 50
+    if not isinstance(index, SegmentIndex):
+        return
+    assert index.segment_count() == 1
+    tmp_path = tmp_path / "index"
     (name,) = {p.name.split(".", 1)[0] for p in tmp_path.glob("seg-*")}
     assert json.loads((tmp_path / "manifest.json").read_text())["segments"][0]["name"] == name
 
@@ -189,9 +229,9 @@ def test_orphan_segment_files_are_removed_by_the_next_writer(tmp_path: Path) -> 
     assert SegmentIndex(tmp_path).posting_count() == 20
 
 
-def test_reader_sees_whole_batches_while_a_writer_adds(tmp_path: Path) -> None:
-    writer = SegmentIndex(tmp_path)
-    reader = SegmentIndex(tmp_path)
+def test_reader_sees_whole_batches_while_a_writer_adds(open_index: OpenIndex) -> None:
+    writer = open_index()
+    reader = open_index()
     batch = 1000
     stop = threading.Event()
     seen: list[int] = []
@@ -216,8 +256,8 @@ def test_reader_sees_whole_batches_while_a_writer_adds(tmp_path: Path) -> None:
     assert reader.lookup(np.arange(batch, dtype=np.uint32))[1].shape[0] == 29 * batch
 
 
-def test_a_posting_budget_leaves_out_the_commonest_hashes(tmp_path: Path) -> None:
-    index = SegmentIndex(tmp_path)
+def test_a_posting_budget_leaves_out_the_commonest_hashes(open_index: OpenIndex) -> None:
+    index = open_index()
     # hash 1: 1000 postings (everywhere), hash 2: 10, hash 3: 3, hash 4: none
     keys = np.concatenate([np.full(1000, 1), np.full(10, 2), np.full(3, 3)]).astype(np.uint32)
     index.add(keys, pack_postings(np.arange(1013) % 50 + 1, np.arange(1013)))
@@ -229,6 +269,11 @@ def test_a_posting_budget_leaves_out_the_commonest_hashes(tmp_path: Path) -> Non
     assert postings.shape[0] == 23
     qi, _ = index.lookup(queries, max_postings=12)  # the rarest first: hash 3, then one hash 2
     assert queries[qi].tolist().count(3) == 3 and qi.shape[0] <= 12
+    qi, postings = index.lookup(queries[:4], max_postings=1013)  # within the budget: all
+    assert queries[qi].tolist().count(1) == 1000 and qi.shape[0] == 1013
+    assert np.array_equal(
+        np.sort(postings[queries[qi] == 1]), np.sort(index.lookup(queries[:1])[1])
+    )
 
 
 def test_a_posting_budget_serves_the_rarest_hashes_first() -> None:

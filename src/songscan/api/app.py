@@ -75,7 +75,7 @@ def install_recognition(app: FastAPI, settings: Settings, accounts: Accounts) ->
         settings.data_dir,
         settings.config,
         accounts,
-        EngineConfig.from_config(settings.config, settings.catalog_url),
+        EngineConfig.from_config(settings.config, settings.catalog_url, settings.index_url),
     )
     app.state.recognition = service
     app.state.job_runner = jobs.JobRunner(service)

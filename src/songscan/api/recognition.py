@@ -239,7 +239,11 @@ class Recognition:
         self.fetcher = UrlFetch(self.settings.fetch_timeout_s, self.settings.url_allow)
         self.enterprise = EnterpriseScans(accounts, self.data_dir, engine_config, self.fetcher)
         # for uploads; scans open their own
-        self.catalog = Catalog(self.data_dir, database_url=engine_config.catalog_url)
+        self.catalog = Catalog(
+            self.data_dir,
+            database_url=engine_config.catalog_url,
+            index_url=engine_config.index_url,
+        )
         self.jobs = JobStore(self.data_dir)
         self.metrics = Metrics()
         self._limiter: anyio.CapacityLimiter | None = None

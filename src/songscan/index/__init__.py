@@ -1,7 +1,9 @@
 """The fingerprint index: hash -> postings (track id, anchor frame).
 
 One narrow interface (`PostingIndex`) with one module per backend. The embedded default is
-`segments.SegmentIndex` (sorted, memory-mapped numpy segments with a JSON manifest). It holds
+`segments.SegmentIndex` (sorted, memory-mapped numpy segments with a JSON manifest);
+`rediscluster.RedisClusterIndex` shares one index on a Redis Cluster; `backends.open_index`
+opens the one an index URL names. It holds
 the reference tracks' triplet hashes, which find candidates; the candidates' pair hashes come
 from the catalog's `References.pair_postings` (see matcher.py).
 
@@ -13,6 +15,7 @@ and dropped by compaction.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -78,6 +81,10 @@ class PostingIndex(Protocol):
         """For each stored posting whose hash is in `hashes`: (index into `hashes`, posting).
         With `max_postings`, the most common hashes are left out so that at most that many
         postings come back (bounded work and memory per query whatever the index size)."""
+
+    def rebuild(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Replace every posting with those of `batches` (hashes, postings), at once: readers
+        see the old index until the new one is whole."""
 
     def compact(self, live_tracks: np.ndarray) -> None:
         """Rewrite storage keeping only postings of `live_tracks` (sorted int64 ids)."""
