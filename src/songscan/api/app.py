@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from songscan.accounts.payments import Payments
 from songscan.accounts.service import Accounts
-from songscan.api import dashboard, openapi, recognition
+from songscan.api import dashboard, openapi, recognition, streams
 from songscan.api.housekeeping import Housekeeping
 from songscan.api.security import SecurityHeaders, checkout_origin, content_security_policy
 from songscan.scan import shutdown_pools
@@ -33,7 +33,9 @@ def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
         housekeeping = Housekeeping(accounts, app.state.recognition.settings.tmp_dir)
         housekeeping.start()  # before any reservation: each must name its holder
         app.state.job_runner.start()
+        app.state.streams.supervisor.start()  # this process's stream listeners
         yield
+        app.state.streams.supervisor.stop()
         app.state.job_runner.stop()
         housekeeping.stop()
         accounts.close()
@@ -47,6 +49,7 @@ def create_app(data_dir: Path, config: Mapping[str, Any]) -> FastAPI:
     app.state.payments = Payments(accounts, config)
     app.include_router(dashboard.router)
     recognition.install(app)
+    streams.install(app)  # AudD's streams API; shares the recognition side's settings
     openapi.install_docs(app)
     stripe_api = app.state.payments.config.api_base
     app.add_middleware(

@@ -1,0 +1,220 @@
+"""From a live stream's consecutive 12-second windows to plays: song, start, length, timecode.
+
+`WindowRecognizer` recognises each window with the scan's engine (`scan.py`: the matcher, the
+neighbour checks of `check_neighbours_songs`, weak matches kept only where a neighbour confirms
+them), looking one window back: window i is checked with window i-1, and i-1's verdict may be
+revised by i (a song that starts late in i-1, too faint there alone, is confirmed by i).
+
+`PlayTracker` merges windows into plays. A window continues the open play when it holds the
+same song at the position the play predicts (`scan.continues`); a play ends at the first window
+that does not continue it, or when the stream has been away longer than the gap tolerance; a
+shorter gap (a reconnect) does not end it. Each play is reported once it has ended, and also
+when it starts for `callbacks=before`.
+
+Times are seconds on the listener's timeline (wall clock since the listener started), so they
+stay comparable across reconnects.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from songscan.chunks import Chunk
+from songscan.config import EngineConfig
+from songscan.fingerprint import Peaks, query_peaks
+from songscan.matcher import Match, match_peaks
+from songscan.scan import (
+    ChunkResult,
+    SongMatch,
+    _catalog,
+    _songs,
+    check_neighbours_songs,
+    confirm_weak,
+    continues,
+)
+
+SILENCE_RMS = 1e-3  # -60 dBFS: a window quieter than this is silence, not music
+# Positions across a reconnect are compared by wall clock: allow for its estimation error.
+GAP_CONTINUITY_S = 3.0
+
+
+@dataclass(frozen=True)
+class Window:
+    chunk: Chunk  # index in the listener's life, start and end on its timeline
+    songs: list[SongMatch]  # confident matches, best first
+    silent: bool
+
+
+@dataclass
+class _Heard:
+    chunk: Chunk
+    peaks: Peaks
+    matches: list[Match]
+
+
+class WindowRecognizer:
+    """Recognise consecutive windows of one stream (one instance per listener)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        cfg: EngineConfig,
+        owners: tuple[str, ...],
+        limiter: threading.Semaphore | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.cfg = cfg
+        self.owners = owners
+        self.limiter = limiter or threading.Semaphore(1)
+        self._prev: _Heard | None = None
+
+    def reset(self) -> None:
+        """The stream was interrupted: the next window has no neighbour before it."""
+        self._prev = None
+
+    def add(self, chunk: Chunk, samples: np.ndarray) -> tuple[Window | None, Window]:
+        """(the previous window's revised verdict or None, this window's verdict)."""
+        silent = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) < SILENCE_RMS
+        catalog = _catalog(self.data_dir)
+        with self.limiter:  # recognitions at once, across this process's listeners
+            live = catalog.live_ids(self.owners)
+            peaks = query_peaks(samples, self.cfg.fingerprint)
+            here = _Heard(chunk, peaks, match_peaks(peaks, catalog, live, self.cfg))
+            prev = self._prev if self._prev and self._prev.chunk.index == chunk.index - 1 else None
+            heard = [prev, here] if prev else [here]
+            checked = check_neighbours_songs(
+                [(h.chunk.start_s, h.peaks, h.matches) for h in heard], catalog, self.cfg
+            )
+            for h, matches in zip(heard, checked, strict=True):
+                h.matches = matches
+            results = [
+                ChunkResult(h.chunk, _songs(h.matches, h.chunk, catalog, self.cfg)) for h in heard
+            ]
+        results = confirm_weak(results, self.cfg.match.continuity_tolerance_s)
+        self._prev = here
+        windows = [Window(r.chunk, [s for s in r.songs if not s.weak], False) for r in results]
+        windows[-1] = replace(windows[-1], silent=silent)
+        return (windows[0] if prev else None), windows[-1]
+
+
+@dataclass
+class Play:
+    """A song played on the stream: from `start_s` to `end_s` (listener timeline)."""
+
+    song: SongMatch  # the play's song as first recognised (metadata, score)
+    start_s: float
+    end_s: float
+    timecode_ms: int  # where in the song the play starts
+    last: tuple[Chunk, SongMatch]  # the last window that held it, and where
+    score: int = 0
+    announced: bool = False  # reported at its start (callbacks=before)
+    windows: int = 1
+
+    @property
+    def track_id(self) -> int:
+        return self.song.track.id
+
+    @property
+    def length_s(self) -> float:
+        return max(0.0, self.end_s - self.start_s)
+
+
+@dataclass(frozen=True)
+class PlayEvent:
+    kind: str  # "started" | "ended"
+    play: Play
+
+
+@dataclass
+class PlayTracker:
+    tolerance_s: float  # song positions of neighbouring windows agree this well
+    gap_tolerance_s: float  # an interruption longer than this ends the play in progress
+    play: Play | None = None
+    _events: list[PlayEvent] = field(default_factory=list)
+
+    def add(self, revised_prev: Window | None, window: Window) -> list[PlayEvent]:
+        """What `window` (and the revised verdict of the one before) changes."""
+        events: list[PlayEvent] = []
+        best = window.songs[0] if window.songs else None
+        if self.play is not None:
+            continued = self._continuation(window)
+            if continued is not None:
+                self._extend(window.chunk, continued)
+            if continued is None or (best is not None and best.track.id != self.play.track_id):
+                events.append(PlayEvent("ended", self.play))
+                self.play = None
+        if self.play is None and best is not None:
+            self.play = _start(best, window.chunk, revised_prev)
+            events.append(PlayEvent("started", self.play))
+        return events
+
+    def interrupted(self, away_s: float) -> list[PlayEvent]:
+        """The stream has been away `away_s` seconds so far: a play in progress ends once
+        that is past the gap tolerance."""
+        if self.play is not None and away_s > self.gap_tolerance_s:
+            ended, self.play = self.play, None
+            return [PlayEvent("ended", ended)]
+        return []
+
+    def finish(self) -> list[PlayEvent]:
+        """The listener stops: the play in progress ends where it was last heard."""
+        return self.interrupted(float("inf"))
+
+    def _continuation(self, window: Window) -> SongMatch | None:
+        """The play's song in `window`, where the play predicts it, or None."""
+        assert self.play is not None
+        last_chunk, last_song = self.play.last
+        adjacent = window.chunk.index == last_chunk.index + 1
+        tolerance = self.tolerance_s if adjacent else max(self.tolerance_s, GAP_CONTINUITY_S)
+        if not adjacent and window.chunk.start_s - last_chunk.end_s > self.gap_tolerance_s:
+            return None
+        for song in window.songs:
+            if song.track.id != self.play.track_id:
+                continue
+            for place in (song, *song.alternatives):
+                if continues(last_song, last_chunk, place, window.chunk, tolerance):
+                    return place
+        return None
+
+    def _extend(self, chunk: Chunk, song: SongMatch) -> None:
+        assert self.play is not None
+        self.play.end_s = chunk.start_s + song.end_offset_ms / 1000
+        self.play.last = (chunk, song)
+        self.play.score = max(self.play.score, song.score)
+        self.play.windows += 1
+
+
+def _start(best: SongMatch, chunk: Chunk, revised_prev: Window | None) -> Play:
+    """A play of `best`, starting in `chunk` or, when the revised window before holds the
+    same song leading into this one, in that window."""
+    first_chunk, first = chunk, best
+    if revised_prev is not None:
+        for song in revised_prev.songs:
+            if song.track.id == best.track.id and continues(
+                song, revised_prev.chunk, best, chunk, 1.5
+            ):
+                first_chunk, first = revised_prev.chunk, song
+                break
+    # A song that starts inside the window: its position there is negative (exact, from the
+    # alignment); one already playing starts where its matched fragment does.
+    offset_s = (
+        -first.position_ms / 1000 / first.speed
+        if first.position_ms < 0
+        else first.start_offset_ms / 1000
+    )
+    start_s = first_chunk.start_s + offset_s
+    timecode_ms = max(0, round(first.position_ms + offset_s * 1000 * first.speed))
+    play = Play(
+        song=first,
+        start_s=start_s,
+        end_s=chunk.start_s + best.end_offset_ms / 1000,
+        timecode_ms=timecode_ms,
+        last=(chunk, best),
+        score=max(first.score, best.score),
+        windows=2 if first_chunk is not chunk else 1,
+    )
+    return play
