@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import av
 import httpx
@@ -79,13 +81,11 @@ def icecast() -> Iterator[Icecast]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def streams_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamsServer]:
-    root = tmp_path_factory.mktemp("streams")
-    data_dir, files = root / "data", root / "files"
-    data_dir.mkdir()
-    files.mkdir()
-    songs = build_catalog(data_dir, files)
+@contextmanager
+def serve_streams(
+    data_dir: Path, root: Path, songs: dict[int, np.ndarray]
+) -> Iterator[StreamsServer]:
+    """A songscan server over the catalog in `data_dir`, with a media server beside it."""
     with MediaServer() as media:
         media.routes.update(
             {
@@ -111,6 +111,17 @@ def streams_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Streams
         app = create_app(data_dir, config)
         with UvicornThread(app) as server:
             yield StreamsServer(server.base_url, app, app.state.accounts, media, songs)
+
+
+@pytest.fixture(scope="session")
+def streams_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamsServer]:
+    root = tmp_path_factory.mktemp("streams")
+    data_dir, files = root / "data", root / "files"
+    data_dir.mkdir()
+    files.mkdir()
+    songs = build_catalog(data_dir, files)
+    with serve_streams(data_dir, root, songs) as server:
+        yield server
 
 
 def quiet_url(server: StreamsServer) -> str:

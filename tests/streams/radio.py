@@ -241,8 +241,9 @@ class LiveHls:
         return self
 
     def play(self) -> LiveHls:
-        """Start the clock: segment 0 is listed once it has played."""
-        self.t0 = time.time()
+        """Start the clock one segment ago: segment 0 has just played and is listed; each
+        later one is listed once it has played."""
+        self.t0 = time.time() - self.segment_s
         offset = 0.0
         for piece in self.programme:
             self.started.append(self.t0 + offset)
@@ -251,7 +252,7 @@ class LiveHls:
 
     def available(self) -> int:
         if not self.t0:
-            return 1  # before play(): segment 0, so that addStream finds audio
+            return 0
         return min(len(self.segments), int((time.time() - self.t0) / self.segment_s))
 
     def playlist(self) -> str:

@@ -18,7 +18,7 @@ stay comparable across reconnects.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +105,15 @@ class WindowRecognizer:
 class Play:
     """A song played on the stream: from `start_s` to `end_s` (listener timeline)."""
 
-    song: SongMatch  # the play's song as first recognised (metadata, score)
+    song: SongMatch  # the play's song in its first window (metadata, score, placement)
+    first: Chunk  # the play's first window
     start_s: float
     end_s: float
     timecode_ms: int  # where in the song the play starts
     last: tuple[Chunk, SongMatch]  # the last window that held it, and where
     score: int = 0
-    announced: bool = False  # reported at its start (callbacks=before)
+    settled: bool = False  # its start is known as well as it will be (see `_settle`)
+    announced: bool = False  # its "started" event was given
     windows: int = 1
 
     @property
@@ -134,10 +136,11 @@ class PlayTracker:
     tolerance_s: float  # song positions of neighbouring windows agree this well
     gap_tolerance_s: float  # an interruption longer than this ends the play in progress
     play: Play | None = None
-    _events: list[PlayEvent] = field(default_factory=list)
+    _last_end: float = float("-inf")  # where the last play ended
 
     def add(self, revised_prev: Window | None, window: Window) -> list[PlayEvent]:
-        """What `window` (and the revised verdict of the one before) changes."""
+        """What `window` (and the revised verdict of the one before) changes. A play's
+        "started" event comes once its start is settled (its second window, or its end)."""
         events: list[PlayEvent] = []
         best = window.songs[0] if window.songs else None
         if self.play is not None:
@@ -145,10 +148,11 @@ class PlayTracker:
             if continued is not None:
                 self._extend(window.chunk, continued)
             if continued is None or (best is not None and best.track.id != self.play.track_id):
-                events.append(PlayEvent("ended", self.play))
-                self.play = None
+                events += self._end()
         if self.play is None and best is not None:
-            self.play = _start(best, window.chunk, revised_prev)
+            self.play = self._start(best, window.chunk, revised_prev)
+        if self.play is not None and self.play.settled and not self.play.announced:
+            self.play.announced = True
             events.append(PlayEvent("started", self.play))
         return events
 
@@ -156,13 +160,53 @@ class PlayTracker:
         """The stream has been away `away_s` seconds so far: a play in progress ends once
         that is past the gap tolerance."""
         if self.play is not None and away_s > self.gap_tolerance_s:
-            ended, self.play = self.play, None
-            return [PlayEvent("ended", ended)]
+            return self._end()
         return []
 
     def finish(self) -> list[PlayEvent]:
-        """The listener stops: the play in progress ends where it was last heard."""
+        """The stream is over: the play in progress ends where it was last heard."""
         return self.interrupted(float("inf"))
+
+    def _end(self) -> list[PlayEvent]:
+        assert self.play is not None
+        ended, self.play = self.play, None
+        self._last_end = ended.end_s
+        events = []
+        if not ended.announced:  # a play of one window: its start is what that window says
+            ended.announced = ended.settled = True
+            events.append(PlayEvent("started", ended))
+        return [*events, PlayEvent("ended", ended)]
+
+    def _start(self, best: SongMatch, chunk: Chunk, revised_prev: Window | None) -> Play:
+        """A play of `best` from `chunk` or, when the revised window before holds the same
+        song leading into this one (a start too faint to match alone), from that window."""
+        if revised_prev is not None:
+            for song in revised_prev.songs:
+                if song.track.id == best.track.id and continues(
+                    song, revised_prev.chunk, best, chunk, self.tolerance_s
+                ):
+                    self.play = _play(song, revised_prev.chunk, self._last_end)
+                    self._extend(chunk, best)  # its second window: settles its start
+                    return self.play
+        return _play(best, chunk, self._last_end)
+
+    def _settle(self, play: Play, full: SongMatch) -> None:
+        """Fix the start of `play` from its first window's evidence against `full`, the same
+        song in the next window. The first matched hit is a poor guide to where a song cut
+        in (one chance hit at the right offset reaches seconds back), so the start is where
+        the song's hit rate in the next window says it must be to give the first window's
+        hits; unless the hits fill the first window from the song's own beginning
+        (position < 0): then that beginning is exact. Never before the last play ended."""
+        first, window_s = play.song, play.first.end_s - play.first.start_s
+        ratio = min(1.0, first.aligned_hits / max(1, full.aligned_hits))
+        from_density_s = window_s * (1 - ratio)
+        begins_s = -first.position_ms / 1000 / first.speed  # where song position 0 falls
+        if first.position_ms < 0 and ratio >= 0.7 * (window_s - begins_s) / window_s:
+            offset_s = begins_s
+        else:
+            offset_s = max(from_density_s, begins_s)
+        _place(play, play.first.start_s + offset_s, self._last_end)
+        play.settled = True
 
     def _continuation(self, window: Window) -> SongMatch | None:
         """The play's song in `window`, where the play predicts it, or None."""
@@ -181,40 +225,39 @@ class PlayTracker:
         return None
 
     def _extend(self, chunk: Chunk, song: SongMatch) -> None:
-        assert self.play is not None
-        self.play.end_s = chunk.start_s + song.end_offset_ms / 1000
-        self.play.last = (chunk, song)
-        self.play.score = max(self.play.score, song.score)
-        self.play.windows += 1
+        play = self.play
+        if play is None:
+            return
+        if not play.settled and chunk.index == play.first.index + 1:
+            self._settle(play, song)
+        play.end_s = chunk.start_s + song.end_offset_ms / 1000
+        play.last = (chunk, song)
+        play.score = max(play.score, song.score)
+        play.windows += 1
 
 
-def _start(best: SongMatch, chunk: Chunk, revised_prev: Window | None) -> Play:
-    """A play of `best`, starting in `chunk` or, when the revised window before holds the
-    same song leading into this one, in that window."""
-    first_chunk, first = chunk, best
-    if revised_prev is not None:
-        for song in revised_prev.songs:
-            if song.track.id == best.track.id and continues(
-                song, revised_prev.chunk, best, chunk, 1.5
-            ):
-                first_chunk, first = revised_prev.chunk, song
-                break
-    # A song that starts inside the window: its position there is negative (exact, from the
-    # alignment); one already playing starts where its matched fragment does.
-    offset_s = (
-        -first.position_ms / 1000 / first.speed
-        if first.position_ms < 0
-        else first.start_offset_ms / 1000
-    )
-    start_s = first_chunk.start_s + offset_s
-    timecode_ms = max(0, round(first.position_ms + offset_s * 1000 * first.speed))
+def _play(first: SongMatch, chunk: Chunk, not_before_s: float) -> Play:
+    """A new play of `first` in `chunk`, its start provisional: the song's beginning when it
+    falls inside the window, else where its matched fragment begins."""
+    begins_s = -first.position_ms / 1000 / first.speed
+    offset_s = max(begins_s, first.start_offset_ms / 1000)
     play = Play(
         song=first,
-        start_s=start_s,
-        end_s=chunk.start_s + best.end_offset_ms / 1000,
-        timecode_ms=timecode_ms,
-        last=(chunk, best),
-        score=max(first.score, best.score),
-        windows=2 if first_chunk is not chunk else 1,
+        first=chunk,
+        start_s=chunk.start_s,
+        end_s=chunk.start_s + first.end_offset_ms / 1000,
+        timecode_ms=max(0, first.position_ms),
+        last=(chunk, first),
+        score=first.score,
     )
+    _place(play, chunk.start_s + offset_s, not_before_s)
     return play
+
+
+def _place(play: Play, start_s: float, not_before_s: float) -> None:
+    """Start `play` at `start_s`, but not before `not_before_s` (a play starts no earlier
+    than the one before it ended), nor before its first window; its timecode follows."""
+    start_s = max(start_s, not_before_s, play.first.start_s)
+    play.start_s = start_s
+    moved_ms = (start_s - play.first.start_s) * 1000 * play.song.speed
+    play.timecode_ms = max(0, round(play.song.position_ms + moved_ms))
