@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
@@ -83,7 +84,10 @@ def icecast() -> Iterator[Icecast]:
 
 @contextmanager
 def serve_streams(
-    data_dir: Path, root: Path, songs: dict[int, np.ndarray]
+    data_dir: Path,
+    root: Path,
+    songs: dict[int, np.ndarray],
+    database_url: str | None = None,
 ) -> Iterator[StreamsServer]:
     """A songscan server over the catalog in `data_dir`, with a media server beside it."""
     with MediaServer() as media:
@@ -103,11 +107,13 @@ def serve_streams(
             }
         )
         fast = {"rate_limit_per_s": 1000}
-        config = {
+        config: dict[str, Any] = {
             "plans": {"trial": fast, "startup": fast, "enterprise": fast},
             "api": {"url_allow": ["127.0.0.1"], "tmp_dir": str(root)},
             "streams": STREAMS_CONFIG,
         }
+        if database_url:
+            config["accounts"] = {"database_url": database_url}
         app = create_app(data_dir, config)
         with UvicornThread(app) as server:
             yield StreamsServer(server.base_url, app, app.state.accounts, media, songs)
