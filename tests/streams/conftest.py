@@ -108,12 +108,13 @@ def serve_streams(
         )
         fast = {"rate_limit_per_s": 1000}
         config: dict[str, Any] = {
+            "accounts": {"test_token": True},
             "plans": {"trial": fast, "startup": fast, "enterprise": fast},
             "api": {"url_allow": ["127.0.0.1"], "tmp_dir": str(root)},
             "streams": STREAMS_CONFIG,
         }
         if database_url:
-            config["accounts"] = {"database_url": database_url}
+            config["accounts"]["database_url"] = database_url
         app = create_app(data_dir, config)
         with UvicornThread(app) as server:
             yield StreamsServer(server.base_url, app, app.state.accounts, media, songs)

@@ -147,6 +147,7 @@ def test_duplicate_radio_id(streams_server: StreamsServer) -> None:
 def test_tokens_and_callback_url_checks(streams_server: StreamsServer) -> None:
     assert error_code(streams_server.call("getStreams", None)) == 901
     assert error_code(streams_server.call("getStreams", "0" * 40)) == 900
+    assert error_code(streams_server.call("getStreams", "test")) == 904  # the public token
     token = streams_server.new_token()
     assert error_code(streams_server.call("setCallbackUrl", token)) == 50
     private = streams_server.call("setCallbackUrl", token, url="http://192.168.1.10/hook")

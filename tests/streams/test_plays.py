@@ -32,11 +32,19 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, n
     return root / "data", build_catalog(root / "data", root / "files")
 
 
-def run(data_dir: Path, audio: np.ndarray, gaps: dict[int, float] | None = None) -> list[PlayEvent]:
+def run(
+    data_dir: Path,
+    audio: np.ndarray,
+    gaps: dict[int, float] | None = None,
+    seen: list[tuple[int, PlayEvent]] | None = None,
+) -> list[PlayEvent]:
     """Feed `audio` as consecutive windows; `gaps` shifts window i and later by seconds (an
-    interruption before window i: the recogniser forgets its neighbour)."""
+    interruption before window i: the recogniser forgets its neighbour). `seen` gets each
+    event with the index of the window that gave it."""
     recognizer = WindowRecognizer(data_dir, DEFAULT, ("",))
-    tracker = PlayTracker(DEFAULT.match.continuity_tolerance_s, gap_tolerance_s=15.0)
+    tracker = PlayTracker(
+        DEFAULT.match.continuity_tolerance_s, gap_tolerance_s=15.0, plays_on=recognizer.plays_on
+    )
     n = int(WINDOW_S * ENGINE_RATE)
     events: list[PlayEvent] = []
     shift = 0.0
@@ -47,7 +55,10 @@ def run(data_dir: Path, audio: np.ndarray, gaps: dict[int, float] | None = None)
         start = i * WINDOW_S + shift
         chunk = Chunk(i, start, start + WINDOW_S)
         revised, window = recognizer.add(chunk, audio[i * n : (i + 1) * n])
-        events += tracker.add(revised, window)
+        new = tracker.add(revised, window)
+        events += new
+        if seen is not None:
+            seen += [(i, e) for e in new]
     return events + tracker.finish()
 
 
@@ -106,3 +117,17 @@ def test_a_song_cut_in_after_music_not_in_the_catalog(
     assert play.start_s == pytest.approx(lead_s, abs=3.0)
     assert play.length_s == pytest.approx(30.0, abs=3.0)
     assert play.timecode_ms == pytest.approx(5000, abs=3000)
+
+
+def test_a_play_ends_with_the_window_it_ends_in(
+    catalog: tuple[Path, dict[int, np.ndarray]],
+) -> None:
+    """Song 1 stops 7 s into window 2 and music not in the catalog follows: the play is
+    reported by window 2 (a callback ~5 s after the song's end), not by window 3."""
+    data_dir, songs = catalog
+    programme = [music(941, 1.0), excerpt(songs[1], 0.0, 30.0), music(942, 30.0)]
+    seen: list[tuple[int, PlayEvent]] = []
+    run(data_dir, to_engine_rate(np.concatenate(programme)), seen=seen)
+    ended = [(i, e.play) for i, e in seen if e.kind == "ended"]
+    assert [(i, p.song.track.audio_id) for i, p in ended] == [(2, 1)]
+    assert ended[0][1].length_s == pytest.approx(30.0, abs=3.0)

@@ -82,10 +82,12 @@ class Listener:
         self.ctx = ctx
         self.stop_event = threading.Event()
         self.epoch = time.time()  # the listener's timeline starts here (wall clock)
-        self.tracker = PlayTracker(
-            ctx.engine.match.continuity_tolerance_s, ctx.settings.gap_tolerance_s
-        )
         self.recognizer = WindowRecognizer(ctx.data_dir, ctx.engine, owners, ctx.limiter)
+        self.tracker = PlayTracker(
+            ctx.engine.match.continuity_tolerance_s,
+            ctx.settings.gap_tolerance_s,
+            plays_on=self.recognizer.plays_on,
+        )
         self._index = 0  # windows so far, across connections
         self._down_since: float | None = self.epoch  # not connected yet
         self._notified_down = False

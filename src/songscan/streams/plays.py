@@ -18,6 +18,7 @@ stay comparable across reconnects.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 from songscan.chunks import Chunk
 from songscan.config import EngineConfig
 from songscan.fingerprint import Peaks, query_peaks
-from songscan.matcher import Match, match_peaks
+from songscan.matcher import Match, match_peaks, match_tracks
 from songscan.scan import (
     ChunkResult,
     SongMatch,
@@ -38,6 +39,8 @@ from songscan.scan import (
 )
 
 SILENCE_RMS = 1e-3  # -60 dBFS: a window quieter than this is silence, not music
+# A play whose song stops this long before its window's end may have ended inside it.
+EARLY_END_S = 3.0
 # Positions across a reconnect are compared by wall clock: allow for its estimation error.
 GAP_CONTINUITY_S = 3.0
 
@@ -75,6 +78,18 @@ class WindowRecognizer:
     def reset(self) -> None:
         """The stream was interrupted: the next window has no neighbour before it."""
         self._prev = None
+
+    def plays_on(self, track_id: int, from_s: float) -> bool:
+        """Whether song `track_id` is heard in the last window after `from_s` seconds into
+        it (any match of it there, even a weak one: a quiet passage is not an end)."""
+        if self._prev is None:
+            return True
+        peaks = self._prev.peaks
+        keep = peaks.time_frames >= from_s * self.cfg.fingerprint.frames_per_s
+        tail = Peaks(peaks.time_frames[keep], peaks.freq_hz[keep], peaks.strength[keep])
+        catalog = _catalog(self.data_dir)
+        with self.limiter:
+            return bool(match_tracks(tail, catalog, np.array([track_id]), self.cfg))
 
     def add(self, chunk: Chunk, samples: np.ndarray) -> tuple[Window | None, Window]:
         """(the previous window's revised verdict or None, this window's verdict)."""
@@ -135,6 +150,9 @@ class PlayEvent:
 class PlayTracker:
     tolerance_s: float  # song positions of neighbouring windows agree this well
     gap_tolerance_s: float  # an interruption longer than this ends the play in progress
+    # Whether a song is heard in the last window after a moment (`WindowRecognizer.plays_on`):
+    # a play whose song stops early in a window ends with that window, not the next one.
+    plays_on: Callable[[int, float], bool] | None = None
     play: Play | None = None
     _last_end: float = float("-inf")  # where the last play ended
 
@@ -147,7 +165,11 @@ class PlayTracker:
             continued = self._continuation(window)
             if continued is not None:
                 self._extend(window.chunk, continued)
-            if continued is None or (best is not None and best.track.id != self.play.track_id):
+            if continued is not None and self._ended_inside(window, continued):
+                events += self._end()
+                if best is not None and best.track.id == continued.track.id:
+                    best = None  # the song that just ended here does not start again here
+            elif continued is None or (best is not None and best.track.id != self.play.track_id):
                 events += self._end()
         if self.play is None and best is not None:
             self.play = self._start(best, window.chunk, revised_prev)
@@ -155,6 +177,16 @@ class PlayTracker:
             self.play.announced = True
             events.append(PlayEvent("started", self.play))
         return events
+
+    def _ended_inside(self, window: Window, song: SongMatch) -> bool:
+        """Whether the song stopped inside `window`: its matched fragment ends more than
+        `EARLY_END_S` before the window does and nothing of it is heard after that. Saves
+        waiting for the next window (12 s) to learn that the play is over."""
+        stops_s = song.end_offset_ms / 1000
+        window_s = window.chunk.end_s - window.chunk.start_s
+        if self.plays_on is None or stops_s > window_s - EARLY_END_S:
+            return False
+        return not self.plays_on(song.track.id, stops_s + 0.5)
 
     def interrupted(self, away_s: float) -> list[PlayEvent]:
         """The stream has been away `away_s` seconds so far: a play in progress ends once
