@@ -4,6 +4,7 @@ into plays by `PlayTracker`; checked against the programme's ground truth."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from scipy.signal import resample_poly
 
 from songscan.chunks import Chunk
 from songscan.config import DEFAULT
-from songscan.streams.plays import PlayEvent, PlayTracker, WindowRecognizer
+from songscan.streams.plays import HEAD_S, PlayEvent, PlayTracker, WindowRecognizer
 from tests.api.conftest import build_catalog
 from tests.api.music import RATE, excerpt, music
 
@@ -36,11 +37,11 @@ def run(
     data_dir: Path,
     audio: np.ndarray,
     gaps: dict[int, float] | None = None,
-    seen: list[tuple[int, PlayEvent]] | None = None,
+    seen: list[tuple[int, str, PlayEvent]] | None = None,
 ) -> list[PlayEvent]:
     """Feed `audio` as consecutive windows; `gaps` shifts window i and later by seconds (an
     interruption before window i: the recogniser forgets its neighbour). `seen` gets each
-    event with the index of the window that gave it."""
+    event with the index of the window that gave it, and whether its head or all of it."""
     recognizer = WindowRecognizer(data_dir, DEFAULT, ("",))
     tracker = PlayTracker(
         DEFAULT.match.continuity_tolerance_s, gap_tolerance_s=15.0, plays_on=recognizer.plays_on
@@ -54,11 +55,14 @@ def run(
             recognizer.reset()
         start = i * WINDOW_S + shift
         chunk = Chunk(i, start, start + WINDOW_S)
-        revised, window = recognizer.add(chunk, audio[i * n : (i + 1) * n])
-        new = tracker.add(revised, window)
-        events += new
+        samples = audio[i * n : (i + 1) * n]
+        head = samples[: int(HEAD_S * ENGINE_RATE)]  # as the listener: its first seconds first
+        at_head = tracker.next_window_begins(i, partial(recognizer.heard, samples=head))
+        revised, window = recognizer.add(chunk, samples)
+        at_end = tracker.add(revised, window)
+        events += at_head + at_end
         if seen is not None:
-            seen += [(i, e) for e in new]
+            seen += [(i, "head", e) for e in at_head] + [(i, "window", e) for e in at_end]
     return events + tracker.finish()
 
 
@@ -126,8 +130,25 @@ def test_a_play_ends_with_the_window_it_ends_in(
     reported by window 2 (a callback ~5 s after the song's end), not by window 3."""
     data_dir, songs = catalog
     programme = [music(941, 1.0), excerpt(songs[1], 0.0, 30.0), music(942, 30.0)]
-    seen: list[tuple[int, PlayEvent]] = []
+    seen: list[tuple[int, str, PlayEvent]] = []
     run(data_dir, to_engine_rate(np.concatenate(programme)), seen=seen)
-    ended = [(i, e.play) for i, e in seen if e.kind == "ended"]
-    assert [(i, p.song.track.audio_id) for i, p in ended] == [(2, 1)]
-    assert ended[0][1].length_s == pytest.approx(30.0, abs=3.0)
+    ended = [(i, part, e.play) for i, part, e in seen if e.kind == "ended"]
+    assert [(i, part, p.song.track.audio_id) for i, part, p in ended] == [(2, "window", 1)]
+    assert ended[0][2].length_s == pytest.approx(30.0, abs=3.0)
+
+
+def test_a_play_ending_at_a_window_s_end_ends_at_the_next_one_s_head(
+    catalog: tuple[Path, dict[int, np.ndarray]],
+) -> None:
+    """Song 1 stops 11 s into window 2 (too late to tell inside it): the first seconds of
+    window 3 show it is over (the event comes with window 3, ~5 s after the song's end)."""
+    data_dir, songs = catalog
+    programme = [music(943, 5.0), excerpt(songs[1], 0.0, 30.0), music(944, 30.0)]
+    seen: list[tuple[int, str, PlayEvent]] = []
+    events = run(data_dir, to_engine_rate(np.concatenate(programme)), seen=seen)
+    assert [(e.kind, e.play.song.track.audio_id) for e in events] == [
+        ("started", 1),
+        ("ended", 1),
+    ]
+    assert [(i, part) for i, part, e in seen if e.kind == "ended"] == [(3, "head")]
+    assert events[-1].play.length_s == pytest.approx(30.0, abs=3.0)

@@ -37,7 +37,7 @@ from songscan.streams.callbacks import (
     notification_body,
     result_body,
 )
-from songscan.streams.plays import PlayEvent, PlayTracker, Window, WindowRecognizer
+from songscan.streams.plays import HEAD_S, PlayEvent, PlayTracker, Window, WindowRecognizer
 from songscan.streams.settings import StreamsSettings
 from songscan.streams.source import StreamOptions, open_stream
 from songscan.streams.store import NOTIFICATION, RESULT, Stream, StreamStore
@@ -155,6 +155,8 @@ class Listener:
     def _listen(self, blocks: Iterator[np.ndarray]) -> None:
         rate = self.ctx.engine.fingerprint.sample_rate_hz
         window_n = round(self.ctx.engine.scan.chunk_s * rate)
+        head_n = round(HEAD_S * rate)
+        head_checked = False  # the window in progress had its head checked
         anchor: float | None = None
         received = 0  # samples of this connection
         window_from = 0  # position of the first sample in `pending`
@@ -170,7 +172,11 @@ class Listener:
                 self._connected()
             pending.append(block)
             have += block.shape[0]
+            if have >= head_n and not head_checked:
+                head_checked = True
+                self._head(np.concatenate(pending)[:head_n])
             while have >= window_n:
+                head_checked = False
                 buf = np.concatenate(pending)
                 samples, rest = buf[:window_n], buf[window_n:]
                 pending, have = [rest], rest.shape[0]
@@ -178,6 +184,15 @@ class Listener:
                 window_from += window_n
                 self._window(Chunk(self._index, start_s, start_s + window_n / rate), samples)
                 self._index += 1
+
+    def _head(self, samples: np.ndarray) -> None:
+        """The first seconds of the window in progress: a play whose song is not heard in
+        them ends now (`PlayTracker.next_window_begins`)."""
+
+        def heard(track_id: int) -> bool:
+            return self.recognizer.heard(track_id, samples)
+
+        self._emit(self.tracker.next_window_begins(self._index, heard))
 
     def _connected(self) -> None:
         self._down_since = None

@@ -41,6 +41,8 @@ from songscan.scan import (
 SILENCE_RMS = 1e-3  # -60 dBFS: a window quieter than this is silence, not music
 # A play whose song stops this long before its window's end may have ended inside it.
 EARLY_END_S = 3.0
+# Otherwise, once this much of the next window is in, a song not heard there has ended.
+HEAD_S = 4.0
 # Positions across a reconnect are compared by wall clock: allow for its estimation error.
 GAP_CONTINUITY_S = 3.0
 
@@ -90,6 +92,13 @@ class WindowRecognizer:
         catalog = _catalog(self.data_dir)
         with self.limiter:
             return bool(match_tracks(tail, catalog, np.array([track_id]), self.cfg))
+
+    def heard(self, track_id: int, samples: np.ndarray) -> bool:
+        """Whether song `track_id` is heard in `samples` (the first seconds of a window)."""
+        peaks = query_peaks(samples, self.cfg.fingerprint)
+        catalog = _catalog(self.data_dir)
+        with self.limiter:
+            return bool(match_tracks(peaks, catalog, np.array([track_id]), self.cfg))
 
     def add(self, chunk: Chunk, samples: np.ndarray) -> tuple[Window | None, Window]:
         """(the previous window's revised verdict or None, this window's verdict)."""
@@ -155,12 +164,15 @@ class PlayTracker:
     plays_on: Callable[[int, float], bool] | None = None
     play: Play | None = None
     _last_end: float = float("-inf")  # where the last play ended
+    _ended_here: tuple[int, int] = (-1, -1)  # (window, track) of a play ended at its head
 
     def add(self, revised_prev: Window | None, window: Window) -> list[PlayEvent]:
         """What `window` (and the revised verdict of the one before) changes. A play's
         "started" event comes once its start is settled (its second window, or its end)."""
         events: list[PlayEvent] = []
         best = window.songs[0] if window.songs else None
+        if best is not None and (window.chunk.index, best.track.id) == self._ended_here:
+            best = None  # its play ended at this window's head: not a new play of it
         if self.play is not None:
             continued = self._continuation(window)
             if continued is not None:
@@ -187,6 +199,16 @@ class PlayTracker:
         if self.plays_on is None or stops_s > window_s - EARLY_END_S:
             return False
         return not self.plays_on(song.track.id, stops_s + 0.5)
+
+    def next_window_begins(self, index: int, heard: Callable[[int], bool]) -> list[PlayEvent]:
+        """The first `HEAD_S` seconds of window `index` are in. When the open play was heard
+        to the end of the window before (it did not end inside it) and its song is not heard
+        in them (`heard(track_id)`), it is over now, not when the whole window is in."""
+        play = self.play
+        if play is None or play.last[0].index != index - 1 or heard(play.track_id):
+            return []
+        self._ended_here = (index, play.track_id)
+        return self._end()
 
     def interrupted(self, away_s: float) -> list[PlayEvent]:
         """The stream has been away `away_s` seconds so far: a play in progress ends once
