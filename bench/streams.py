@@ -72,7 +72,7 @@ def run_level(
     import httpx
 
     accounts = app.state.accounts
-    token = accounts.create_account(plan="enterprise").token
+    token = accounts.identity.create_account(plan="enterprise").token
     with CallbackReceiver() as receiver, httpx.Client(base_url=base_url, timeout=60) as http:
         http.post("/setCallbackUrl/", data={"api_token": token, "url": receiver.url()})
         listen_from = time.time()

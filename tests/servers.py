@@ -214,7 +214,8 @@ def checkout_completed_event(session_id: str, event_id: str | None = None) -> st
 
 @dataclass
 class StripeStandIn:
-    """Answers `POST /v1/checkout/sessions` like Stripe; records what it was sent."""
+    """Answers `POST /v1/checkout/sessions` like Stripe; records what it was sent, and calls
+    `on_create` (when set) with it before it answers."""
 
     created: list[dict[str, list[str]]] = field(default_factory=list)
     on_create: Callable[[dict[str, list[str]]], None] | None = None
@@ -248,6 +249,8 @@ class StripeStandIn:
                     )
                     return
                 stand_in.created.append(form)
+                if stand_in.on_create is not None:
+                    stand_in.on_create(form)  # e.g. to hold the answer back
                 session_id = f"cs_test_{secrets.token_hex(12)}"
                 body = {
                     "id": session_id,

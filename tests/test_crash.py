@@ -131,12 +131,12 @@ def assert_all_end(pool: set[int]) -> None:
 @contextlib.contextmanager
 def renewing(accounts: Accounts) -> Iterator[None]:
     """A live sibling server instance: its lease is renewed while the block runs."""
-    accounts.start_lease()
+    accounts.ledger.start_lease()
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(LEASE_S / 4):
-            accounts.renew_lease()
+            accounts.ledger.renew_lease()
 
     thread = threading.Thread(target=renew, daemon=True)
     thread.start()
@@ -145,7 +145,7 @@ def renewing(accounts: Accounts) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-        accounts.end_lease()
+        accounts.ledger.end_lease()
 
 
 def test_a_killed_server_leaves_nothing_and_spares_a_live_sibling(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_a_killed_server_leaves_nothing_and_spares_a_live_sibling(tmp_path: Path
     )
     config = {"accounts": {"server_lease_s": LEASE_S}}
     accounts = Accounts.open(data, config)
-    token = accounts.create_account(plan="enterprise").token
+    token = accounts.identity.create_account(plan="enterprise").token
     account = accounts.authenticate(token, "127.0.0.1")
     audio = long_audio(tmp_path / "day.wav")
     sibling = Accounts.open(data, config)
@@ -197,7 +197,7 @@ def test_a_killed_server_leaves_nothing_and_spares_a_live_sibling(tmp_path: Path
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
         assert accounts.remaining(account) == before - 5
-        assert accounts.ledger_total(account.id)[0] == before - 5
+        assert accounts.ledger.sum_and_balance(account.id)[0] == before - 5
         assert list(media_tmp.iterdir()) == []
     finally:
         for proc in servers:
@@ -228,7 +228,7 @@ def test_a_killed_scan_leaves_no_pool_process(tmp_path: Path) -> None:
     audio = long_audio(tmp_path / "day.wav")
     proc = _cli(tmp_path / "data", "scan", "--workers", "2", str(audio))
     try:
-        assert_all_end(kill_mid_work(proc, workers=3))
+        assert_all_end(kill_mid_work(proc, workers=2))  # forked from the command itself
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -273,7 +273,7 @@ def test_a_request_whose_reservation_was_released_under_it_is_answered(tmp_path:
     data.mkdir()
     app = create_app(data, {})
     accounts: Accounts = app.state.accounts
-    token = accounts.create_account(plan="enterprise").token
+    token = accounts.identity.create_account(plan="enterprise").token
     account = accounts.authenticate(token, "127.0.0.1")
     before = accounts.remaining(account)
     audio = long_audio(tmp_path / "day.wav", minutes=12)
@@ -286,11 +286,11 @@ def test_a_request_whose_reservation_was_released_under_it_is_answered(tmp_path:
                 conn.execute(
                     update(ServerLease).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
                 )
-            assert sibling.release_abandoned() == 1
+            assert sibling.ledger.release_abandoned() == 1
             client.join(timeout=WAIT_S)
         (reply,) = replies
         assert reply.json()["status"] == "success", reply.json()
         assert accounts.remaining(account) == before
-        assert [r.status for r in accounts.status(account.id).recent] == [RELEASED]
+        assert [r.status for r in accounts.ledger.status(account.id).recent] == [RELEASED]
     finally:
         sibling.close()

@@ -143,7 +143,7 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
     # A dead server's reservations are released 2 s after its last renewal; a job's must not.
     (data / "songscan.toml").write_text("[accounts]\nserver_lease_s = 2\n")
     accounts = Accounts.open(data, {})
-    token = accounts.create_account(plan="enterprise").token
+    token = accounts.identity.create_account(plan="enterprise").token
     account = accounts.authenticate(token, "127.0.0.1")
     before = accounts.remaining(account)
     audio = tmp_path / "day.wav"  # 48 minutes: 240 chunks, ten units of work
@@ -209,7 +209,7 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
         del done["response"]["execution_time"], sync["execution_time"]
         assert done["response"] == sync
         assert accounts.remaining(account) == before - 2 * total
-        assert accounts.ledger_total(account.id)[0] == before - 2 * total
+        assert accounts.ledger.sum_and_balance(account.id)[0] == before - 2 * total
     finally:
         for server in servers:  # each in its own session: the scan pools' processes too
             with contextlib.suppress(ProcessLookupError):
@@ -226,12 +226,12 @@ def test_a_job_whose_reservation_was_released_reserves_again(tmp_path: Path) -> 
     files.mkdir()
     songs = build_catalog(data, files)
     accounts, dead = Accounts.open(data, {}), Accounts.open(data, {})
-    token = accounts.create_account(plan="enterprise").token
+    token = accounts.identity.create_account(plan="enterprise").token
     account = accounts.authenticate(token, "127.0.0.1")
     before = accounts.remaining(account)
     upload = tmp_path / "upload.wav"
     upload.write_bytes(wav_8k(long_recording(songs)))  # six chunks
-    dead.start_lease()
+    dead.ledger.start_lease()
     reservation = dead.reserve(account, 6, "enterprise")
     job = JobStore(data).create(
         account.id,
@@ -242,8 +242,8 @@ def test_a_job_whose_reservation_was_released_reserves_again(tmp_path: Path) -> 
         reservation_id=reservation.entry_id,
         reserved=6,
     )
-    dead.end_lease()  # it is gone before `hand_over`
-    assert accounts.release_abandoned() == 1 and accounts.remaining(account) == before
+    dead.ledger.end_lease()  # it is gone before `hand_over`
+    assert accounts.ledger.release_abandoned() == 1 and accounts.remaining(account) == before
     server, port = start_server(data)
     try:
         done = _wait(port, token, job.id, lambda j: j["state"] == DONE)
@@ -253,7 +253,7 @@ def test_a_job_whose_reservation_was_released_reserves_again(tmp_path: Path) -> 
             assert time.monotonic() < wait_s
             time.sleep(0.05)
         assert accounts.remaining(account) == before - done["billed"]
-        assert accounts.ledger_total(account.id)[0] == before - done["billed"]
+        assert accounts.ledger.sum_and_balance(account.id)[0] == before - done["billed"]
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)

@@ -157,10 +157,11 @@ def test_serve_runs_on_uvloop_and_httptools(tmp_path: Path, monkeypatch: Any) ->
     import uvloop
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    from songscan import settings
     from songscan.api.serve import server_config
 
     monkeypatch.setenv("SONGSCAN_DATA", str(tmp_path))  # server_config sets it: undone after
-    config = server_config(str(tmp_path), "127.0.0.1", 0, 1)
+    config = server_config(settings.load(tmp_path), "127.0.0.1", 0, 1)
     config.load()
     assert config.http_protocol_class is HttpToolsProtocol
     loop_factory = config.get_loop_factory()

@@ -1,4 +1,5 @@
-"""`songscan.toml`: a broken or wrong config ends a command in one line, never a traceback."""
+"""The settings (`songscan.toml` and the environment): a broken or wrong config ends a command
+in one line, never a traceback; the backends' keys and variables, and which wins."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from songscan import settings
 from songscan.errors import ConfigError, SongscanError
 
 
-def songscan(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SONGSCAN_")}
+def songscan(
+    data: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`songscan --data DATA ARGS…`, with no SONGSCAN_ variable but those of `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SONGSCAN_")}
     return subprocess.run(
         [sys.executable, "-m", "songscan.cli", "--data", str(data), *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
+        env={**clean, **(env or {})},
     )
 
 
@@ -66,3 +70,125 @@ def test_serve_refuses_a_bad_config_in_one_line_before_it_listens(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error (100): [")
+
+
+# -- the backends: [backends] keys and SONGSCAN_*_URL ------------------------------------------
+def _settings(tmp_path: Path, toml: str = "", **env: str) -> settings.Settings:
+    (tmp_path / "songscan.toml").write_text(toml)
+    return settings.load(tmp_path, environ=env)
+
+
+def test_without_backends_everything_is_embedded(tmp_path: Path) -> None:
+    loaded = _settings(tmp_path)
+    assert loaded.database_url == f"sqlite:///{tmp_path.resolve() / 'accounts.db'}"
+    assert loaded.index_url is None and loaded.broker_url is None
+    assert loaded.data_dir == tmp_path.resolve()
+
+
+def test_the_database_from_the_file_or_the_environment_which_wins(tmp_path: Path) -> None:
+    in_file = f"sqlite:///{tmp_path / 'file.db'}"
+    in_env = "postgresql+psycopg://songscan@db.example/songscan"
+    toml = f'[backends]\ndatabase_url = "{in_file}"\n'
+    assert _settings(tmp_path, toml).database_url == in_file
+    assert _settings(tmp_path, SONGSCAN_DATABASE_URL=in_env).database_url == in_env
+    assert _settings(tmp_path, toml, SONGSCAN_DATABASE_URL=in_env).database_url == in_env
+    older = f'[accounts]\ndatabase_url = "{in_file}"\n'  # the key's older place
+    assert _settings(tmp_path, older).database_url == in_file
+    both = f'{toml}[accounts]\ndatabase_url = "sqlite:///elsewhere.db"\n'
+    assert _settings(tmp_path, both).database_url == in_file
+
+
+@pytest.mark.parametrize(
+    ("key", "good_form", "reserved"),
+    [
+        ("index_url", "redis-cluster://10.0.0.1:7000,10.0.0.2:7001", "Redis Cluster index"),
+        ("broker_url", "redis://10.0.0.3:6379/0", "Celery workers"),
+    ],
+)
+def test_reserved_backends_are_checked_then_refused(
+    tmp_path: Path, key: str, good_form: str, reserved: str
+) -> None:
+    variable = settings.BACKEND_KEYS[key]
+    with pytest.raises(ConfigError) as from_file:
+        _settings(tmp_path, f'[backends]\n{key} = "{good_form}"\n')
+    assert from_file.value.message.startswith(f"[backends].{key}: ")
+    assert reserved in from_file.value.message and "not available yet" in from_file.value.message
+    with pytest.raises(ConfigError) as from_env:  # the environment wins over the file
+        _settings(tmp_path, f'[backends]\n{key} = "{good_form}"\n', **{variable: "bogus://x"})
+    assert from_env.value.message.startswith(f"{variable}: unknown ")
+    assert "'bogus'" in from_env.value.message
+    scheme = good_form.partition("://")[0]
+    with pytest.raises(ConfigError, match="expected"):
+        _settings(tmp_path, **{variable: f"{scheme}://host-without-port"})
+    assert getattr(_settings(tmp_path, **{variable: "  "}), key) is None  # empty is unset
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[backends]\nqueue_url = 'x'\n", "[backends]: unknown key 'queue_url'"),
+        ("[backends]\ndatabase_url = 5\n", "[backends].database_url: expected a URL"),
+        ("backends = 'sqlite://'\n", "[backends]: expected a table"),
+    ],
+)
+def test_a_bad_backends_section(tmp_path: Path, toml: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _settings(tmp_path, toml)
+    assert raised.value.message.startswith(message)
+
+
+def test_a_database_url_of_another_kind_is_refused_without_its_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _settings(tmp_path, SONGSCAN_DATABASE_URL="mysql://songscan:s3cret@db/songscan")
+    assert raised.value.message.startswith("SONGSCAN_DATABASE_URL: not a database URL")
+    assert "'mysql'" in raised.value.message
+    assert "s3cret" not in raised.value.message
+
+
+def test_the_ingest_batch_size_is_read_with_the_settings(tmp_path: Path) -> None:
+    assert _settings(tmp_path).ingest_batch_postings == settings.INGEST_BATCH_POSTINGS
+    assert _settings(tmp_path, SONGSCAN_INGEST_BATCH_POSTINGS="7").ingest_batch_postings == 7
+    with pytest.raises(ConfigError, match="SONGSCAN_INGEST_BATCH_POSTINGS: expected a positive"):
+        _settings(tmp_path, SONGSCAN_INGEST_BATCH_POSTINGS="0")
+
+
+def test_the_database_setting_is_the_one_the_commands_use(tmp_path: Path) -> None:
+    """`[backends] database_url` takes the accounts elsewhere; $SONGSCAN_DATABASE_URL wins."""
+    data = tmp_path / "data"
+    data.mkdir()
+    in_file, in_env = tmp_path / "from-file.db", tmp_path / "from-env.db"
+    (data / "songscan.toml").write_text(f'[backends]\ndatabase_url = "sqlite:///{in_file}"\n')
+    made = songscan(data, "accounts", "create", "--email", "file@example.org")
+    assert made.returncode == 0, made.stderr
+    assert in_file.exists() and not (data / "accounts.db").exists()
+    env = {"SONGSCAN_DATABASE_URL": f"sqlite:///{in_env}"}
+    made = songscan(data, "accounts", "create", "--email", "env@example.org", env=env)
+    assert made.returncode == 0, made.stderr
+    listed = songscan(data, "accounts", "list", env=env).stdout
+    assert "env@example.org" in listed and "file@example.org" not in listed
+    assert "file@example.org" in songscan(data, "accounts", "list").stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SONGSCAN_DATABASE_URL", "mysql://db/songscan", "SONGSCAN_DATABASE_URL: not a database"),
+        ("SONGSCAN_INDEX_URL", "redis://h:1/0", "SONGSCAN_INDEX_URL: unknown index scheme"),
+        ("SONGSCAN_BROKER_URL", "amqp://h:5672//", "SONGSCAN_BROKER_URL: unknown broker scheme"),
+        ("SONGSCAN_INDEX_URL", "redis-cluster://h:7000", "SONGSCAN_INDEX_URL: the Redis Cluster"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [("serve", "--port", "0", "--workers", "2"), ("scan", "clip.wav"), ("accounts", "list")],
+)
+def test_a_bad_backend_ends_every_command_in_the_same_one_line(
+    tmp_path: Path, variable: str, value: str, message: str, command: tuple[str, ...]
+) -> None:
+    (tmp_path / "clip.wav").write_bytes(b"RIFF")  # never read: the settings come first
+    args = [str(tmp_path / a) if a == "clip.wav" else a for a in command]
+    proc = songscan(tmp_path, *args, env={variable: value})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error (100): {message}"), proc.stderr

@@ -1,5 +1,5 @@
-"""Reference tracks: their metadata and peaks (SQLite) and their postings (the index), kept
-in step.
+"""Reference tracks: their metadata and peaks (the catalog database: SQLite in the data
+directory, or PostgreSQL; see `catalogdb`) and their postings (the index), kept in step.
 
 The index holds each track's triplet hashes (they find candidates in a large catalog); the
 `peaks` table holds each track's spectral peaks, from which `pair_postings` derives the pair
@@ -8,15 +8,14 @@ hashes that verify a candidate (computed on demand, a few recent tracks cached p
 A track is visible when its row is `ready`. Ingest inserts `pending` rows, writes the postings,
 then flips the rows to `ready` in one transaction (replacing any earlier track with the same
 `audio_id`), so a crash at any point leaves each track fully present or absent: pending rows
-and their postings are invisible, and the next writer deletes them.
+and their postings are invisible, and the next writer deletes them. Every transaction that
+changes which tracks are visible bumps `catalog_state.version`; readers reload when it moves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -28,6 +27,7 @@ from typing import Any
 import mutagen
 import numpy as np
 
+from .catalogdb import Row, Store, Transaction, sqlite_url
 from .config import FingerprintConfig
 from .errors import InvalidParameters, NotFound, SongscanError
 from .fingerprint import Hashes, Peaks, reference_pairs, reference_triplets
@@ -46,35 +46,14 @@ METADATA_FIELDS = (
     "song_link",
 )
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tracks (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    owner         TEXT    NOT NULL DEFAULT '',
-    audio_id      INTEGER NOT NULL,
-    state         TEXT    NOT NULL CHECK (state IN ('pending', 'ready')),
-    artist        TEXT, title TEXT, album TEXT, release_date TEXT, label TEXT,
-    isrc          TEXT, upc TEXT, song_link TEXT,
-    source        TEXT,
-    duration_s    REAL    NOT NULL DEFAULT 0,
-    hash_count    INTEGER NOT NULL DEFAULT 0,
-    added_at      REAL    NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS tracks_audio_id ON tracks (owner, audio_id)
-    WHERE state = 'ready';
-CREATE TABLE IF NOT EXISTS peaks (
-    track_id      INTEGER PRIMARY KEY,
-    time_frames   BLOB    NOT NULL,  -- uint32 little-endian, in 1/256 frames
-    freq_hz       BLOB    NOT NULL   -- uint16 little-endian, in 0.1 Hz
-);
-CREATE TRIGGER IF NOT EXISTS tracks_drop_peaks AFTER DELETE ON tracks
-BEGIN DELETE FROM peaks WHERE track_id = OLD.id; END;
-"""
-# The data directory's format (SQLite user_version): bumped when the index's content changes.
+# The data directory's format (catalog_state.format): bumped when the index's content changes.
 FORMAT = 3
 # Formats whose index `reindex` rebuilds from the stored peaks (format 1 kept no peaks).
 REINDEXABLE = (2,)
 # Tracks fingerprinted per index batch when reindexing.
 REINDEX_BATCH_TRACKS = 500
+# Tracks copied per transaction by `copy_to` (their peaks are in memory meanwhile).
+COPY_BATCH_TRACKS = 200
 # Tracks whose pair postings each process keeps (a scan hears the same songs chunk after chunk).
 PAIR_CACHE_TRACKS = 64
 
@@ -159,21 +138,24 @@ def metadata_from_tags(path: str | os.PathLike[str]) -> TrackMetadata:
 class Catalog:
     """The reference catalog in a data directory: `catalog.sqlite` plus `index/`."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], upgrade: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        upgrade: bool = False,
+        database_url: str | None = None,
+    ) -> None:
         """`upgrade`: open a data directory of an older format that `reindex` can rebuild,
-        for that alone."""
+        for that alone. `database_url`: the catalog's database (SQLite in the data directory
+        when None)."""
         self.data_dir = Path(data_dir)
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.index = SegmentIndex(self.data_dir / "index")
         except OSError as exc:
             raise unusable_data_dir(self.data_dir, exc) from None
-        self._db_path = self.data_dir / "catalog.sqlite"
-        self._local = threading.local()
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-            _check_format(db, upgrade)
-        self._live_version: tuple[int, int] | None = None
+        self._store = Store(database_url or sqlite_url(self.data_dir), self.data_dir)
+        _check_format(self._store, upgrade)
+        self._live_version: int | None = None
         self._live_ids = np.zeros(0, dtype=np.int64)
         self._tracks: dict[int, Track] = {}
         self._lock = threading.Lock()
@@ -181,30 +163,13 @@ class Catalog:
             OrderedDict()
         )
 
-    # ---- connections ------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._db_path, timeout=30.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.row_factory = sqlite3.Row
-        return db
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._connect()
-            self._local.db = db
-        return db
-
     # ---- reading ----------------------------------------------------------------------------
     def _refresh(self) -> None:
         """Reload the live tracks when another connection has committed since last time."""
-        db = self._db
-        version = (id(db), db.execute("PRAGMA data_version").fetchone()[0])
+        version = int(self._store.value("SELECT version FROM catalog_state WHERE id = 1"))
         if version == self._live_version:
             return
-        rows = db.execute("SELECT * FROM tracks WHERE state = 'ready' ORDER BY id").fetchall()
+        rows = self._store.rows("SELECT * FROM tracks WHERE state = 'ready' ORDER BY id")
         tracks = {row["id"]: _track(row) for row in rows}
         with self._lock:
             self._tracks = tracks
@@ -212,7 +177,6 @@ class Catalog:
             self._live_version = version
 
     def _changed(self) -> None:
-        # data_version only moves for other connections' commits: reload after our own.
         self._live_version = None
         self._refresh()
 
@@ -250,6 +214,7 @@ class Catalog:
         """(index into `hashes`, posting) for each pair hash of `track_ids` found in `hashes`."""
         order = np.argsort(hashes)
         sorted_queries = hashes[order]
+        self._cache_pairs([int(t) for t in track_ids], cfg)
         found = []
         for track_id in track_ids:
             distinct, starts, ref_postings = self._track_pairs(int(track_id), cfg)
@@ -261,7 +226,17 @@ class Catalog:
             found.append(expand_runs(order, lo, hi, ref_postings))
         return join_hits(found)
 
-    def _track_pairs(self, track_id: int, cfg: FingerprintConfig) -> tuple[np.ndarray, ...]:
+    def _cache_pairs(self, track_ids: list[int], cfg: FingerprintConfig) -> None:
+        """Derive the pairs of the tracks not in the cache, their peaks fetched in one query."""
+        with self._lock:
+            missing = [t for t in track_ids if (t, cfg) not in self._pairs]
+        if missing and len(missing) <= PAIR_CACHE_TRACKS:
+            for track_id, peaks in self.peaks_of(missing).items():
+                self._track_pairs(track_id, cfg, peaks)
+
+    def _track_pairs(
+        self, track_id: int, cfg: FingerprintConfig, peaks: Peaks | None = None
+    ) -> tuple[np.ndarray, ...]:
         """A track's pair hashes from its stored peaks: the distinct hashes (sorted), where
         each one's run starts in the postings (and where the last ends), the postings."""
         key = (track_id, cfg)
@@ -269,7 +244,7 @@ class Catalog:
             if key in self._pairs:
                 self._pairs.move_to_end(key)
                 return self._pairs[key]
-        found = reference_pairs(self.peaks(track_id), cfg)
+        found = reference_pairs(self.peaks(track_id) if peaks is None else peaks, cfg)
         order = np.argsort(found.hashes)
         sorted_hashes = found.hashes[order]
         frames = np.rint(found.anchor_frames[order]).astype(np.uint32)
@@ -284,21 +259,30 @@ class Catalog:
 
     def peaks(self, track_id: int) -> Peaks:
         """A track's stored peaks (none for a track without them)."""
-        row = self._db.execute(
-            "SELECT time_frames, freq_hz FROM peaks WHERE track_id = ?", (track_id,)
-        ).fetchone()
-        if row is None:
-            return _unpack_peaks(b"", b"")
-        return _unpack_peaks(row["time_frames"], row["freq_hz"])
+        return self.peaks_of([track_id]).get(track_id) or _unpack_peaks(b"", b"")
+
+    def peaks_of(self, track_ids: Sequence[int]) -> dict[int, Peaks]:
+        """The stored peaks of these tracks, in one query (tracks without peaks are absent)."""
+        if not track_ids:
+            return {}
+        rows = self._store.rows(
+            "SELECT track_id, time_frames, freq_hz FROM peaks WHERE track_id IN ("
+            + ", ".join("?" * len(track_ids))
+            + ")",
+            [int(t) for t in track_ids],
+        )
+        return {
+            int(row["track_id"]): _unpack_peaks(row["time_frames"], row["freq_hz"]) for row in rows
+        }
 
     def stats(self) -> dict[str, Any]:
         tracks = self.tracks(owner=None)
         hours = sum(t.duration_s for t in tracks) / 3600.0
         postings_bytes = self.index.size_bytes()
         peaks_bytes = int(
-            self._db.execute(
+            self._store.value(
                 "SELECT COALESCE(SUM(LENGTH(time_frames) + LENGTH(freq_hz)), 0) FROM peaks"
-            ).fetchone()[0]
+            )
         )
         size = postings_bytes + peaks_bytes
         return {
@@ -316,18 +300,16 @@ class Catalog:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """One writer at a time across processes (readers never wait)."""
-        with (self.data_dir / "catalog.lock").open("a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with self._store.writer():
+            yield
 
     def next_audio_id(self, owner: str = "") -> int:
-        row = self._db.execute(
-            "SELECT COALESCE(MAX(audio_id), 0) + 1 FROM tracks WHERE owner = ?", (owner,)
-        ).fetchone()
-        return int(row[0])
+        return int(
+            self._store.value(
+                "SELECT COALESCE(MAX(audio_id), 0) + 1 AS next FROM tracks WHERE owner = ?",
+                (owner,),
+            )
+        )
 
     def add(self, batch: Sequence[FingerprintedTrack]) -> list[Track]:
         """Write a batch of fingerprinted tracks; each replaces any track with its audio_id."""
@@ -337,12 +319,10 @@ class Catalog:
             return self._add(batch)
 
     def _add(self, batch: Sequence[FingerprintedTrack]) -> list[Track]:
-        db = self._db
-        self._clean_pending()
         now = time.time()
         ids: list[int] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._store.transaction() as tx:
+            _clean_pending(tx)
             next_ids: dict[str, int] = {}
             for item in batch:
                 if item.audio_id is None:
@@ -352,10 +332,10 @@ class Catalog:
                     next_ids[item.owner] += 1
                 elif item.audio_id < 0:
                     raise InvalidParameters("audio_id must be a non-negative integer")
-                cur = db.execute(
+                (row,) = tx.execute(
                     "INSERT INTO tracks (owner, audio_id, state, source, duration_s, hash_count,"
                     " added_at, " + ", ".join(METADATA_FIELDS) + ") VALUES (?, ?, 'pending', ?,"
-                    " ?, ?, ?, " + ", ".join("?" * len(METADATA_FIELDS)) + ")",
+                    " ?, ?, ?, " + ", ".join("?" * len(METADATA_FIELDS)) + ") RETURNING id",
                     (
                         item.owner,
                         item.audio_id,
@@ -366,44 +346,39 @@ class Catalog:
                         *(getattr(item.metadata, f) for f in METADATA_FIELDS),
                     ),
                 )
-                assert cur.lastrowid is not None
-                ids.append(cur.lastrowid)
-                db.execute(
+                ids.append(int(row["id"]))
+                tx.execute(
                     "INSERT INTO peaks (track_id, time_frames, freq_hz) VALUES (?, ?, ?)",
-                    (cur.lastrowid, *_pack_peaks(item.peaks)),
+                    (ids[-1], *_pack_peaks(item.peaks)),
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         hashes = np.concatenate([item.hashes for item in batch])
         postings = np.concatenate(
             [pack_postings(i, item.frames) for i, item in zip(ids, batch, strict=True)]
         )
         self.index.add(hashes, postings)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._store.transaction() as tx:
             for track_id, item in zip(ids, batch, strict=True):
-                db.execute(
+                replaced = (
+                    "SELECT id FROM tracks WHERE owner = ? AND audio_id = ? AND state = 'ready'"
+                )
+                tx.execute(
+                    f"DELETE FROM peaks WHERE track_id IN ({replaced})", (item.owner, item.audio_id)
+                )
+                tx.execute(
                     "DELETE FROM tracks WHERE owner = ? AND audio_id = ? AND state = 'ready'",
                     (item.owner, item.audio_id),
                 )
-                db.execute("UPDATE tracks SET state = 'ready' WHERE id = ?", (track_id,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+                tx.execute("UPDATE tracks SET state = 'ready' WHERE id = ?", (track_id,))
+            _bump_version(tx)
         self._changed()
         return [self._tracks[i] for i in ids]
 
-    def _clean_pending(self) -> None:
-        """Forget tracks whose ingest never finished (their postings stay invisible)."""
-        self._db.execute("DELETE FROM tracks WHERE state = 'pending'")
-
     def remove(self, audio_id: int, owner: str = "") -> Track:
         track = self.get(audio_id, owner)
-        with self._writing():
-            self._db.execute("DELETE FROM tracks WHERE id = ?", (track.id,))
+        with self._writing(), self._store.transaction() as tx:
+            tx.execute("DELETE FROM peaks WHERE track_id = ?", (track.id,))
+            tx.execute("DELETE FROM tracks WHERE id = ?", (track.id,))
+            _bump_version(tx)
         self._changed()
         return track
 
@@ -426,34 +401,95 @@ class Catalog:
                 yield np.concatenate([h for h, _ in found]), np.concatenate([p for _, p in found])
 
         with self._writing():
-            self._clean_pending()
+            with self._store.transaction() as tx:
+                _clean_pending(tx)
             self.index.rebuild(batches())
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
+            with self._store.transaction() as tx:
+                tx.executemany(
                     "UPDATE tracks SET hash_count = ? WHERE id = ?",
                     [(n, track_id) for track_id, n in counts.items()],
                 )
-                db.execute(f"PRAGMA user_version = {FORMAT}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                tx.execute("UPDATE catalog_state SET format = ? WHERE id = 1", (FORMAT,))
+                _bump_version(tx)
         self._changed()
+
+    def copy_to(self, database_url: str, on_track: Callable[[], None] | None = None) -> int:
+        """Copy this catalog's tracks (their rows and peaks, ids kept: the index's postings
+        name them) into the empty catalog of `database_url`, for a data directory moving
+        onto PostgreSQL; returns how many. The index stays where it is."""
+        target = Catalog(self.data_dir, database_url=database_url)
+        try:
+            with self._writing(), target._writing():
+                if target._store.row("SELECT 1 AS one FROM tracks LIMIT 1") is not None:
+                    raise InvalidParameters("that database already holds a catalog")
+                ids = self.live_ids().tolist()
+                columns = (
+                    "id",
+                    "owner",
+                    "audio_id",
+                    "state",
+                    *METADATA_FIELDS,
+                    "source",
+                    "duration_s",
+                    "hash_count",
+                    "added_at",
+                )
+                insert_track = (
+                    f"INSERT INTO tracks ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' * len(columns))})"
+                )
+                for lo in range(0, len(ids), COPY_BATCH_TRACKS):
+                    batch = ids[lo : lo + COPY_BATCH_TRACKS]
+                    marks = ", ".join("?" * len(batch))
+                    rows = self._store.rows(f"SELECT * FROM tracks WHERE id IN ({marks})", batch)
+                    peaks = self._store.rows(
+                        f"SELECT * FROM peaks WHERE track_id IN ({marks})", batch
+                    )
+                    with target._store.transaction() as tx:
+                        tx.executemany(insert_track, [[r[c] for c in columns] for r in rows])
+                        tx.executemany(
+                            "INSERT INTO peaks (track_id, time_frames, freq_hz) VALUES (?, ?, ?)",
+                            [(p["track_id"], p["time_frames"], p["freq_hz"]) for p in peaks],
+                        )
+                    for _ in batch:
+                        if on_track is not None:
+                            on_track()
+                fmt = self._store.value("SELECT format FROM catalog_state WHERE id = 1")
+                with target._store.transaction() as tx:
+                    tx.execute("UPDATE catalog_state SET format = ? WHERE id = 1", (fmt,))
+                    _bump_version(tx)
+                    if target._store.dialect == "postgresql":  # ids go on after the copied ones
+                        tx.execute(
+                            "SELECT setval(pg_get_serial_sequence('tracks', 'id'),"
+                            " (SELECT COALESCE(MAX(id), 0) + 1 FROM tracks), false)"
+                        )
+        finally:
+            target.close()
+        return len(ids)
 
     def compact(self) -> None:
         """Drop postings of removed, replaced or never-finished tracks from the index."""
         with self._writing():
-            self._clean_pending()
+            with self._store.transaction() as tx:
+                _clean_pending(tx)
             self.index.compact(self.live_ids())
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._store.close()
         self.index.close()
+
+
+def _clean_pending(tx: Transaction) -> None:
+    """Forget tracks whose ingest never finished (their postings stay invisible): the caller
+    is the one writer, so no pending row is another's work in progress."""
+    tx.execute(
+        "DELETE FROM peaks WHERE track_id IN (SELECT id FROM tracks WHERE state = 'pending')"
+    )
+    tx.execute("DELETE FROM tracks WHERE state = 'pending'")
+
+
+def _bump_version(tx: Transaction) -> None:
+    tx.execute("UPDATE catalog_state SET version = version + 1 WHERE id = 1")
 
 
 def stored(peaks: Peaks) -> Peaks:
@@ -486,14 +522,15 @@ def _unpack_peaks(time_frames: bytes, freq: bytes) -> Peaks:
     return Peaks(time_frames=t, freq_hz=f, strength=np.zeros_like(t))
 
 
-def _check_format(db: sqlite3.Connection, upgrade: bool) -> None:
+def _check_format(store: Store, upgrade: bool) -> None:
     """Stamp a new data directory with FORMAT; refuse one written in another format (but one
     that `reindex` can rebuild, when opened to `upgrade` it)."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    version = int(store.value("SELECT format FROM catalog_state WHERE id = 1"))
     if version == FORMAT:
         return
-    if db.execute("SELECT 1 FROM tracks LIMIT 1").fetchone() is None:
-        db.execute(f"PRAGMA user_version = {FORMAT}")
+    if store.row("SELECT 1 AS one FROM tracks LIMIT 1") is None:
+        with store.transaction() as tx:
+            tx.execute("UPDATE catalog_state SET format = ? WHERE id = 1", (FORMAT,))
         return
     if version in REINDEXABLE:
         if upgrade:
@@ -507,7 +544,7 @@ def _check_format(db: sqlite3.Connection, upgrade: bool) -> None:
     )
 
 
-def _track(row: sqlite3.Row) -> Track:
+def _track(row: Row) -> Track:
     return Track(
         id=row["id"],
         audio_id=row["audio_id"],

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError  # Typer's own Click (typer is pinned)
 
 from . import settings
-from .cli_errors import fail
+from .cli_errors import fail, guard
 from .errors import AlreadyInCatalog, InvalidParameters, SongscanError
+from .settings import Settings
 
 # The engine (numpy, SciPy, PyAV), the catalog and the server are imported by the commands
 # that use them: `songscan --help` or `catalog stats` does not pay for what `scan` needs.
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-    from .catalog import Track
+    from .catalog import Catalog, Track
     from .config import EngineConfig
 
 app = typer.Typer(
@@ -37,7 +37,6 @@ catalog_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(catalog_app, name="catalog")
-T = TypeVar("T")
 
 OwnerOption = Annotated[
     str | None,
@@ -67,16 +66,32 @@ def _stderr() -> Console:
     return Console(stderr=True)
 
 
+def _settings(ctx: typer.Context) -> Settings:
+    """The settings (`songscan.settings`), read once per command: the data directory of
+    `--data` (else `$SONGSCAN_DATA`, else the user's), its songscan.toml and the environment."""
+    obj = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        obj["settings"] = settings.load(obj.get("data_dir"))
+    loaded: Settings = obj["settings"]
+    return loaded
+
+
 def _data(ctx: typer.Context) -> Path:
-    obj = ctx.obj or {}
-    return obj.get("data_dir") or settings.data_dir()
+    return _settings(ctx).data_dir
+
+
+def _catalog(ctx: typer.Context, upgrade: bool = False) -> Catalog:
+    from .catalog import Catalog
+
+    return Catalog(_data(ctx), upgrade=upgrade, database_url=_settings(ctx).catalog_url)
 
 
 def _engine(ctx: typer.Context) -> EngineConfig:
     """The engine's settings, with the data directory's songscan.toml `[media]` applied."""
     from .config import EngineConfig
 
-    return EngineConfig.from_config(settings.load_config(_data(ctx)))
+    loaded = _settings(ctx)
+    return EngineConfig.from_config(loaded.config, loaded.catalog_url)
 
 
 def _run_app() -> None:
@@ -103,16 +118,6 @@ def _usage_message(exc: typer.TyperException) -> str:
     if ctx is None:
         return message
     return f"{message} (see `{ctx.command_path} --help`)"
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    """Run a command body: songscan errors end in one line on stderr and a non-zero exit."""
-    try:
-        return fn()
-    except SongscanError as exc:
-        raise fail(exc) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 def _progress() -> Progress:
@@ -180,7 +185,7 @@ def add(
     audio is already in the catalog (by its fingerprint, whatever its name) is refused unless
     --replace or --allow-duplicate is given."""
     from .allocator import tune_allocator
-    from .catalog import Catalog, FingerprintedTrack, TrackMetadata, iter_audio_files
+    from .catalog import FingerprintedTrack, TrackMetadata, iter_audio_files
     from .duplicates import find_duplicate
     from .ingest import IngestItem, IngestOutcome, ingest
 
@@ -198,7 +203,7 @@ def add(
         override = TrackMetadata(artist, title, album, release_date, label, isrc, upc, song_link)
         items = [IngestItem(p, override, audio_id, _owner(owner)) for p in files]
         tune_allocator()
-        catalog = Catalog(_data(ctx))
+        catalog = _catalog(ctx)
         engine = _engine(ctx)
         stderr = _stderr()
 
@@ -249,13 +254,21 @@ def add(
                         soft_wrap=True,
                     )
 
-            ingest(catalog, items, engine, workers=workers, on_done=done, vet=vet)
+            ingest(
+                catalog,
+                items,
+                engine,
+                workers=workers,
+                on_done=done,
+                vet=vet,
+                batch_postings_max=_settings(ctx).ingest_batch_postings,
+            )
         if len(items) == 1 and failures:
             raise failures[0]
         if len(failures) == len(items):
             raise InvalidParameters("nothing was added")
 
-    _guard(run)
+    guard(run)
 
 
 def _describe(track: Track) -> str:
@@ -282,7 +295,7 @@ def recognize(ctx: typer.Context, file: Path, owner: OwnerOption = None) -> None
     from .scan import recognize_clip
 
     tune_allocator()
-    songs = _guard(lambda: recognize_clip(file, _data(ctx), _engine(ctx), owners=_owners(owner)))
+    songs = guard(lambda: recognize_clip(file, _data(ctx), _engine(ctx), owners=_owners(owner)))
     print(to_json(standard_response(songs)))
 
 
@@ -303,22 +316,21 @@ def scan(
     --owner, that account's uploads): result on stdout."""
     from .allocator import tune_allocator
     from .chunks import PlanParams
-    from .results import (
-        OutputOptions,
-        enterprise_csv,
-        enterprise_response,
-        segments_json,
-        to_json,
-    )
-    from .scan import scan_file
+    from .enterprise import RESPONSE_TYPES, EnterpriseRequest, enterprise_scan, reply_body
+    from .results import OutputOptions, to_json
+    from .scan import start_pool_for
 
     def run() -> str:
-        if format not in ("json", "csv", "segments"):
+        if format not in RESPONSE_TYPES:
             raise InvalidParameters("--format must be json, csv or segments")
         owners = _owners(owner)
         params = PlanParams(skip, every, limit, skip_first_seconds)
+        opts = OutputOptions(accurate_offsets=accurate_offsets)
+        request = EnterpriseRequest(params, opts, format, url=None)
         cfg = _engine(ctx).with_workers(workers)
+        data = _data(ctx)
         tune_allocator()
+        start_pool_for(file, data, params, cfg)  # before the progress bar's thread
         with _progress() as bar:
             task = bar.add_task("scanning", total=None, rate="")
 
@@ -331,16 +343,11 @@ def scan(
                     rate=f"{done * cfg.scan.chunk_s / elapsed:.0f}x",
                 )
 
-            result = scan_file(file, _data(ctx), params, cfg, progress=progress, owners=owners)
-        opts = OutputOptions(accurate_offsets=accurate_offsets)
-        if format == "csv":
-            return enterprise_csv(result, opts)
-        body: dict[str, Any] = (
-            segments_json(result) if format == "segments" else enterprise_response(result, opts)
-        )
-        return to_json(body) + "\n"
+            result = enterprise_scan(file, data, request, cfg, owners=owners, progress=progress)
+        reply = reply_body(result, request).body
+        return reply if isinstance(reply, str) else to_json(reply) + "\n"
 
-    sys.stdout.write(_guard(run))
+    sys.stdout.write(guard(run))
 
 
 @app.command()
@@ -360,7 +367,7 @@ def serve(
     from .api.serve import serve as run_server
 
     tune_allocator()
-    _guard(lambda: run_server(str(_data(ctx)), host, port, workers, enterprise_port))
+    guard(lambda: run_server(_settings(ctx), host, port, workers, enterprise_port))
 
 
 @catalog_app.command("list")
@@ -371,9 +378,8 @@ def catalog_list(
 ) -> None:
     """The reference tracks: the shared catalog's and every account's uploads (with --owner,
     that account's only). OWNER is "shared" or the account's id."""
-    from .catalog import Catalog
 
-    tracks = _guard(lambda: Catalog(_data(ctx)).tracks(None if owner is None else _owner(owner)))
+    tracks = guard(lambda: _catalog(ctx).tracks(None if owner is None else _owner(owner)))
     if as_json:
         rows = [
             {
@@ -407,48 +413,69 @@ def catalog_list(
 def catalog_remove(ctx: typer.Context, audio_id: int, owner: OwnerOption = None) -> None:
     """Remove a track by audio_id: of the shared catalog, or with --owner of that account's
     uploads."""
-    from .catalog import Catalog
 
-    track = _guard(lambda: Catalog(_data(ctx)).remove(audio_id, _owner(owner)))
+    track = guard(lambda: _catalog(ctx).remove(audio_id, _owner(owner)))
     print(f"removed {track.audio_id}\t{track.owner or 'shared'}\t{track.metadata.title}")
 
 
 @catalog_app.command("stats")
 def catalog_stats(ctx: typer.Context) -> None:
     """Tracks, hours of reference audio, postings and index size."""
-    from .catalog import Catalog
 
-    print(json.dumps(_guard(lambda: Catalog(_data(ctx)).stats())))
+    print(json.dumps(guard(lambda: _catalog(ctx).stats())))
 
 
 @catalog_app.command("reindex")
 def catalog_reindex(ctx: typer.Context) -> None:
     """Rebuild the fingerprint index from the stored peaks: after an upgrade that changed the
     hashes (the data directory's format), no audio needed."""
-    from .catalog import Catalog
     from .config import DEFAULT
 
     def run() -> None:
-        catalog = Catalog(_data(ctx), upgrade=True)
+        catalog = _catalog(ctx, upgrade=True)
         with _progress() as bar:
             task = bar.add_task("reindexing", total=len(catalog.live_ids()), rate="")
             catalog.reindex(DEFAULT.fingerprint, on_track=lambda: bar.advance(task))
         print(json.dumps(catalog.stats()))
 
-    _guard(run)
+    guard(run)
+
+
+@catalog_app.command("copy")
+def catalog_copy(
+    ctx: typer.Context,
+    to: Annotated[
+        str | None,
+        typer.Option(help="Database URL (default: the settings' SONGSCAN_DATABASE_URL)."),
+    ] = None,
+) -> None:
+    """Copy the data directory's SQLite catalog into an empty database (PostgreSQL), to move
+    a data directory onto it: then set SONGSCAN_DATABASE_URL to that database."""
+    from .catalog import Catalog
+
+    def run() -> None:
+        target = to or _settings(ctx).catalog_url
+        if not target:
+            raise InvalidParameters("name the database: --to URL or SONGSCAN_DATABASE_URL")
+        source = Catalog(_data(ctx))  # the data directory's own catalog.sqlite
+        with _progress() as bar:
+            task = bar.add_task("copying", total=len(source.live_ids()), rate="")
+            copied = source.copy_to(target, on_track=lambda: bar.advance(task))
+        print(json.dumps({"tracks": copied}))
+
+    guard(run)
 
 
 @catalog_app.command("compact")
 def catalog_compact(ctx: typer.Context) -> None:
     """Merge index segments and drop postings of removed tracks."""
-    from .catalog import Catalog
 
     def run() -> None:
-        catalog = Catalog(_data(ctx))
+        catalog = _catalog(ctx)
         catalog.compact()
         print(json.dumps(catalog.stats()))
 
-    _guard(run)
+    guard(run)
 
 
 def _mount_optional() -> None:

@@ -6,14 +6,13 @@ last line (and only there): it is never shown again.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from songscan import settings
-from songscan.cli_errors import fail
-from songscan.errors import InvalidParameters, SongscanError
+from songscan.cli_errors import guarded
+from songscan.errors import InvalidParameters
 
 if TYPE_CHECKING:  # SQLAlchemy and the rest load when a command opens the accounts
     from songscan.accounts.service import Accounts
@@ -28,13 +27,16 @@ AccountArg = Annotated[str, typer.Argument(help="account id or e-mail address")]
 
 
 def _open(ctx: typer.Context) -> Accounts:
+    """The accounts of the settings' database (`songscan.settings`: `--data`, songscan.toml
+    and the environment)."""
     from songscan.accounts.service import Accounts
 
-    data: Path = (ctx.obj or {}).get("data_dir") or settings.data_dir()
-    return Accounts.open(data, settings.load_config(data))
+    loaded = settings.load((ctx.obj or {}).get("data_dir"))
+    return Accounts(loaded.database_url, loaded.config, data_dir=loaded.data_dir)
 
 
 @accounts_app.command()
+@guarded
 def create(
     ctx: typer.Context,
     email: Annotated[str | None, typer.Option(help="e-mail address (for the dashboard)")] = None,
@@ -47,9 +49,7 @@ def create(
     """Create an account; prints its new API token as the last line."""
     accounts = _open(ctx)
     try:
-        made = accounts.create_account(email, password, plan)
-    except SongscanError as exc:
-        raise fail(exc) from exc
+        made = accounts.identity.create_account(email, password, plan)
     finally:
         accounts.close()
     typer.echo(
@@ -60,11 +60,12 @@ def create(
 
 
 @accounts_app.command("list")
+@guarded
 def list_accounts(ctx: typer.Context) -> None:
     """Every account: id, e-mail, plan, requests left, state, masked token."""
     accounts = _open(ctx)
     try:
-        rows = accounts.list_accounts()
+        rows = accounts.identity.list_accounts()
     finally:
         accounts.close()
     typer.echo(f"{'id':>5}  {'email':<32} {'plan':<12} {'left':>10}  {'state':<8} token")
@@ -78,14 +79,13 @@ def list_accounts(ctx: typer.Context) -> None:
 
 
 @accounts_app.command()
+@guarded
 def show(ctx: typer.Context, account: AccountArg) -> None:
     """One account: plan, requests left, entitlements, recent credits and requests."""
     accounts = _open(ctx)
     try:
-        found = accounts.find(account)
-        status = accounts.status(found.id, recent=10)
-    except SongscanError as exc:
-        raise fail(exc) from exc
+        found = accounts.identity.find(account)
+        status = accounts.ledger.status(found.id, recent=10)
     finally:
         accounts.close()
     ent = status.plan.entitlements
@@ -116,6 +116,7 @@ def show(ctx: typer.Context, account: AccountArg) -> None:
 
 
 @accounts_app.command()
+@guarded
 def credit(
     ctx: typer.Context,
     account: AccountArg,
@@ -130,26 +131,25 @@ def credit(
     """Add requests to an account, e.g. for a bank transfer: --reference is recorded."""
     chosen = kind or ("transfer" if reference else "adjust")
     if chosen not in ("transfer", "adjust"):
-        raise fail(InvalidParameters("--kind must be transfer or adjust"))
+        raise InvalidParameters("--kind must be transfer or adjust")
     if chosen == "transfer" and not reference:
-        raise fail(InvalidParameters("a bank transfer needs --reference"))
+        raise InvalidParameters("a bank transfer needs --reference")
     accounts = _open(ctx)
     try:
-        found = accounts.find(account)
-        done = accounts.credit(found.id, requests, kind=chosen, reference=reference, note=note)
+        found = accounts.identity.find(account)
+        done = accounts.ledger.credit(
+            found.id, requests, kind=chosen, reference=reference, note=note
+        )
         left = accounts.remaining(found)
-    except SongscanError as exc:
-        raise fail(exc) from exc
     finally:
         accounts.close()
     if not done:
-        raise fail(
-            InvalidParameters(f"reference {reference!r} was already credited to this account")
-        )
+        raise InvalidParameters(f"reference {reference!r} was already credited to this account")
     typer.echo(f"credited {requests} requests to account {found.id}; {left} left")
 
 
 @accounts_app.command("set-plan")
+@guarded
 def set_plan(
     ctx: typer.Context,
     account: AccountArg,
@@ -158,16 +158,15 @@ def set_plan(
     """Move an account to another plan (its monthly requests are granted at once)."""
     accounts = _open(ctx)
     try:
-        found = accounts.set_plan(accounts.find(account).id, plan)
+        found = accounts.ledger.set_plan(accounts.identity.find(account).id, plan)
         left = accounts.remaining(found)
-    except SongscanError as exc:
-        raise fail(exc) from exc
     finally:
         accounts.close()
     typer.echo(f"account {found.id} is on plan {found.plan}; {left} left")
 
 
 @accounts_app.command()
+@guarded
 def disable(
     ctx: typer.Context,
     account: AccountArg,
@@ -176,22 +175,19 @@ def disable(
     """Disable an account: its token and log-in stop working at once (--enable undoes it)."""
     accounts = _open(ctx)
     try:
-        found = accounts.set_disabled(accounts.find(account).id, not enable)
-    except SongscanError as exc:
-        raise fail(exc) from exc
+        found = accounts.identity.set_disabled(accounts.identity.find(account).id, not enable)
     finally:
         accounts.close()
     typer.echo(f"account {found.id} is {'disabled' if found.disabled else 'enabled'}")
 
 
 @accounts_app.command("rotate-token")
+@guarded
 def rotate_token(ctx: typer.Context, account: AccountArg) -> None:
     """Give an account a new token (the old one stops working); prints it as the last line."""
     accounts = _open(ctx)
     try:
-        made = accounts.rotate_token(accounts.find(account).id)
-    except SongscanError as exc:
-        raise fail(exc) from exc
+        made = accounts.identity.rotate_token(accounts.identity.find(account).id)
     finally:
         accounts.close()
     typer.echo(f"new token for account {made.account.id}; the old one no longer works")

@@ -148,11 +148,14 @@ class EngineConfig:
     match: MatchConfig = field(default_factory=MatchConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
     limits: MediaLimits = field(default_factory=MediaLimits)
+    # Where the catalog's tracks live: None is catalog.sqlite in the data directory, else the
+    # database URL of the settings (pool workers open the catalog from this).
+    catalog_url: str | None = None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> EngineConfig:
+    def from_config(cls, config: Mapping[str, Any], catalog_url: str | None = None) -> EngineConfig:
         """The engine's settings with songscan.toml's `[media]` section applied."""
-        return cls(limits=MediaLimits.from_config(config))
+        return cls(limits=MediaLimits.from_config(config), catalog_url=catalog_url)
 
     def with_workers(self, workers: int) -> EngineConfig:
         return replace(self, scan=replace(self.scan, workers=workers))

@@ -24,10 +24,12 @@ from .config import EngineConfig, MediaLimits
 from .errors import AudioTooLong, DecodeFailed, FingerprintFailed, SongscanError
 from .fingerprint import reference_triplets, streamed_reference_peaks
 from .media import MediaInfo, checked_probe, decode
+from .settings import INGEST_BATCH_POSTINGS
 from .workers import init_worker
 
-# A segment is written once a batch holds this many postings (or the input ends).
-BATCH_POSTINGS = int(os.environ.get("SONGSCAN_INGEST_BATCH_POSTINGS", 2_000_000))
+# A segment is written once a batch holds this many postings (or the input ends); the settings'
+# `ingest_batch_postings` (`$SONGSCAN_INGEST_BATCH_POSTINGS`) on the command line.
+BATCH_POSTINGS = INGEST_BATCH_POSTINGS
 
 
 @dataclass
@@ -120,10 +122,12 @@ def ingest(
     workers: int = 0,
     on_done: Callable[[IngestOutcome], None] | None = None,
     vet: Callable[[FingerprintedTrack], None] | None = None,
+    batch_postings_max: int = BATCH_POSTINGS,
 ) -> list[IngestOutcome]:
-    """Fingerprint `items` (in parallel) and add them to `catalog` in batches, in input order.
-    `vet` sees each fingerprinted track before it is written: it may change its audio_id, or
-    raise a SongscanError that becomes the item's outcome (a duplicate, say)."""
+    """Fingerprint `items` (in parallel) and add them to `catalog` in batches (a segment once a
+    batch holds `batch_postings_max` postings), in input order. `vet` sees each fingerprinted
+    track before it is written: it may change its audio_id, or raise a SongscanError that
+    becomes the item's outcome (a duplicate, say)."""
     items = list(items)
     outcomes: list[IngestOutcome] = []
     batch: list[tuple[IngestItem, FingerprintedTrack]] = []
@@ -153,7 +157,7 @@ def ingest(
             continue
         batch.append((item, result))
         batch_postings += result.hashes.shape[0]
-        if batch_postings >= BATCH_POSTINGS:
+        if batch_postings >= batch_postings_max:
             flush()
     if batch:
         flush()

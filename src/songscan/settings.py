@@ -1,13 +1,34 @@
-"""Where songscan keeps its data, and the optional config file.
+"""songscan's settings: where its data is, the config file, and which backend does what.
+
+Read once, by `load()`, from the environment and `songscan.toml`, into one `Settings`; every
+other module is handed the values it needs (pool workers by their parent), none reads the
+environment itself.
 
 Data directory: `--data DIR`, else `$SONGSCAN_DATA`, else the per-user data dir.
 Config file: `$SONGSCAN_CONFIG`, else `songscan.toml` inside the data directory (optional).
+
+The backends (README, "Settings"), each an environment variable or the same key of the file's
+`[backends]` section, the environment winning:
+
+- `SONGSCAN_DATABASE_URL` / `database_url`: the accounts' database; SQLite in the data
+  directory unless it names another (`postgresql+psycopg://…`). `[accounts] database_url`,
+  its older spelling, is still read after both.
+- `SONGSCAN_INDEX_URL` / `index_url`: the fingerprint index; unset, the segment files in the
+  data directory. `redis-cluster://HOST:PORT,…` is reserved for the Redis Cluster index.
+- `SONGSCAN_BROKER_URL` / `broker_url`: where scans run; unset, this host's job runner and
+  process pool. `redis://HOST:PORT/N` is reserved for Celery workers.
+
+The reserved forms are checked and then refused with a ConfigError until their backends exist.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +36,81 @@ import platformdirs
 
 from .errors import ConfigError, SongscanError
 
+DATA_ENV = "SONGSCAN_DATA"
+CONFIG_ENV = "SONGSCAN_CONFIG"
+CONFIG_FILE = "songscan.toml"
+BACKENDS = "backends"  # the section of songscan.toml naming the backends
+# A backend's key in [backends] and its environment variable.
+BACKEND_KEYS = {
+    "database_url": "SONGSCAN_DATABASE_URL",
+    "index_url": "SONGSCAN_INDEX_URL",
+    "broker_url": "SONGSCAN_BROKER_URL",
+}
+# Postings an ingest collects before it writes a segment (a knob for tests and benchmarks).
+INGEST_BATCH_ENV = "SONGSCAN_INGEST_BATCH_POSTINGS"
+INGEST_BATCH_POSTINGS = 2_000_000
+ACCOUNTS_DB_FILE = "accounts.db"  # the default database, in the data directory
 
-def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+_DATABASE_SCHEME = re.compile(r"(sqlite|postgresql)(\+\w+)?")
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything songscan is configured with, as one process saw it at start-up."""
+
+    data_dir: Path
+    config: Mapping[str, Any]  # the parsed songscan.toml ({} without one)
+    database_url: str
+    index_url: str | None = None  # None: the segment files in the data directory
+    # The catalog's database: the database URL when the environment or [backends] names one
+    # (None: catalog.sqlite in the data directory; an [accounts] URL moves the accounts alone).
+    catalog_url: str | None = None
+    broker_url: str | None = None  # None: this host's job runner and process pool
+    ingest_batch_postings: int = INGEST_BATCH_POSTINGS
+
+
+def load(
+    explicit_data_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """The settings of the data directory (`explicit_data_dir`, else `$SONGSCAN_DATA`, else
+    the user's): its config file and the environment (`os.environ` unless given)."""
+    env = os.environ if environ is None else environ
+    data = data_dir(explicit_data_dir, env)
+    return from_config(data, load_config(data, env), env)
+
+
+def from_config(
+    data: Path, config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """The settings of a data directory with an already parsed config; ConfigError for a
+    `[backends]` section or a backend URL songscan cannot use."""
+    env = os.environ if environ is None else environ
+    chosen = _backend_urls(config, env)
+    catalog_url = _database_url(*chosen["database_url"]) if "database_url" in chosen else None
+    older = config.get("accounts", {}).get("database_url")  # [accounts]' checks its type
+    if "database_url" not in chosen and isinstance(older, str) and older.strip():
+        chosen["database_url"] = ("[accounts].database_url", older.strip())
+    return Settings(
+        data_dir=data,
+        config=config,
+        database_url=(
+            _database_url(*chosen["database_url"]) if "database_url" in chosen else sqlite_url(data)
+        ),
+        index_url=_index_url(*chosen["index_url"]) if "index_url" in chosen else None,
+        catalog_url=catalog_url,
+        broker_url=_broker_url(*chosen["broker_url"]) if "broker_url" in chosen else None,
+        ingest_batch_postings=_positive_int(env, INGEST_BATCH_ENV, INGEST_BATCH_POSTINGS),
+    )
+
+
+def data_dir(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
     """The data directory, created if missing."""
-    chosen = explicit or os.environ.get("SONGSCAN_DATA") or platformdirs.user_data_dir("songscan")
+    env = os.environ if environ is None else environ
+    chosen = explicit or env.get(DATA_ENV) or platformdirs.user_data_dir("songscan")
     path = Path(chosen).expanduser().resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -31,9 +123,10 @@ def unusable_data_dir(path: Path, exc: OSError) -> SongscanError:
     return SongscanError(f"cannot use {path} as the data directory: {exc.strerror}")
 
 
-def load_config(data: Path) -> dict[str, Any]:
+def load_config(data: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The parsed config file, or an empty dict when there is none."""
-    path = Path(os.environ.get("SONGSCAN_CONFIG") or data / "songscan.toml")
+    env = os.environ if environ is None else environ
+    path = Path(env.get(CONFIG_ENV) or data / CONFIG_FILE)
     if not path.is_file():
         return {}
     try:
@@ -43,3 +136,94 @@ def load_config(data: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def sqlite_url(data: Path) -> str:
+    """The default database: SQLite in the data directory."""
+    return f"sqlite:///{data / ACCOUNTS_DB_FILE}"
+
+
+# -- the backends ---------------------------------------------------------------------------
+def _backend_urls(config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Each backend that is set: (where it was set, its URL); the environment wins."""
+    section = config.get(BACKENDS, {})
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[{BACKENDS}]: expected a table of {', '.join(BACKEND_KEYS)}")
+    for key, value in section.items():
+        if key not in BACKEND_KEYS:
+            known = ", ".join(BACKEND_KEYS)
+            raise ConfigError(f"[{BACKENDS}]: unknown key {key!r} (known: {known})")
+        if not isinstance(value, str):
+            raise ConfigError(f"[{BACKENDS}].{key}: expected a URL (a string), got {value!r}")
+    chosen: dict[str, tuple[str, str]] = {}
+    for key, variable in BACKEND_KEYS.items():
+        if env.get(variable, "").strip():
+            chosen[key] = (variable, env[variable].strip())
+        elif section.get(key, "").strip():
+            chosen[key] = (f"[{BACKENDS}].{key}", section[key].strip())
+    return chosen
+
+
+def _scheme(url: str) -> str:
+    """The URL's scheme, lower-cased ("" when it has none). Only the scheme is ever shown in
+    an error: the rest of a URL may hold a password."""
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep else ""
+
+
+def _database_url(source: str, url: str) -> str:
+    if not _DATABASE_SCHEME.fullmatch(_scheme(url)):
+        raise ConfigError(
+            f"{source}: not a database URL songscan can use (scheme {_scheme(url)!r}); "
+            "expected sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DATABASE"
+        )
+    return url
+
+
+def _index_url(source: str, url: str) -> str:
+    if _scheme(url) != "redis-cluster":
+        raise ConfigError(
+            f"{source}: unknown index scheme {_scheme(url)!r}; leave it unset for the index "
+            "files in the data directory (redis-cluster://HOST:PORT,… is reserved)"
+        )
+    nodes = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+    if not nodes or not all(_is_host_port(node) for node in nodes.split(",")):
+        raise ConfigError(f"{source}: expected redis-cluster://HOST:PORT[,HOST:PORT…]")
+    raise ConfigError(
+        f"{source}: the Redis Cluster index is not available yet in this version of "
+        "songscan; leave it unset for the index files in the data directory"
+    )
+
+
+def _broker_url(source: str, url: str) -> str:
+    if _scheme(url) not in ("redis", "rediss"):
+        raise ConfigError(
+            f"{source}: unknown broker scheme {_scheme(url)!r}; leave it unset for this "
+            "host's job runner and process pool (redis://HOST:PORT/N is reserved)"
+        )
+    parts = urllib.parse.urlsplit(url)
+    database = parts.path.strip("/")
+    try:
+        valid = bool(parts.hostname) and parts.port is not None and database.isdigit()
+    except ValueError:  # a port that is not a number, or out of range
+        valid = False
+    if not valid:
+        raise ConfigError(f"{source}: expected redis://HOST:PORT/N (N: the database number)")
+    raise ConfigError(
+        f"{source}: running scans on Celery workers is not available yet in this version of "
+        "songscan; leave it unset for this host's job runner and process pool"
+    )
+
+
+def _is_host_port(node: str) -> bool:
+    match = _HOST_PORT.fullmatch(node.strip())
+    return match is not None and 0 < int(match[2]) < 65536
+
+
+def _positive_int(env: Mapping[str, str], variable: str, default: int) -> int:
+    text = env.get(variable, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{variable}: expected a positive integer, got {text[:40]!r}")
+    return int(text)

@@ -12,15 +12,7 @@ import pytest
 
 from songscan.accounts.service import Accounts
 from songscan.api.app import create_app
-from tests.servers import PostgresServer, StripeStandIn, UvicornThread, start_postgres
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL per test worker; each test gets its own database in it."""
-    server = start_postgres()
-    yield server
-    server.stop()
+from tests.servers import PostgresServer, StripeStandIn, UvicornThread
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

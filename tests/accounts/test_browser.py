@@ -146,7 +146,7 @@ def check_chart_labels(page: Page, chart: Locator) -> list[str]:
 def test_usage_chart_has_axes_dates_and_an_empty_state(
     page: Page, site: Site, problems: PageProblems
 ) -> None:
-    made = site.accounts.create_account("chart@example.org", "a-good-long-passphrase")
+    made = site.accounts.identity.create_account("chart@example.org", "a-good-long-passphrase")
     page.goto("/login")
     page.fill("#email", "chart@example.org")
     page.fill("#password", "a-good-long-passphrase")

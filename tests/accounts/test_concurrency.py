@@ -15,7 +15,7 @@ PASSWORD = "tuning-fork-42"
 
 @pytest.mark.slow
 def test_200_concurrent_requests_against_50_left_serve_exactly_50(accounts: Accounts) -> None:
-    made = accounts.create_account("busy@example.org", PASSWORD)
+    made = accounts.identity.create_account("busy@example.org", PASSWORD)
     account = made.account
     warmup = accounts.reserve(account, 250, "enterprise")
     accounts.settle(warmup, 250, "success", chunks=250)
@@ -40,16 +40,16 @@ def test_200_concurrent_requests_against_50_left_serve_exactly_50(accounts: Acco
     assert served == 50
     assert outcomes.count("refused") == 150
     assert accounts.remaining(account) == 0  # nothing overdrawn
-    total, balance = accounts.ledger_total(account.id)
+    total, balance = accounts.ledger.sum_and_balance(account.id)
     assert total == balance == 0
-    billed = [r.cost for r in accounts.status(account.id, recent=500).recent]
+    billed = [r.cost for r in accounts.ledger.status(account.id, recent=500).recent]
     assert billed == [1] * 50 + [250]  # one ledger row per served request, none for refusals
 
 
 @pytest.mark.slow
 def test_concurrent_scans_with_failures_never_overdraw(accounts: Accounts) -> None:
     """Scans of 3 chunks race for 50 requests; some fail and are refunded, freeing room."""
-    made = accounts.create_account("scans@example.org", PASSWORD)
+    made = accounts.identity.create_account("scans@example.org", PASSWORD)
     accounts.settle(accounts.reserve(made.account, 250, "enterprise"), 250, "success", 250)
     start = threading.Barrier(60)
 
@@ -68,5 +68,5 @@ def test_concurrent_scans_with_failures_never_overdraw(accounts: Accounts) -> No
 
     assert billed <= 50
     assert accounts.remaining(made.account) == 50 - billed >= 0
-    total, balance = accounts.ledger_total(made.account.id)
+    total, balance = accounts.ledger.sum_and_balance(made.account.id)
     assert total == balance == 50 - billed

@@ -54,7 +54,7 @@ def test_migrations_match_the_models(accounts: Accounts) -> None:
 
 def test_migrations_run_twice_without_harm(database_url: str, config: dict[str, Any]) -> None:
     first = Accounts(database_url, config)
-    made = first.create_account("kept@example.org", PASSWORD)
+    made = first.identity.create_account("kept@example.org", PASSWORD)
     first.close()
     second = Accounts(database_url, config)  # upgrades again at startup: a no-op
     assert second.authenticate(made.token, "127.0.0.1").email == "kept@example.org"
@@ -62,7 +62,7 @@ def test_migrations_run_twice_without_harm(database_url: str, config: dict[str, 
 
 
 def test_signup_gives_a_token_and_300_free_requests(accounts: Accounts) -> None:
-    made = accounts.create_account("Someone@Example.org ", PASSWORD)
+    made = accounts.identity.create_account("Someone@Example.org ", PASSWORD)
     assert made.account.email == "someone@example.org"
     assert made.account.plan == "trial"
     assert len(made.token) >= 32 and int(made.token, 16).bit_length() > 128 - 16
@@ -74,7 +74,7 @@ def test_signup_gives_a_token_and_300_free_requests(accounts: Accounts) -> None:
 
 
 def test_the_token_is_stored_only_as_a_hash(accounts: Accounts) -> None:
-    made = accounts.create_account("hash@example.org", PASSWORD)
+    made = accounts.identity.create_account("hash@example.org", PASSWORD)
     with accounts.engine.connect() as conn:
         for table in Base.metadata.sorted_tables:
             for row in conn.execute(select(table)).all():
@@ -96,15 +96,15 @@ def test_bad_signups_are_refused_and_change_nothing(
 ) -> None:
     before = count_accounts(accounts)
     with pytest.raises(SignupRefused, match=message):
-        accounts.create_account(email, password)
+        accounts.identity.create_account(email, password)
     assert count_accounts(accounts) == before
 
 
 def test_duplicate_email_is_refused(accounts: Accounts) -> None:
-    accounts.create_account("twice@example.org", PASSWORD)
+    accounts.identity.create_account("twice@example.org", PASSWORD)
     before = count_accounts(accounts)
     with pytest.raises(SignupRefused, match="already exists"):
-        accounts.create_account("TWICE@example.org", "another-password-9")
+        accounts.identity.create_account("TWICE@example.org", "another-password-9")
     assert count_accounts(accounts) == before
 
 
@@ -120,8 +120,8 @@ def test_missing_unknown_and_malformed_tokens(accounts: Accounts) -> None:
 
 
 def test_rotation_invalidates_the_old_token_at_once(accounts: Accounts) -> None:
-    made = accounts.create_account("rotate@example.org", PASSWORD)
-    rotated = accounts.rotate_token(made.account.id)
+    made = accounts.identity.create_account("rotate@example.org", PASSWORD)
+    rotated = accounts.identity.rotate_token(made.account.id)
     assert rotated.token != made.token
     with pytest.raises(UnknownToken):
         accounts.authenticate(made.token, "127.0.0.1")
@@ -130,16 +130,16 @@ def test_rotation_invalidates_the_old_token_at_once(accounts: Accounts) -> None:
 
 
 def test_disabled_account_is_refused_everywhere(accounts: Accounts) -> None:
-    made = accounts.create_account("off@example.org", PASSWORD)
+    made = accounts.identity.create_account("off@example.org", PASSWORD)
     account = accounts.authenticate(made.token, "127.0.0.1")
-    accounts.set_disabled(made.account.id)
+    accounts.identity.set_disabled(made.account.id)
     with pytest.raises(UnknownToken, match="disabled"):
         accounts.authenticate(made.token, "127.0.0.1")
     with pytest.raises(UnknownToken, match="disabled"):
         accounts.reserve(account, 1, "recognize")  # authenticated before it was disabled
     with pytest.raises(LoginRefused, match="disabled"):
-        accounts.login("off@example.org", PASSWORD)
-    accounts.set_disabled(made.account.id, False)
+        accounts.identity.login("off@example.org", PASSWORD)
+    accounts.identity.set_disabled(made.account.id, False)
     assert accounts.authenticate(made.token, "127.0.0.1").id == made.account.id
 
 
@@ -152,7 +152,7 @@ def test_mask_token() -> None:
 def test_a_reservation_block_bills_what_its_work_used_and_nothing_when_it_fails(
     accounts: Accounts,
 ) -> None:
-    account = accounts.create_account("held@example.org", PASSWORD).account
+    account = accounts.identity.create_account("held@example.org", PASSWORD).account
     with accounts.reservation(account, 10, "enterprise") as held:
         assert accounts.remaining(account) == 290  # held while the work runs
         assert held.settle(7, "ok", 7) == 7
@@ -170,13 +170,16 @@ def test_a_reservation_block_bills_what_its_work_used_and_nothing_when_it_fails(
     assert entry_id is not None and accounts.is_pending(entry_id)  # the job settles it
     with accounts.reservation(account, 0, "enterprise") as held:
         assert held.entry_id is None and held.settle(0, "ok", 0) == 0  # nothing to hold
-    statuses = [(r.cost, r.status) for r in accounts.status(account.id).recent]
+    statuses = [(r.cost, r.status) for r in accounts.ledger.status(account.id).recent]
     assert (7, "ok") in statuses and (0, "error 902") in statuses and (0, "unused") in statuses
-    assert accounts.ledger_total(account.id)[0] == accounts.ledger_total(account.id)[1]
+    assert (
+        accounts.ledger.sum_and_balance(account.id)[0]
+        == accounts.ledger.sum_and_balance(account.id)[1]
+    )
 
 
 def test_reserve_and_settle_bill_exactly_what_was_used(accounts: Accounts) -> None:
-    made = accounts.create_account("meter@example.org", PASSWORD)
+    made = accounts.identity.create_account("meter@example.org", PASSWORD)
     account = made.account
     scan = accounts.reserve(account, 10, "enterprise")
     assert accounts.remaining(account) == 290  # held while the scan runs
@@ -189,9 +192,9 @@ def test_reserve_and_settle_bill_exactly_what_was_used(accounts: Accounts) -> No
         accounts.settle(failed, 0, "error 500", chunks=0)
     with pytest.raises(ValueError):
         accounts.settle(accounts.reserve(account, 2, "enterprise"), 3, "success", chunks=3)
-    total, balance = accounts.ledger_total(account.id)
+    total, balance = accounts.ledger.sum_and_balance(account.id)
     assert total == balance
-    recent = accounts.status(account.id).recent
+    recent = accounts.ledger.status(account.id).recent
     assert [(r.method, r.cost, r.status) for r in recent[1:]] == [
         ("recognize", 0, "error 500"),
         ("enterprise", 7, "success"),
@@ -200,7 +203,7 @@ def test_reserve_and_settle_bill_exactly_what_was_used(accounts: Accounts) -> No
 
 
 def test_a_scan_larger_than_what_is_left_is_refused_up_front(accounts: Accounts) -> None:
-    made = accounts.create_account("scan@example.org", PASSWORD)
+    made = accounts.identity.create_account("scan@example.org", PASSWORD)
     big = accounts.reserve(made.account, 295, "enterprise")
     accounts.settle(big, 295, "success", chunks=295)
     with pytest.raises(QuotaExceeded) as refused:
@@ -215,19 +218,19 @@ def test_a_scan_larger_than_what_is_left_is_refused_up_front(accounts: Accounts)
 
 
 def test_enterprise_plan_runs_on_overage(accounts: Accounts) -> None:
-    made = accounts.create_account(plan="enterprise")
+    made = accounts.identity.create_account(plan="enterprise")
     left = accounts.remaining(made.account)
     assert left == 300 + 100_000
     scan = accounts.reserve(made.account, left + 50, "enterprise")
     accounts.settle(scan, left + 50, "success", chunks=left + 50)
-    status = accounts.status(made.account.id)
+    status = accounts.ledger.status(made.account.id)
     assert status.remaining == -50
     assert status.overage_left == 1_000_000 - 50
 
 
 def test_month_roll_over_expires_unused_monthly_requests(accounts: Accounts) -> None:
-    made = accounts.create_account("monthly@example.org", PASSWORD)
-    accounts.set_plan(made.account.id, "startup")
+    made = accounts.identity.create_account("monthly@example.org", PASSWORD)
+    accounts.ledger.set_plan(made.account.id, "startup")
     account = accounts.account(made.account.id)
     assert accounts.remaining(account) == 300 + 10_000
     accounts.settle(accounts.reserve(account, 100, "enterprise"), 100, "success", 100)
@@ -235,9 +238,9 @@ def test_month_roll_over_expires_unused_monthly_requests(accounts: Accounts) -> 
         conn.execute(update(AccountRow).where(AccountRow.id == account.id).values(period="2000-01"))
     # 9,900 unused monthly requests expire, 10,000 new ones come; the free 300 stay.
     assert accounts.remaining(account) == 300 + 10_000
-    kinds = [line.kind for line in accounts.status(account.id).credits]
+    kinds = [line.kind for line in accounts.ledger.status(account.id).credits]
     assert kinds[:3] == ["grant", "expire", "grant"]
-    total, balance = accounts.ledger_total(account.id)
+    total, balance = accounts.ledger.sum_and_balance(account.id)
     assert total == balance
 
 
@@ -263,20 +266,20 @@ def test_public_test_token_is_off_by_default(database_url: str) -> None:
 
 
 def test_login_and_the_attempt_limit(accounts: Accounts) -> None:
-    made = accounts.create_account("login@example.org", PASSWORD)
-    assert accounts.login("LOGIN@example.org", PASSWORD, "10.0.0.1").id == made.account.id
+    made = accounts.identity.create_account("login@example.org", PASSWORD)
+    assert accounts.identity.login("LOGIN@example.org", PASSWORD, "10.0.0.1").id == made.account.id
     with pytest.raises(LoginRefused, match="wrong e-mail address or password"):
-        accounts.login("nobody@example.org", PASSWORD, "10.0.0.1")
+        accounts.identity.login("nobody@example.org", PASSWORD, "10.0.0.1")
     for _ in range(5):
         with pytest.raises(LoginRefused, match="wrong"):
-            accounts.login("login@example.org", "not-the-password", "10.0.0.1")
+            accounts.identity.login("login@example.org", "not-the-password", "10.0.0.1")
     with pytest.raises(LoginRefused) as throttled:  # even with the right password
-        accounts.login("login@example.org", PASSWORD, "10.0.0.1")
+        accounts.identity.login("login@example.org", PASSWORD, "10.0.0.1")
     assert throttled.value.message == LOGIN_FAILED
-    assert accounts.login("login@example.org", PASSWORD, "10.0.0.2").id == made.account.id
+    assert accounts.identity.login("login@example.org", PASSWORD, "10.0.0.2").id == made.account.id
     with accounts.engine.begin() as conn:  # the wait ends
         conn.execute(text("UPDATE login_throttle SET wait_until = NULL"))
-    assert accounts.login("login@example.org", PASSWORD, "10.0.0.1").id == made.account.id
+    assert accounts.identity.login("login@example.org", PASSWORD, "10.0.0.1").id == made.account.id
 
 
 def test_login_throttle_backs_off_and_is_shared_by_every_process(
@@ -284,20 +287,20 @@ def test_login_throttle_backs_off_and_is_shared_by_every_process(
 ) -> None:
     """Another server process on the same database (here: another service object with its
     own engine) refuses what this one throttled; each further failure doubles the wait."""
-    accounts.create_account("shared@example.org", PASSWORD)
+    accounts.identity.create_account("shared@example.org", PASSWORD)
     other = Accounts(database_url, {})
     try:
         for _ in range(5):
             with pytest.raises(LoginRefused):
-                accounts.login("shared@example.org", "not-the-password", "10.0.0.9")
+                accounts.identity.login("shared@example.org", "not-the-password", "10.0.0.9")
         with pytest.raises(LoginRefused):
-            other.login("shared@example.org", PASSWORD, "10.0.0.9")
+            other.identity.login("shared@example.org", PASSWORD, "10.0.0.9")
         waits = []
         for _ in range(3):
             with accounts.engine.begin() as conn:  # as if each wait had passed
                 conn.execute(text("UPDATE login_throttle SET wait_until = NULL"))
             with pytest.raises(LoginRefused):
-                other.login("shared@example.org", "not-the-password", "10.0.0.9")
+                other.identity.login("shared@example.org", "not-the-password", "10.0.0.9")
             with accounts.engine.connect() as conn:
                 row = conn.execute(
                     select(LoginThrottle.wait_until, LoginThrottle.last_failure_at).where(
@@ -313,21 +316,23 @@ def test_login_throttle_backs_off_and_is_shared_by_every_process(
 
 
 def test_sessions(accounts: Accounts) -> None:
-    made = accounts.create_account("session@example.org", PASSWORD)
-    session_id = accounts.start_session(made.account.id)
-    assert accounts.session_account(session_id) == made.account
-    assert accounts.session_account("forged") is None
-    accounts.end_session(session_id)
-    assert accounts.session_account(session_id) is None
+    made = accounts.identity.create_account("session@example.org", PASSWORD)
+    session_id = accounts.identity.start_session(made.account.id)
+    assert accounts.identity.session_account(session_id) == made.account
+    assert accounts.identity.session_account("forged") is None
+    accounts.identity.end_session(session_id)
+    assert accounts.identity.session_account(session_id) is None
 
 
 def test_bank_transfer_is_credited_once(accounts: Accounts) -> None:
-    made = accounts.create_account("bank@example.org", PASSWORD)
-    assert accounts.credit(made.account.id, 5000, kind="transfer", reference="SEPA-2024-17")
-    assert not accounts.credit(made.account.id, 5000, kind="transfer", reference="SEPA-2024-17")
+    made = accounts.identity.create_account("bank@example.org", PASSWORD)
+    assert accounts.ledger.credit(made.account.id, 5000, kind="transfer", reference="SEPA-2024-17")
+    assert not accounts.ledger.credit(
+        made.account.id, 5000, kind="transfer", reference="SEPA-2024-17"
+    )
     assert accounts.remaining(made.account) == 5300
     with pytest.raises(InvalidParameters):
-        accounts.credit(made.account.id, -5, reference="negative")
+        accounts.ledger.credit(made.account.id, -5, reference="negative")
     with accounts.engine.connect() as conn:
         rows = conn.execute(
             select(LedgerEntry.delta).where(
@@ -338,10 +343,10 @@ def test_bank_transfer_is_credited_once(accounts: Accounts) -> None:
 
 
 def test_entitlements_follow_the_plan(accounts: Accounts) -> None:
-    made = accounts.create_account(plan="trial")
+    made = accounts.identity.create_account(plan="trial")
     trial = accounts.entitlements(made.account)
     assert not (trial.enterprise_metadata or trial.custom_catalog)
-    enterprise = accounts.entitlements(accounts.set_plan(made.account.id, "enterprise"))
+    enterprise = accounts.entitlements(accounts.ledger.set_plan(made.account.id, "enterprise"))
     assert enterprise.enterprise_metadata and enterprise.custom_catalog
     assert enterprise.enterprise_url_input
     assert enterprise.max_file_bytes > trial.max_file_bytes
@@ -353,13 +358,13 @@ def test_rate_limit_per_plan(database_url: str) -> None:
         {"accounts": {"test_token": True}, "plans": {"trial": {"rate_limit_per_s": 0.001}}},
     )
     try:
-        account = service.create_account().account
+        account = service.identity.create_account().account
         service.check_rate(account)
         with pytest.raises(RateLimited) as limited:
             service.check_rate(account)  # one per 1000 s: the second is refused
         assert limited.value.http_status == 429
         assert int(limited.value.retry_after_header) > 900
-        service.check_rate(service.create_account().account)  # per account
+        service.check_rate(service.identity.create_account().account)  # per account
         service.check_rate(service.authenticate("test", "10.0.0.1"))
         service.check_rate(service.authenticate("test", "10.0.0.2"))  # per address for `test`
         with pytest.raises(RateLimited):
@@ -376,26 +381,26 @@ def test_reservations_of_a_dead_server_are_released_and_only_those(
     held by the live one, by a long job, or by nobody (a row from before leases)."""
     dead, live = Accounts(database_url, config), Accounts(database_url, config)
     try:
-        dead_id = dead.start_lease()
-        live.start_lease()
-        account = live.create_account().account
+        dead_id = dead.ledger.start_lease()
+        live.ledger.start_lease()
+        account = live.identity.create_account().account
         public = live.authenticate("test", "10.0.0.9")
         orphaned = dead.reserve(account, 40, "enterprise")
         dead.reserve(public, 3, "recognize")
         for_job = dead.reserve(account, 7, "enterprise")
-        dead.hand_over(for_job, "0123abcd")
+        dead.ledger.hand_over(for_job, "0123abcd")
         kept = live.reserve(account, 10, "enterprise")
         unowned = Accounts(database_url, config).reserve(account, 5, "enterprise")
         assert live.remaining(account) == 300 - 62 and live.remaining(public) == 7
-        assert live.release_abandoned() == 0  # the dead one's lease has not expired yet
+        assert live.ledger.release_abandoned() == 0  # the dead one's lease has not expired yet
         with live.engine.begin() as conn:  # it stopped renewing: the lease runs out
             conn.execute(
                 update(ServerLease)
                 .where(ServerLease.id == dead_id)
                 .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
             )
-        assert live.release_abandoned() == 2
-        assert live.release_abandoned() == 0  # once
+        assert live.ledger.release_abandoned() == 2
+        assert live.ledger.release_abandoned() == 0  # once
         assert live.remaining(account) == 300 - 22  # the 40 are back; 7 + 10 + 5 still held
         assert live.remaining(public) == 10  # the public token's daily allowance too
         assert all(live.is_pending(r.entry_id) for r in (for_job, kept, unowned))
@@ -403,9 +408,11 @@ def test_reservations_of_a_dead_server_are_released_and_only_those(
         live.settle(kept, 10, "ok", chunks=10)
         with pytest.raises(AlreadySettled):  # the dead server cannot bill it afterwards
             dead.settle(orphaned, 40, "ok", chunks=40)
-        statuses = [(r.cost, r.status) for r in live.status(account.id).recent]
+        statuses = [(r.cost, r.status) for r in live.ledger.status(account.id).recent]
         assert statuses == [(5, "pending"), (10, "ok"), (7, "pending"), (0, RELEASED)]
-        assert live.ledger_total(account.id)[0] == live.ledger_total(account.id)[1]
+        assert (
+            live.ledger.sum_and_balance(account.id)[0] == live.ledger.sum_and_balance(account.id)[1]
+        )
         with live.engine.connect() as conn:  # the expired lease is forgotten
             assert conn.scalar(select(func.count()).select_from(ServerLease)) == 1
     finally:
@@ -448,19 +455,19 @@ def test_reservations_left_pending_before_leases_are_released_after_the_upgrade(
     engine.dispose()
     accounts = Accounts(database_url, config)  # upgrades to head
     try:
-        assert accounts.release_abandoned() == 1
-        assert accounts.ledger_total(account_id) == (300, 300)
-        assert [r.status for r in accounts.status(account_id).recent] == [RELEASED]
+        assert accounts.ledger.release_abandoned() == 1
+        assert accounts.ledger.sum_and_balance(account_id) == (300, 300)
+        assert [r.status for r in accounts.ledger.status(account_id).recent] == [RELEASED]
     finally:
         accounts.close()
 
 
 def test_a_stopped_server_ends_its_lease(accounts: Accounts) -> None:
-    accounts.start_lease()
-    account = accounts.create_account().account
+    accounts.ledger.start_lease()
+    account = accounts.identity.create_account().account
     accounts.reserve(account, 4, "enterprise")
-    assert accounts.release_abandoned() == 0
-    accounts.end_lease()  # a graceful stop: what it still holds is released at once
-    assert accounts.release_abandoned() == 1
-    accounts.renew_lease()  # no lease: nothing to renew
-    assert accounts.instance_id is None
+    assert accounts.ledger.release_abandoned() == 0
+    accounts.ledger.end_lease()  # a graceful stop: what it still holds is released at once
+    assert accounts.ledger.release_abandoned() == 1
+    accounts.ledger.renew_lease()  # no lease: nothing to renew
+    assert accounts.ledger.instance_id is None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from songscan.accounts.models import AccountRow, StripeEvent
 from songscan.api.app import create_app
@@ -336,3 +339,105 @@ def test_every_page_has_a_content_security_policy(site: Site) -> None:
         assert not re.search(r"\son[a-z]+=", html), page.url
     assert api_reply.headers["x-content-type-options"] == "nosniff"
     assert "content-security-policy" not in api_reply.headers  # JSON, not a page
+
+
+# -- the pages' blocking work stays off the event loop -------------------------------------
+# The server is one uvicorn process with one event loop: had a page's handler waited on the
+# database or on Stripe in that loop, no other request of the process could be answered
+# meanwhile. Each test holds a page's request inside its slow call (a table lock it waits on,
+# a Stripe answer held back) and asks for /healthz in the meantime; it passes when /healthz
+# finishes first. The held request cannot finish before it is let go, so the order proves the
+# overlap; the bound on waiting for /healthz only keeps a failure from hanging.
+
+
+def finish_order(
+    site: Site,
+    slow: Callable[[], httpx.Response],
+    held: Callable[[], None],
+    release: Callable[[], None],
+) -> tuple[list[str], httpx.Response]:
+    """Send `slow`; once `held()` returned (it is in its slow call), GET /healthz; then
+    `release()` it. The order the two finished in, and the slow one's response."""
+    finished: list[str] = []
+    monitor = httpx.Client(base_url=site.base_url, timeout=120)  # outwaits the bound below
+    with monitor, ThreadPoolExecutor(2) as pool:
+        slow_call = pool.submit(slow)
+        slow_call.add_done_callback(lambda _: finished.append("slow"))
+        try:
+            held()
+            health = pool.submit(monitor.get, "/healthz")
+            health.add_done_callback(lambda _: finished.append("healthz"))
+            wait([health], timeout=20)  # short of the slow client's 30 s timeout
+        finally:
+            release()
+        assert health.result().status_code == 200
+        return finished, slow_call.result()
+
+
+def finish_order_under_lock(
+    site: Site, table: str, slow: Callable[[], httpx.Response]
+) -> tuple[list[str], httpx.Response]:
+    """`finish_order` with `table` locked (PostgreSQL) until /healthz has been asked for,
+    once `slow` waits for the lock."""
+    waiting = text(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"
+    )
+    with site.accounts.engine.connect() as locker:
+        locker.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+
+        def held() -> None:
+            deadline = time.monotonic() + 60
+            while not locker.scalar(waiting, {"t": table}):
+                assert time.monotonic() < deadline, f"the request never waited for {table}"
+                time.sleep(0.02)
+
+        return finish_order(site, slow, held, locker.rollback)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_log_in_waiting_for_the_database_holds_up_no_other_request(site: Site) -> None:
+    with site.client() as client:
+        signup(client, "patient@example.org")
+        csrf = csrf_of(client, "/login")
+        form = {"csrf": csrf, "email": "patient@example.org", "password": PASSWORD}
+        order, response = finish_order_under_lock(  # the log-in's first query waits
+            site, "login_throttle", lambda: client.post("/login", data=form)
+        )
+    assert order == ["healthz", "slow"]
+    assert response.status_code == 303  # logged in, once the table was free
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_webhook_waiting_for_the_database_holds_up_no_other_request(site: Site) -> None:
+    event = checkout_completed_event("cs_unknown")
+    headers = {"Stripe-Signature": stripe_signature(event, WEBHOOK_SECRET)}
+    with site.client() as client:
+        order, response = finish_order_under_lock(  # the event's id is recorded first
+            site,
+            "stripe_events",
+            lambda: client.post("/stripe/webhook", content=event, headers=headers),
+        )
+    assert order == ["healthz", "slow"]
+    assert response.json()["outcome"] == "unknown checkout"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_checkout_waiting_for_stripe_holds_up_no_other_request(site: Site) -> None:
+    in_stripe, answer = threading.Event(), threading.Event()
+
+    def hold_back(_form: object) -> None:
+        in_stripe.set()
+        answer.wait(60)
+
+    def held() -> None:
+        assert in_stripe.wait(60), "the checkout never reached Stripe"
+
+    site.stripe.on_create = hold_back
+    with site.client() as client:
+        signup(client, "waiting-buyer@example.org")
+        form = {"csrf": csrf_of(client, "/dashboard"), "kind": "pack", "item": "10k"}
+        order, response = finish_order(
+            site, lambda: client.post("/dashboard/buy", data=form), held, answer.set
+        )
+    assert order == ["healthz", "slow"]
+    assert response.status_code == 303  # on to Stripe's page, once Stripe answered

@@ -103,7 +103,7 @@ class Api:
         return httpx.Client(base_url=self.base_url, timeout=120, **kwargs)
 
     def new_token(self, plan: str) -> str:
-        return self.accounts.create_account(plan=plan).token
+        return self.accounts.identity.create_account(plan=plan).token
 
     def account_id(self, token: str) -> int:
         return self.accounts.authenticate(token, "127.0.0.1").id

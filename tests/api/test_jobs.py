@@ -119,7 +119,7 @@ def test_job_result_equals_the_synchronous_call(
         assert without_time(raw.json()) == without_time(sync.json())
         assert sync.json()["result"], "the comparison needs matches"
     assert api.remaining(token) == before - 2 * reserved  # the job once, the synchronous call once
-    assert api.accounts.ledger_total(api.account_id(token))[0] == api.remaining(token)
+    assert api.accounts.ledger.sum_and_balance(api.account_id(token))[0] == api.remaining(token)
 
 
 def test_url_job_downloads_in_the_job(api: Api) -> None:

@@ -169,7 +169,7 @@ def test_a_reference_over_the_configured_length_is_refused(
     short_references: tuple[str, Accounts],
 ) -> None:
     base_url, accounts = short_references
-    token = accounts.create_account(plan="enterprise").token
+    token = accounts.identity.create_account(plan="enterprise").token
     account = accounts.authenticate(token, "127.0.0.1")
     long = wav_bytes(music(31, 40.0))
     body = post(base_url, "/upload/", token, "long.wav", long, audio_id="1")

@@ -144,7 +144,7 @@ def test_sdk_with_both_base_urls_at_a_root_of_serve_with_an_enterprise_port(
     songs = build_catalog(data, files)
     (data / "songscan.toml").write_text("[plans.enterprise]\nrate_limit_per_s = 1000\n")
     accounts = Accounts.open(data, {"plans": {"enterprise": {"rate_limit_per_s": 1000}}})
-    token = accounts.create_account(plan="enterprise").token
+    token = accounts.identity.create_account(plan="enterprise").token
     accounts.close()
     enterprise_port = free_port()
     proc, port = start_server(data, "--workers", "1", "--enterprise-port", str(enterprise_port))

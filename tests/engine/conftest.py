@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,17 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Library:
     outcomes = ingest(Catalog(data), items, DEFAULT, workers=1)
     assert all(o.error is None for o in outcomes)
     return Library(data, songs, files)
+
+
+def set_format(data: Path, version: int) -> None:
+    """Mark a data dir's catalog as written in index format `version` (an older songscan's)."""
+    with sqlite3.connect(data / "catalog.sqlite") as db:
+        db.execute("UPDATE catalog_state SET format = ? WHERE id = 1", (version,))
+
+
+def stored_format(data: Path) -> int:
+    with sqlite3.connect(data / "catalog.sqlite") as db:
+        return int(db.execute("SELECT format FROM catalog_state").fetchone()[0])
 
 
 def mix(parts: list[tuple[float, np.ndarray]], seconds: float) -> np.ndarray:

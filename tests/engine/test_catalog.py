@@ -16,7 +16,7 @@ from songscan.fingerprint import reference_pairs, reference_peaks
 from songscan.index import unpack_postings
 from songscan.media import decode_all
 
-from .conftest import Library
+from .conftest import Library, set_format, stored_format
 
 CFG = DEFAULT.fingerprint
 
@@ -78,18 +78,15 @@ def test_a_data_dir_of_another_format_is_refused(library: Library, tmp_path: Pat
     data = tmp_path / "data"
     shutil.copytree(library.data, data)
     for version, advice in ((1, "add the reference tracks again"), (2, "catalog reindex")):
-        with sqlite3.connect(data / "catalog.sqlite") as db:
-            db.execute(f"PRAGMA user_version = {version}")
+        set_format(data, version)
         with pytest.raises(SongscanError, match=advice):
             Catalog(data)
     with pytest.raises(SongscanError, match="add the reference tracks again"):
-        with sqlite3.connect(data / "catalog.sqlite") as db:
-            db.execute("PRAGMA user_version = 1")
+        set_format(data, 1)
         Catalog(data, upgrade=True)  # format 1 kept no peaks to rebuild from
     empty = tmp_path / "empty"
     Catalog(empty).close()  # a new data dir is stamped with the current format
-    with sqlite3.connect(empty / "catalog.sqlite") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == FORMAT
+    assert stored_format(empty) == FORMAT
 
 
 def test_reindex_rebuilds_the_index_ingest_built_from_the_stored_peaks(
@@ -106,7 +103,7 @@ def test_reindex_rebuilds_the_index_ingest_built_from_the_stored_peaks(
     catalog.index.rebuild([(want_hashes >> 4, want_postings)])  # an index of other hashes
     catalog.close()
     with sqlite3.connect(data / "catalog.sqlite") as db:
-        db.execute("PRAGMA user_version = 2")
+        db.execute("UPDATE catalog_state SET format = 2")
         db.execute("UPDATE tracks SET hash_count = 1")
     old = Catalog(data, upgrade=True)
     done = []

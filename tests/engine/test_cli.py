@@ -22,7 +22,7 @@ from songscan.index import unpack_postings
 from songscan.media import decode_all
 from tests.audio import synth_song, write_audio
 
-from .conftest import excerpt, mix
+from .conftest import excerpt, mix, set_format
 
 CFG = DEFAULT.fingerprint
 
@@ -140,8 +140,7 @@ def test_a_data_dir_of_another_format_ends_in_one_line(tmp_path: Path, args: lis
     data = tmp_path / "data"
     f = write_audio(tmp_path / "clip.flac", synth_song(3, 15.0))
     assert run("--data", data, "add", f).returncode == 0
-    with sqlite3.connect(data / "catalog.sqlite") as db:
-        db.execute("PRAGMA user_version = 2")
+    set_format(data, 2)
     proc = run("--data", data, *[a.format(f=f) for a in args])
     assert_clean_error(proc)
     assert "format 2" in proc.stderr
@@ -155,8 +154,7 @@ def test_reindex_upgrades_a_data_dir_of_the_previous_format(tmp_path: Path) -> N
     hashes, postings = catalog.index.every_posting()
     catalog.index.rebuild([(hashes >> 4, postings)])  # stands in for the older hashes
     catalog.close()
-    with sqlite3.connect(data / "catalog.sqlite") as db:
-        db.execute("PRAGMA user_version = 2")
+    set_format(data, 2)
     show = write_audio(tmp_path / "show.flac", excerpt(synth_song(21, 40.0), 5.0, 30.0))
     assert_clean_error(run("--data", data, "scan", show))
     upgraded = run("--data", data, "catalog", "reindex")

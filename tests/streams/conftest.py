@@ -65,7 +65,7 @@ class StreamsServer:
         return httpx.Client(base_url=self.base_url, timeout=60)
 
     def new_token(self, plan: str = "enterprise") -> str:
-        return self.accounts.create_account(plan=plan).token
+        return self.accounts.identity.create_account(plan=plan).token
 
     def call(self, method: str, token: str | None, **params: object) -> dict[str, object]:
         data = {k: str(v) for k, v in params.items()}

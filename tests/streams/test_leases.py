@@ -33,7 +33,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Acco
 
 
 def add(accounts: Accounts, store: StreamStore, radio_id: int) -> int:
-    account = accounts.create_account(plan="enterprise")
+    account = accounts.identity.create_account(plan="enterprise")
     stream = store.add(
         account.account.id,
         radio_id,

@@ -1,13 +1,13 @@
 """The database: which one, its engine, and bringing its schema up to date with Alembic.
 
-SQLite in the data directory unless `SONGSCAN_DATABASE_URL` (or an explicit URL) names another,
-e.g. `postgresql+psycopg://user:pass@host/db`. Migrations run at startup, under a lock, so
+SQLite in the data directory unless an explicit URL names another, e.g.
+`postgresql+psycopg://user:pass@host/db` (the settings' `database_url`: `SONGSCAN_DATABASE_URL`
+or `[backends] database_url`, see `songscan.settings`). Migrations run at startup, under a lock, so
 several processes starting together do not race.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +17,22 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from songscan.errors import ConfigError
+from songscan.settings import sqlite_url
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VERSION_TABLE = "accounts_alembic_version"
-SQLITE_FILE = "accounts.db"
 READ_ONLY = "songscan_read_only"  # execution option: a transaction that only reads
 _PG_MIGRATION_LOCK = 0x50_4E_47_53  # any constant: pg_advisory_xact_lock key for migrations
 
 
 def database_url(data_dir: Path | None, explicit: str | None = None) -> str:
-    """The explicit URL, else `$SONGSCAN_DATABASE_URL`, else SQLite in the data directory."""
-    chosen = explicit or os.environ.get("SONGSCAN_DATABASE_URL")
-    if chosen:
-        return chosen
+    """The explicit URL, else SQLite in the data directory."""
+    if explicit:
+        return explicit
     if data_dir is None:
-        from songscan.settings import data_dir as default_data_dir
-
-        data_dir = default_data_dir()
-    return f"sqlite:///{data_dir / SQLITE_FILE}"
+        raise ConfigError("no database: neither a database URL nor a data directory was given")
+    return sqlite_url(data_dir)
 
 
 def _prepare_sqlite(engine: Engine) -> None:

@@ -92,7 +92,7 @@ class ServerLease(Base):
     """A running server process: alive while `expires_at` is ahead, which it keeps renewing.
 
     Pending reservations held by an instance whose lease is gone or expired can no longer be
-    settled by it: the sweep (`Accounts.release_abandoned`) releases them.
+    settled by it: the sweep (`Ledger.release_abandoned`) releases them.
     """
 
     __tablename__ = "server_leases"

@@ -161,7 +161,7 @@ class Payments:
         session = self._client().v1.checkout.sessions.create(params=params)  # type: ignore[arg-type]
         if not session.id or not session.url:
             raise PaymentsUnavailable("Stripe did not return a checkout page")
-        self.accounts.record_checkout(session.id, account.id, kind, item, requests, cents)
+        self.accounts.checkouts.record(session.id, account.id, kind, item, requests, cents)
         return str(session.url)
 
     def handle_webhook(self, payload: bytes, signature: str | None) -> str:
@@ -180,8 +180,8 @@ class Payments:
             raise WebhookRejected(f"bad signature: {exc.user_message or exc}") from exc
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise WebhookRejected("the body is not a Stripe event") from exc
-        with self.accounts.transaction() as conn:
-            if self.accounts.stripe_event_seen(conn, event_id, event_type):
+        with self.accounts.checkouts.transaction() as conn:
+            if self.accounts.checkouts.event_seen(conn, event_id, event_type):
                 return "already handled"
             if event_type in (
                 "checkout.session.completed",
@@ -189,7 +189,7 @@ class Payments:
             ):
                 if obj.get("payment_status") not in ("paid", "no_payment_required"):
                     return "awaiting payment"
-                return self.accounts.fulfil_checkout(conn, str(obj["id"]), obj.get("subscription"))
+                return self.accounts.checkouts.fulfil(conn, str(obj["id"]), obj.get("subscription"))
             if event_type == "customer.subscription.deleted":
-                return self.accounts.end_subscription(conn, str(obj["id"]))
+                return self.accounts.checkouts.end_subscription(conn, str(obj["id"]))
         return "ignored"

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -14,6 +15,11 @@ TOKEN_BYTES = 20  # 160 random bits, 40 hex characters
 TEST_TOKEN = "test"
 
 _hasher = PasswordHasher()
+# At most this many password hashes run at once in a process: each takes 64 MiB (m=65536) and
+# the CPU of four threads (p=4), and the dashboard's log-ins run in a threadpool of 40 (the
+# event loop is not theirs to block). The others wait their turn in their thread.
+CONCURRENT_HASHES = 2
+_hashing = threading.BoundedSemaphore(CONCURRENT_HASHES)
 # Verified when the e-mail is unknown, so a wrong e-mail costs as long as a wrong password: a
 # hash of "songscan-dummy-password" with the hasher's parameters, written out because hashing
 # it on import cost every command 130-260 ms (tests check it still has those parameters).
@@ -90,14 +96,17 @@ def password_problem(password: str, email: str | None = None) -> str | None:
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    with _hashing:
+        return _hasher.hash(password)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        with _hashing:
+            verified = _hasher.verify(password_hash or _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
         return False
+    return verified and password_hash is not None
 
 
 def password_needs_rehash(password_hash: str) -> bool:

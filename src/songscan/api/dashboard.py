@@ -7,6 +7,13 @@ database; failed log-ins are throttled by the accounts service. Every form carri
 token that must equal the signed `songscan_csrf` cookie (double submit, signed with a server
 secret). A new or rotated API token is rendered once, in the response to the POST that made
 it, never stored or redirected.
+
+Every route is a plain `def`, which Starlette runs in its threadpool: a log-in's argon2, the
+database and the call to Stripe never hold up the event loop, which answers every other
+request of the process meanwhile. Only reading the posted body is `async`, in the
+dependencies `CheckedForm` and `Body`. (A whole route in the threadpool, rather than each
+blocking call wrapped in `anyio.to_thread.run_sync`, leaves no call to forget: the session
+lookup, the CSRF key and the page's own queries run there too.)
 """
 
 from __future__ import annotations
@@ -14,9 +21,9 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -52,7 +59,7 @@ def _payments(request: Request) -> Payments:
 def _csrf_key(request: Request) -> str:
     key: str | None = getattr(request.app.state, "csrf_key", None)
     if key is None:
-        key = _accounts(request).server_secret("csrf")
+        key = _accounts(request).identity.server_secret("csrf")
         request.app.state.csrf_key = key
     return key
 
@@ -73,15 +80,30 @@ def _csrf_value(request: Request) -> str:
     return f"{nonce}.{tokens.sign(_csrf_key(request), nonce)}"
 
 
-async def _form(request: Request) -> dict[str, str] | None:
-    """The posted form when its CSRF token matches the cookie; None when it does not."""
+async def _posted_fields(request: Request) -> dict[str, str]:
+    """The posted form's text fields, read on the event loop."""
     form = await request.form()
-    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def _checked_form(
+    request: Request, fields: Annotated[dict[str, str], Depends(_posted_fields)]
+) -> dict[str, str] | None:
+    """The posted form when its CSRF token matches the cookie; None when it does not.
+    (A plain `def`: checking the cookie may read the CSRF key from the database.)"""
     cookie = request.cookies.get(CSRF_COOKIE)
     sent = fields.get("csrf")
     if not cookie or not sent or not tokens.same(cookie, sent):
         return None
     return fields if _valid_csrf_value(request, cookie) else None
+
+
+async def _body(request: Request) -> bytes:
+    return await request.body()
+
+
+CheckedForm = Annotated[dict[str, str] | None, Depends(_checked_form)]
+Body = Annotated[bytes, Depends(_body)]
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -117,7 +139,7 @@ def _csrf_failed(request: Request) -> HTMLResponse:
 
 def _start_session(request: Request, response: Response, account: Account) -> None:
     accounts = _accounts(request)
-    session_id = accounts.start_session(account.id)
+    session_id = accounts.identity.start_session(account.id)
     response.set_cookie(
         SESSION_COOKIE,
         session_id,
@@ -135,7 +157,7 @@ def _client_addr(request: Request) -> str:
 
 
 def _current(request: Request) -> Account | None:
-    return _accounts(request).session_account(request.cookies.get(SESSION_COOKIE))
+    return _accounts(request).identity.session_account(request.cookies.get(SESSION_COOKIE))
 
 
 # -- pages ----------------------------------------------------------------------------------
@@ -147,15 +169,14 @@ def signup_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/signup", response_class=HTMLResponse)
-async def signup(request: Request) -> HTMLResponse:
-    form = await _form(request)
+def signup(request: Request, form: CheckedForm) -> HTMLResponse:
     if form is None:
         return _csrf_failed(request)
     email = form.get("email", "")
     password = form.get("password", "")
     accounts = _accounts(request)
     try:
-        made = accounts.create_account(email, password)
+        made = accounts.identity.create_account(email, password)
     except SignupRefused as exc:
         return _render(request, "signup.html", 400, error=exc.message, email=email)
     log.info("signup: account %s (%s)", made.account.id, made.account.token_hint)
@@ -170,13 +191,14 @@ def login_page(request: Request) -> HTMLResponse:
 
 
 @router.post("/login", response_model=None)
-async def login(request: Request) -> Response:
-    form = await _form(request)
+def login(request: Request, form: CheckedForm) -> Response:
     if form is None:
         return _csrf_failed(request)
     email = form.get("email", "")
     try:
-        account = _accounts(request).login(email, form.get("password", ""), _client_addr(request))
+        account = _accounts(request).identity.login(
+            email, form.get("password", ""), _client_addr(request)
+        )
     except LoginRefused as exc:
         return _render(request, "login.html", 400, error=exc.message, email=email)
     response = RedirectResponse("/dashboard", status_code=303)
@@ -185,11 +207,10 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout", response_model=None)
-async def logout(request: Request) -> Response:
-    form = await _form(request)
+def logout(request: Request, form: CheckedForm) -> Response:
     if form is None:
         return _csrf_failed(request)
-    _accounts(request).end_session(request.cookies.get(SESSION_COOKIE))
+    _accounts(request).identity.end_session(request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(
         SESSION_COOKIE, httponly=True, samesite="lax", secure=_secure_cookies(request)
@@ -214,7 +235,7 @@ def _dashboard_page(
     error: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    status = _accounts(request).status(account.id)
+    status = _accounts(request).ledger.status(account.id)
     payments = _payments(request)
     return _render(
         request,
@@ -232,21 +253,19 @@ def _dashboard_page(
 
 
 @router.post("/dashboard/token", response_model=None)
-async def rotate_token(request: Request) -> Response:
-    form = await _form(request)
+def rotate_token(request: Request, form: CheckedForm) -> Response:
     if form is None:
         return _csrf_failed(request)
     account = _current(request)
     if account is None:
         return RedirectResponse("/login", status_code=303)
-    made = _accounts(request).rotate_token(account.id)
+    made = _accounts(request).identity.rotate_token(account.id)
     log.info("token rotated: account %s (%s)", account.id, made.account.token_hint)
     return _render(request, "token.html", token=made.token, new_account=False)
 
 
 @router.post("/dashboard/buy", response_model=None)
-async def buy(request: Request) -> Response:
-    form = await _form(request)
+def buy(request: Request, form: CheckedForm) -> Response:
     if form is None:
         return _csrf_failed(request)
     account = _current(request)
@@ -275,8 +294,7 @@ async def buy(request: Request) -> Response:
 
 
 @router.post("/stripe/webhook", response_model=None)
-async def stripe_webhook(request: Request) -> Response:
-    payload = await request.body()
+def stripe_webhook(request: Request, payload: Body) -> Response:
     try:
         outcome = _payments(request).handle_webhook(
             payload, request.headers.get("Stripe-Signature")

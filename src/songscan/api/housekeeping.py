@@ -1,9 +1,9 @@
 """What a server process does so that a crash of it, or of a sibling, leaves nothing behind.
 
-At start-up it takes a lease in the accounts database (`Accounts.start_lease`): the
+At start-up it takes a lease in the accounts database (`Ledger.start_lease`): the
 reservations it makes carry the lease's id. A thread renews the lease every third of
 `[accounts] server_lease_s` and sweeps, as it does once at start-up: pending reservations of
-instances whose lease expired are released (`Accounts.release_abandoned`), request media
+instances whose lease expired are released (`Ledger.release_abandoned`), request media
 directories no live process holds are removed (`remove_orphan_media`). Several processes
 share the database and the temp dir; each only ever removes what a dead one left.
 """
@@ -31,7 +31,7 @@ class Housekeeping:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.accounts.start_lease()
+        self.accounts.ledger.start_lease()
         self.sweep()
         self._thread = threading.Thread(target=self._loop, name="songscan-lease", daemon=True)
         self._thread.start()
@@ -41,10 +41,10 @@ class Housekeeping:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.accounts.end_lease()
+        self.accounts.ledger.end_lease()
 
     def sweep(self) -> None:
-        released = self.accounts.release_abandoned()
+        released = self.accounts.ledger.release_abandoned()
         if released:
             log.warning("released %d reservations of stopped server processes", released)
         removed = remove_orphan_media(self.tmp_dir)
@@ -54,7 +54,7 @@ class Housekeeping:
     def _loop(self) -> None:
         while not self._stopping.wait(self.interval_s):
             try:
-                self.accounts.renew_lease()
+                self.accounts.ledger.renew_lease()
                 self.sweep()
             except Exception:  # the database may be away for a while: try again next time
                 log.exception("renewing the server lease failed; it carries on")

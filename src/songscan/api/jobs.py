@@ -1,14 +1,14 @@
 """Long enterprise jobs over HTTP (api-contract.md §5): the runner and `/enterprise/jobs`.
 
-`/enterprise` with `async=true` is checked and queued by the recognition module, with the
-synchronous call's checks, reservation and errors. Here, `JobRunner` runs queued jobs in this
-server process (`[api] concurrent_jobs` at a time, in threads started by the app's lifespan)
-with the synchronous call's scan, reply and ledger, and reports progress; the routes let a
-token list, poll and cancel its own jobs.
+`/enterprise` with `async=true` is checked and queued by the recognition module through the
+enterprise use case (`songscan.enterprise`), with the synchronous call's checks, reservation
+and errors. Here, `JobRunner` runs queued jobs in this server process (`[api] concurrent_jobs`
+at a time, in threads started by the app's lifespan) through the same use case, and reports
+progress; the routes let a token list, poll and cancel its own jobs.
 
 Billing: a job's reservation is settled once, after the job's outcome is recorded (the
 ledger refuses a second settlement), so a job that is run again after a crash is billed once.
-The reservation is held by the job (`Accounts.hand_over`), so no crash sweep releases it; one
+The reservation is held by the job (`held.hand_over`, `Ledger.hand_over`), so no crash sweep releases it; one
 released before the hand-over (its submitter died in between) is reserved anew when it runs.
 A failed or cancelled job costs nothing, like a failed synchronous call.
 """
@@ -21,7 +21,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 
 import anyio.to_thread
@@ -32,23 +31,19 @@ from songscan.accounts.plans import Entitlements
 from songscan.accounts.service import Account, Reservation
 from songscan.api.errors import UnexpectedError, error_reply
 from songscan.api.openapi import job_operation
-from songscan.api.params import MAX_FIELDS, int_param, text_param
+from songscan.api.params import MAX_FIELDS
 from songscan.api.recognition import (
-    ENTERPRISE,
-    EnterpriseRequest,
     Recognition,
     Reply,
-    catalog_owners,
-    enterprise_reply,
-    enterprise_request,
     log_access,
     record_request,
     reply_for_error,
 )
+from songscan.enterprise import ENTERPRISE, EnterpriseRequest, Scanned, enterprise_request
 from songscan.errors import AlreadySettled, InvalidParameters, NotEntitled, SongscanError
+from songscan.fields import int_param, text_param
 from songscan.jobs import ACTIVE, CANCELLED, DONE, FAILED, FINISHED, JobRecord, job_json
 from songscan.results import to_json
-from songscan.scan import ScanResult, plan_for, scan_file
 
 log = logging.getLogger("songscan.api")
 
@@ -135,7 +130,7 @@ class JobRunner:
                     f"the job was interrupted {record.attempts} times (its server stopped while "
                     "it ran); it is not run again"
                 )
-            reply, result, billed = self._scan(record, started)
+            scanned = self._scan(record, started)
         except _Cancelled:
             return
         except Exception as exc:
@@ -143,51 +138,36 @@ class JobRunner:
                 return  # the server is stopping: the job runs again at the next start
             self._fail(record, exc, started)
             return
+        reply, chunks = scanned.reply, scanned.result.billable_chunks
         body = reply.body if isinstance(reply.body, str) else to_json(reply.body)
         done = self.store.finish(
             record.id,
             DONE,
             response=body,
             media_type=reply.media_type,
-            billed=billed,
-            chunks=result.billable_chunks,
+            billed=scanned.billed,
+            chunks=chunks,
         )
         if done:
-            metrics = self.service.metrics
-            metrics.chunks.inc(result.billable_chunks)
-            metrics.audio_seconds.inc(sum(c.chunk.duration_s for c in result.chunks))
+            self.service.metrics.chunks.inc(chunks)
+            self.service.metrics.audio_seconds.inc(scanned.audio_s)
 
-    def _scan(self, record: JobRecord, started: float) -> tuple[Reply, ScanResult, int]:
-        """The synchronous call's work: media, plan, reservation, scan, reply."""
-        service = self.service
-        cfg = service.engine_config
-        account = service.accounts.account(record.account_id)
-        entitlements = service.accounts.entitlements(account)
+    def _scan(self, record: JobRecord, started: float) -> Scanned:
+        """The synchronous call's work (the enterprise use case) on the job's media."""
+        accounts = self.service.accounts
+        account = accounts.account(record.account_id)
+        entitlements = accounts.entitlements(account)
         request = enterprise_request(record.fields, record.media_name is not None, entitlements)
         path = self._media(record, request, entitlements)
-        n_chunks = len(plan_for(path, request.params, cfg))
-        self._progress(record.id, 0, n_chunks)  # also: stop here if cancelled meanwhile
-        reserved = record.reserved
-        reservation_id = record.reservation_id
-        if reservation_id is not None and not service.accounts.is_pending(reservation_id):
-            # Released by a sweep: its process died before handing it over to the job.
-            reservation_id = None
-        if reservation_id is None and n_chunks:  # a url job (its size is now known), or that
-            with service.accounts.reservation(account, n_chunks, ENTERPRISE) as held:
-                self.store.set_reservation(record.id, held.entry_id, n_chunks)
-                held.hand_over(record.id)
-            reserved = n_chunks
-        result = scan_file(
+        return self.service.enterprise.run_job(
+            self.store,
+            record,
+            account,
             path,
-            service.data_dir,
-            request.params,
-            cfg,
-            owners=catalog_owners(account),
+            request,
             progress=lambda done, total: self._progress(record.id, done, total),
+            started=started,
         )
-        result = replace(result, execution_time_s=time.perf_counter() - started)
-        billed = min(result.billable_chunks, reserved)
-        return enterprise_reply(result, request), result, billed
 
     def _media(
         self, record: JobRecord, request: EnterpriseRequest, entitlements: Entitlements
@@ -199,7 +179,7 @@ class JobRunner:
         download_dir = job_dir / "download"
         shutil.rmtree(download_dir, ignore_errors=True)  # what an interrupted run left
         download_dir.mkdir(parents=True)
-        return self.service.fetch(request.url, download_dir, entitlements.max_file_bytes)
+        return self.service.fetcher.fetch(request.url, download_dir, entitlements.max_file_bytes)
 
     def _progress(self, job_id: str, done: int, total: int) -> None:
         if self._stopping.is_set():

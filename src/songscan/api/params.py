@@ -7,18 +7,15 @@ file, an `audio` value (base64) is decoded into a file as it streams, and the bo
 with `BodyTooLarge` (HTTP 413) as soon as it passes the server's hard cap, so no upload is ever
 held whole in memory. Body values override query-string values of the same name.
 
-The typed readers below (`int_param`, `bool_param`, ...) turn strings into values or raise
-InvalidParameters (error 50).
+The typed readers of the fields (`int_param`, `bool_param`, ...) are `songscan.fields`'s.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 import urllib.parse
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +26,13 @@ from starlette.requests import Request
 
 from songscan.api.errors import BodyTooLarge
 from songscan.errors import InvalidParameters
+
+# The typed readers' older home (callers may still import them from here).
+from songscan.fields import bool_param as bool_param
+from songscan.fields import choice_param as choice_param
+from songscan.fields import float_param as float_param
+from songscan.fields import int_param as int_param
+from songscan.fields import text_param as text_param
 
 # Non-media fields are small; these bound what a caller can make the server hold in memory.
 MAX_FIELD_BYTES = 64 * 1024
@@ -355,62 +359,3 @@ def _too_large(limit: int) -> str:
 def _size(n_bytes: int) -> str:
     mb = n_bytes / (1024 * 1024)
     return f"{mb:g} MB" if mb >= 1 else f"{n_bytes} bytes"
-
-
-# -- typed parameters --------------------------------------------------------------------------
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off", ""})
-_INTEGER = re.compile(r"[+-]?\d{1,18}")
-
-
-def text_param(fields: Mapping[str, str], name: str) -> str | None:
-    """The value, stripped; None when absent or empty."""
-    value = fields.get(name)
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
-
-
-def int_param(fields: Mapping[str, str], name: str, *, minimum: int | None = None) -> int | None:
-    value = text_param(fields, name)
-    if value is None:
-        return None
-    if not _INTEGER.fullmatch(value):
-        raise InvalidParameters(f"{name} must be an integer, got {value[:40]!r}")
-    number = int(value)
-    if minimum is not None and number < minimum:
-        raise InvalidParameters(f"{name} must be an integer of at least {minimum}, got {number}")
-    return number
-
-
-def float_param(
-    fields: Mapping[str, str], name: str, *, minimum: float | None = None
-) -> float | None:
-    value = text_param(fields, name)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidParameters(f"{name} must be a number, got {value[:40]!r}") from None
-    if not math.isfinite(number) or (minimum is not None and number < minimum):
-        raise InvalidParameters(f"{name} must be a number of at least {minimum}, got {value!r}")
-    return number
-
-
-def bool_param(fields: Mapping[str, str], name: str) -> bool:
-    value = (fields.get(name) or "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise InvalidParameters(f"{name} must be true or false, got {value[:40]!r}")
-
-
-def choice_param(fields: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
-    """One of `choices` (case-insensitive); the first is the default."""
-    value = (text_param(fields, name) or choices[0]).lower()
-    if value not in choices:
-        raise InvalidParameters(f"{name} must be one of {', '.join(choices)}, got {value[:40]!r}")
-    return value

@@ -6,11 +6,13 @@ the event loop) → in a worker thread: authenticate, check entitlements and par
 body. The temp dir is removed when the request ends, however it ends. Scans are CPU-bound and run
 in worker threads (bounded by `[api] concurrent_scans`) so the event loop keeps serving.
 
-An enterprise request with `async=true` is checked the same way, then queued as a long job
-(`songscan.jobs`; `api/jobs.py` runs it and serves `/enterprise/jobs`).
+An enterprise request is the enterprise use case's (`songscan.enterprise`, no HTTP there): this
+module hands it the checked media and the account, and sends what it answers. With
+`async=true` the use case queues it as a long job (`songscan.jobs`; `api/jobs.py` runs it and
+serves `/enterprise/jobs`).
 
 Also here: `/healthz`, `/metrics` (Prometheus) and the access log (`songscan.access`, one JSON
-object per line, with the request id and the masked token).
+object per line, with the request id and the masked token). The app (`api/app.py`) mounts it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -43,56 +45,43 @@ from songscan.accounts.plans import Entitlements
 from songscan.accounts.service import Account, Accounts
 from songscan.accounts.tokens import mask_token
 from songscan.api.errors import UnexpectedError, error_reply
-from songscan.api.logs import ACCESS_LOGGER, LOGGED, AccessLog
+from songscan.api.logs import ACCESS_LOGGER, LOGGED
 from songscan.api.openapi import ENTERPRISE_PARAMS, STANDARD_PARAMS, UPLOAD_PARAMS, operation
-from songscan.api.params import (
-    ParsedRequest,
-    bool_param,
-    choice_param,
-    float_param,
-    int_param,
-    read_request,
-    text_param,
-)
+from songscan.api.params import ParsedRequest, read_request
 from songscan.catalog import METADATA_FIELDS, Catalog, metadata_from_mapping
-from songscan.chunks import PlanParams
 from songscan.config import DEFAULT, EngineConfig
+from songscan.enterprise import (
+    ENTERPRISE,
+    EnterpriseRequest,
+    EnterpriseScans,
+    UrlFetch,
+    catalog_owners,
+    checked_media,
+    enterprise_request,
+    owner_of,
+    wants_job,
+)
 from songscan.errors import (
     ConfigError,
     InvalidParameters,
     MediaTooLarge,
-    NoMedia,
     NotEntitled,
-    QuotaExceeded,
     SongscanError,
 )
+from songscan.fields import int_param, text_param
 from songscan.ingest import IngestItem, check_reference, ingest
 from songscan.jobs import JobStore, job_json
 from songscan.media import checked_probe
-from songscan.results import (
-    OutputOptions,
-    enterprise_csv,
-    enterprise_response,
-    segments_json,
-    standard_response,
-)
-from songscan.scan import ScanResult, plan_for, recognize_clip, scan_file
-from songscan.sources import (
-    AllowList,
-    check_url,
-    fetch_media,
-    temporary_media,
-    timecode_from_url,
-)
+from songscan.results import standard_response
+from songscan.scan import recognize_clip
+from songscan.sources import AllowList, temporary_media
 
 log = logging.getLogger("songscan.api")
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 router = APIRouter()
 
-RECOGNIZE, ENTERPRISE, UPLOAD = "recognize", "enterprise", "upload"
-ASYNC = "async"  # `/enterprise` parameter: `true` runs the request as a long job
-RESPONSE_TYPES = ("json", "csv", "segments")
+RECOGNIZE, UPLOAD = "recognize", "upload"  # API methods (and ENTERPRISE, the use case's)
 _MB = 1024 * 1024
 
 
@@ -247,11 +236,22 @@ class Recognition:
         self.accounts = accounts
         plans_max = max(p.entitlements.max_file_bytes for p in accounts.plans.values())
         self.settings = ApiSettings.from_config(config, plans_max)
-        self.engine_config = engine_config
-        self.catalog = Catalog(self.data_dir)  # for uploads; scans open their own
+        self.fetcher = UrlFetch(self.settings.fetch_timeout_s, self.settings.url_allow)
+        self.enterprise = EnterpriseScans(accounts, self.data_dir, engine_config, self.fetcher)
+        # for uploads; scans open their own
+        self.catalog = Catalog(self.data_dir, database_url=engine_config.catalog_url)
         self.jobs = JobStore(self.data_dir)
         self.metrics = Metrics()
         self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        """The engine's settings: the enterprise use case's, which every method uses."""
+        return self.enterprise.engine_config
+
+    @engine_config.setter
+    def engine_config(self, value: EngineConfig) -> None:
+        self.enterprise.engine_config = value
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:
@@ -275,26 +275,12 @@ class Recognition:
 
     def _media(self, call: Call, max_bytes: int) -> Path:
         """The media to work on: the upload, else what `url` points to, else error 700."""
-        if call.media is not None:
-            if call.media_bytes > max_bytes:
-                raise MediaTooLarge(f"the media is over this endpoint's limit of {_mb(max_bytes)}")
-            path = call.media
-        elif url := text_param(call.fields, "url"):
-            path = self.fetch(url, call.workdir, max_bytes)
-        else:
-            raise NoMedia()
+        url = text_param(call.fields, "url") if call.media is None else None
+        path = checked_media(
+            call.media, call.media_bytes, url, call.workdir, max_bytes, self.fetcher
+        )
         call.decoded_bytes = path.stat().st_size
         return path
-
-    def fetch(self, url: str, dest_dir: Path, max_bytes: int) -> Path:
-        """Download what `url` points to into `dest_dir` (errors 600, 400)."""
-        return fetch_media(
-            url,
-            dest_dir,
-            max_bytes=max_bytes,
-            timeout_s=self.settings.fetch_timeout_s,
-            allow=self.settings.url_allow,
-        )
 
     def _standard(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         cfg = self.engine_config
@@ -317,52 +303,27 @@ class Recognition:
 
     def _enterprise(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         request = enterprise_request(call.fields, call.media is not None, entitlements)
-        if bool_param(call.fields, ASYNC):
+        if wants_job(call.fields):
             return self._submit_job(call, account, entitlements, request)
         path = self._media(call, entitlements.max_file_bytes)
-        cfg = self.engine_config
-        n_chunks = len(plan_for(path, request.params, cfg))
-        with self.accounts.reservation(account, n_chunks, ENTERPRISE) as held:
-            owners = catalog_owners(account)
-            result = scan_file(path, self.data_dir, request.params, cfg, owners=owners)
-            used = min(result.billable_chunks, n_chunks)
-            call.billed = held.settle(used, "ok", result.billable_chunks)
-        call.chunks = result.billable_chunks
-        call.audio_s = sum(c.chunk.duration_s for c in result.chunks)
-        result = replace(result, execution_time_s=time.perf_counter() - call.started)
-        return enterprise_reply(result, request)
+        scanned = self.enterprise.run(account, path, request, started=call.started)
+        call.billed, call.chunks = scanned.billed, scanned.result.billable_chunks
+        call.audio_s = scanned.audio_s
+        return Reply(scanned.reply.body, scanned.reply.media_type)
 
     def _submit_job(
         self, call: Call, account: Account, entitlements: Entitlements, request: EnterpriseRequest
     ) -> Reply:
-        """Queue an enterprise request as a long job (api-contract.md §5). The synchronous
-        call's checks before its scan are made now, and a file's chunks are reserved now (so a
-        queued job cannot run out of quota); a `url` is downloaded by the job."""
-        if account.is_test:
-            raise NotEntitled("long jobs need an api_token of your own, not the public test token")
-        n_chunks: int | None = None
+        """Queue an enterprise request as a long job: the synchronous call's checks before its
+        scan are made now (the media's, then the use case's)."""
+        self.enterprise.check_job_account(account)
+        media = None
         if call.media is not None:
-            path = self._media(call, entitlements.max_file_bytes)
-            n_chunks = len(plan_for(path, request.params, self.engine_config))
-        elif request.url:
-            check_url(request.url, self.settings.url_allow)
-            if self.accounts.remaining(account) + self.accounts.plan(account).overage_limit < 1:
-                raise QuotaExceeded()
-        else:
-            raise NoMedia()
+            media = self._media(call, entitlements.max_file_bytes)
         masked = {**call.fields, "api_token": mask_token(text_param(call.fields, "api_token"))}
-        # A file's chunks are held now (a `url` job reserves when it has downloaded).
-        with self.accounts.reservation(account, n_chunks or 0, ENTERPRISE) as held:
-            record = self.jobs.create(
-                account.id,
-                masked,
-                call.http_method,
-                call.media,
-                chunks_total=n_chunks,
-                reservation_id=held.entry_id,
-                reserved=n_chunks or 0,
-            )
-            held.hand_over(record.id)  # the job settles it, whichever process runs it
+        record = self.enterprise.submit_job(
+            self.jobs, account, request, fields=masked, http_method=call.http_method, media=media
+        )
         return Reply({"status": "success", "result": job_json(record)})
 
     def _upload(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
@@ -378,77 +339,13 @@ class Recognition:
         info = checked_probe(path, self.engine_config.limits)
         check_reference(info, self.engine_config.limits)
         with self.accounts.reservation(account, 1, UPLOAD) as held:
-            item = IngestItem(path, metadata=metadata, audio_id=audio_id, owner=_owner(account))
+            item = IngestItem(path, metadata=metadata, audio_id=audio_id, owner=owner_of(account))
             outcome = ingest(self.catalog, [item], self.engine_config, workers=1)[0]
             if outcome.error is not None:
                 raise outcome.error
             call.billed = held.settle(1, "ok", 0)
         call.audio_s = info.duration_s or 0.0
         return Reply({"status": "success", "result": None})
-
-
-@dataclass(frozen=True)
-class EnterpriseRequest:
-    """The checked parameters of an enterprise scan: which chunks, and how to answer."""
-
-    params: PlanParams
-    opts: OutputOptions
-    response_type: str
-    url: str | None  # the media's URL; None when a file was sent
-
-
-def enterprise_request(
-    fields: Mapping[str, str], has_file: bool, entitlements: Entitlements
-) -> EnterpriseRequest:
-    """The enterprise parameters in `fields`, or InvalidParameters (50) / NotEntitled (904)."""
-    use_timecode = bool_param(fields, "use_timecode")
-    skip_first = float_param(fields, "skip_first_seconds", minimum=0)
-    if use_timecode and skip_first is not None:
-        raise InvalidParameters("use_timecode cannot be combined with skip_first_seconds")
-    params = PlanParams(
-        skip=_or(int_param(fields, "skip", minimum=0), 0),
-        every=_or(int_param(fields, "every", minimum=1), 1),
-        limit=int_param(fields, "limit", minimum=0),
-        skip_first_seconds=skip_first or 0.0,
-    )
-    opts = OutputOptions(
-        accurate_offsets=bool_param(fields, "accurate_offsets"),
-        enterprise_metadata=entitlements.enterprise_metadata,
-    )
-    response_type = choice_param(fields, "response_type", RESPONSE_TYPES)
-    url = None if has_file else text_param(fields, "url")
-    if url and not entitlements.enterprise_url_input:
-        raise NotEntitled("url input on /enterprise is not available to this token")
-    if use_timecode and url:
-        params = replace(params, skip_first_seconds=timecode_from_url(url) or 0.0)
-    return EnterpriseRequest(params, opts, response_type, url)
-
-
-def enterprise_reply(result: ScanResult, request: EnterpriseRequest) -> Reply:
-    """The body of a finished enterprise scan, in the requested `response_type`."""
-    if request.response_type == "csv":
-        return Reply(enterprise_csv(result, request.opts), "text/csv; charset=utf-8")
-    if request.response_type == "segments":
-        return Reply(segments_json(result))
-    return Reply(enterprise_response(result, request.opts))
-
-
-def _or(value: int | None, default: int) -> int:
-    return default if value is None else value
-
-
-def _mb(n_bytes: int) -> str:
-    return f"{n_bytes / _MB:g} MB"
-
-
-def _owner(account: Account) -> str:
-    """The catalog namespace of an account's own uploads ("" is the server's shared catalog)."""
-    return str(account.id)
-
-
-def catalog_owners(account: Account) -> tuple[str, ...]:
-    """The tracks an account's queries match: the shared catalog and its own uploads."""
-    return ("", _owner(account))
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -694,22 +591,3 @@ async def healthz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     service: Recognition = request.app.state.recognition
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def install(app: FastAPI) -> None:
-    """Add the recognition API to an app made by `create_app` (which has set
-    `app.state.data_dir`, `.config` and `.accounts`), and the long jobs' runner
-    (`app.state.job_runner`, which the app's lifespan starts and stops)."""
-    app.state.recognition = Recognition(
-        app.state.data_dir,
-        app.state.config,
-        app.state.accounts,
-        EngineConfig.from_config(app.state.config),
-    )
-    app.include_router(router)
-    app.add_middleware(AccessLog)  # an access line for the requests no route logs
-    from songscan.api import jobs, tryit  # they use this module's requests and replies
-
-    app.state.job_runner = jobs.JobRunner(app.state.recognition)
-    app.include_router(jobs.router)
-    app.include_router(tryit.router)

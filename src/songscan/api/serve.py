@@ -10,41 +10,57 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
 from .. import settings
+from ..settings import Settings
 from ..workers import end_with_owner
-from .app import create_app
+from .app import build_app
 from .logs import access_file, log_config
 
+# How the supervisor tells its worker processes (which import `app_factory` afresh) what to
+# serve: the data directory (`settings.DATA_ENV`, from which each loads the same settings), the
+# enterprise port, and its own pid. Read by `_from_supervisor` alone.
 ENTERPRISE_PORT_ENV = "SONGSCAN_ENTERPRISE_PORT"
 SUPERVISOR_ENV = "SONGSCAN_SUPERVISOR_PID"  # set when the app runs in a worker process
 
 
 def app_factory() -> FastAPI:
-    """The app for the data directory in $SONGSCAN_DATA (one per Uvicorn worker process)."""
-    if os.environ.get(SUPERVISOR_ENV):
+    """The app for the data directory the supervisor named (one per Uvicorn worker process)."""
+    enterprise_port, has_supervisor = _from_supervisor()
+    if has_supervisor:
         # A killed supervisor (SIGKILL, the OOM killer) cannot stop its workers: they would go
         # on serving the old socket and running long jobs beside a restarted server.
         end_with_owner(graceful=True)
-    data = settings.data_dir()
-    app = create_app(data, settings.load_config(data))
-    port = os.environ.get(ENTERPRISE_PORT_ENV)
-    app.state.enterprise_port = int(port) if port else None
+    app = build_app(settings.load())
+    app.state.enterprise_port = enterprise_port
     return app
 
 
-def check_app(data_dir: Path) -> None:
+def _from_supervisor() -> tuple[int | None, bool]:
+    """The enterprise port, and whether a supervisor started this process."""
+    port = os.environ.get(ENTERPRISE_PORT_ENV)
+    return (int(port) if port else None), bool(os.environ.get(SUPERVISOR_ENV))
+
+
+def _to_workers(loaded: Settings, enterprise_port: int | None) -> None:
+    """What `app_factory` reads in the workers (they inherit this process's environment)."""
+    os.environ[settings.DATA_ENV] = str(loaded.data_dir)
+    if enterprise_port:
+        os.environ[ENTERPRISE_PORT_ENV] = str(enterprise_port)
+    else:
+        os.environ.pop(ENTERPRISE_PORT_ENV, None)
+
+
+def check_app(loaded: Settings) -> None:
     """Make the app once before any worker starts: a bad songscan.toml, a data directory of
     another format or a database that cannot be migrated ends `serve` with one SongscanError
     (one line from the CLI), not a traceback in every worker; the database is migrated once,
     not by the workers at the same time."""
-    data = settings.data_dir(data_dir)
-    app = create_app(data, settings.load_config(data))
+    app = build_app(loaded)
     app.state.accounts.close()
 
 
@@ -66,14 +82,9 @@ def default_workers() -> int:
 
 
 def server_config(
-    data_dir: str, host: str, port: int, workers: int, enterprise_port: int | None = None
+    loaded: Settings, host: str, port: int, workers: int, enterprise_port: int | None = None
 ) -> _TcpConfig:
-    data = settings.data_dir(data_dir)
-    os.environ["SONGSCAN_DATA"] = str(data)
-    if enterprise_port:
-        os.environ[ENTERPRISE_PORT_ENV] = str(enterprise_port)
-    else:
-        os.environ.pop(ENTERPRISE_PORT_ENV, None)
+    _to_workers(loaded, enterprise_port)
     return _TcpConfig(
         "songscan.api.serve:app_factory",
         factory=True,
@@ -86,7 +97,7 @@ def server_config(
         http="httptools",
         proxy_headers=True,
         access_log=False,  # songscan writes its own, tokens masked (logs.py)
-        log_config=log_config(access_file(settings.load_config(data), data)),
+        log_config=log_config(access_file(loaded.config, loaded.data_dir)),
         log_level="info",
         # A worker that has not answered the supervisor's ping by then is killed and replaced;
         # Uvicorn's 5 s is shorter than a worker's start-up on a busy machine (imports, catalog).
@@ -95,11 +106,11 @@ def server_config(
 
 
 def serve(
-    data_dir: str, host: str, port: int, workers: int = 0, enterprise_port: int | None = None
+    loaded: Settings, host: str, port: int, workers: int = 0, enterprise_port: int | None = None
 ) -> None:
     """Serve until SIGINT/SIGTERM; `workers` 0 means one per core."""
-    check_app(Path(data_dir))
-    config = server_config(data_dir, host, port, workers, enterprise_port)
+    check_app(loaded)
+    config = server_config(loaded, host, port, workers, enterprise_port)
     sockets = [config.bind_socket()]
     if enterprise_port:
         # log_config=None: a Config applies its logging set-up when made; this one only binds.

@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from songscan.api import recognition
 from songscan.api.charts import Span, clock, timeline
 from songscan.config import DEFAULT
+from songscan.enterprise import ENTERPRISE
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter(include_in_schema=False)
@@ -126,7 +127,7 @@ def _render(
         "columns": _STANDARD_COLUMNS,
     }
     if body is not None and error is None:
-        if method == recognition.ENTERPRISE:
+        if method == ENTERPRISE:
             rows, columns, spans = _enterprise_view(body, fields.get("response_type", "json"))
             context["rows"], context["columns"] = rows, columns
             context["timeline"] = timeline(spans) if spans else None
@@ -138,7 +139,7 @@ def _render(
 @router.get("/try", response_class=HTMLResponse)
 async def try_page(request: Request) -> Response:
     method = request.query_params.get("method", recognition.RECOGNIZE)
-    if method != recognition.ENTERPRISE:
+    if method != ENTERPRISE:
         method = recognition.RECOGNIZE
     return _render(request, method, None)
 
@@ -153,5 +154,5 @@ async def try_recognize(request: Request) -> Response:
 @router.post("/try/enterprise", response_class=HTMLResponse)
 async def try_enterprise(request: Request) -> Response:
     request_id = secrets.token_hex(8)
-    reply = await recognition.answer(request, recognition.ENTERPRISE, request_id)
-    return _render(request, recognition.ENTERPRISE, reply, request_id)
+    reply = await recognition.answer(request, ENTERPRISE, request_id)
+    return _render(request, ENTERPRISE, reply, request_id)

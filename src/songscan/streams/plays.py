@@ -89,21 +89,21 @@ class WindowRecognizer:
         peaks = self._prev.peaks
         keep = peaks.time_frames >= from_s * self.cfg.fingerprint.frames_per_s
         tail = Peaks(peaks.time_frames[keep], peaks.freq_hz[keep], peaks.strength[keep])
-        catalog = _catalog(self.data_dir)
+        catalog = _catalog(self.data_dir, self.cfg.catalog_url)
         with self.limiter:
             return bool(match_tracks(tail, catalog, np.array([track_id]), self.cfg))
 
     def heard(self, track_id: int, samples: np.ndarray) -> bool:
         """Whether song `track_id` is heard in `samples` (the first seconds of a window)."""
         peaks = query_peaks(samples, self.cfg.fingerprint)
-        catalog = _catalog(self.data_dir)
+        catalog = _catalog(self.data_dir, self.cfg.catalog_url)
         with self.limiter:
             return bool(match_tracks(peaks, catalog, np.array([track_id]), self.cfg))
 
     def add(self, chunk: Chunk, samples: np.ndarray) -> tuple[Window | None, Window]:
         """(the previous window's revised verdict or None, this window's verdict)."""
         silent = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) < SILENCE_RMS
-        catalog = _catalog(self.data_dir)
+        catalog = _catalog(self.data_dir, self.cfg.catalog_url)
         with self.limiter:  # recognitions at once, across this process's listeners
             live = catalog.live_ids(self.owners)
             peaks = query_peaks(samples, self.cfg.fingerprint)

@@ -41,7 +41,7 @@ class StreamSupervisor:
     @property
     def owner(self) -> str:
         """The server instance's lease id (set by the housekeeping), else one of its own."""
-        return self.accounts.instance_id or self._own_id
+        return self.accounts.ledger.instance_id or self._own_id
 
     def start(self) -> None:
         if not self.ctx.settings.listen:
