@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -167,3 +168,67 @@ class LoginThrottle(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     wait_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# -- live streams (songscan.streams; the API is api/streams.py) ---------------------------------
+
+
+class CallbackUrl(Base):
+    """Where an account's stream results and notifications are POSTed (`setCallbackUrl`), and
+    the optional key their HMAC signature header is made with (a songscan extension)."""
+
+    __tablename__ = "stream_callbacks"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StreamRow(Base):
+    """A live stream an account monitors (`addStream`); `radio_id` is the caller's own number.
+    `longpoll_category` is md5(md5(api_token) + radio_id)[:9], worked out while the token is at
+    hand (the token itself is never stored)."""
+
+    __tablename__ = "streams"
+    __table_args__ = (UniqueConstraint("account_id", "radio_id", name="uq_stream_radio"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    radio_id: Mapped[int] = mapped_column(BigInteger)
+    url: Mapped[str] = mapped_column(Text)
+    callbacks_before: Mapped[bool] = mapped_column(Boolean, default=False)
+    longpoll_category: Mapped[str] = mapped_column(String(9), index=True)
+    running: Mapped[bool] = mapped_column(Boolean, default=False)  # audio arrives now
+    state_code: Mapped[int | None] = mapped_column(Integer)  # the last notification's code
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StreamLease(Base):
+    """Which listener owns a stream: one at a time, while `expires_at` is ahead (it renews).
+    `owner` is the server instance (its `server_leases` id); a scan worker could take the same
+    row when streams run on workers."""
+
+    __tablename__ = "stream_leases"
+
+    stream_id: Mapped[int] = mapped_column(
+        ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StreamEvent(Base):
+    """A result or notification of a stream, as its callback carries it (`body`, JSON): what
+    `/longpoll/` serves, across server processes. `at_ms` orders them (`since_time`)."""
+
+    __tablename__ = "stream_events"
+    __table_args__ = (Index("ix_stream_events_category_at", "longpoll_category", "at_ms"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stream_id: Mapped[int] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), index=True)
+    longpoll_category: Mapped[str] = mapped_column(String(9))
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))  # result | notification
+    body: Mapped[str] = mapped_column(Text)

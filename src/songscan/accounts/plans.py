@@ -23,6 +23,7 @@ class Entitlements:
     enterprise_url_input: bool  # `url=` on `/enterprise`
     max_file_bytes: int
     rate_limit_per_s: float
+    stream_slots: int = 0  # live streams monitored at once (`addStream`; docs/api.md)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ DEFAULT_PLANS: dict[str, Plan] = {
             enterprise_url_input=True,
             max_file_bytes=1024 * _MB,
             rate_limit_per_s=10.0,
+            stream_slots=2,
         ),
     ),
     "enterprise": Plan(
@@ -90,6 +92,7 @@ DEFAULT_PLANS: dict[str, Plan] = {
             enterprise_url_input=True,
             max_file_bytes=10 * 1024 * _MB,
             rate_limit_per_s=50.0,
+            stream_slots=100,
         ),
     ),
 }
@@ -107,6 +110,7 @@ _PLAN_KEYS: dict[str, tuple[type, ...]] = {
     "enterprise_url_input": (bool,),
     "max_file_mb": (int, float),
     "rate_limit_per_s": (int, float),
+    "stream_slots": (int,),
 }
 
 

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from songscan import settings as songscan_settings
 from songscan.accounts.payments import Payments
 from songscan.accounts.service import Accounts
-from songscan.api import dashboard, jobs, openapi, recognition, tryit
+from songscan.api import dashboard, jobs, openapi, recognition, streams, tryit
 from songscan.api.housekeeping import Housekeeping
 from songscan.api.logs import AccessLog
 from songscan.api.security import SecurityHeaders, checkout_origin, content_security_policy
@@ -45,7 +45,9 @@ def build_app(settings: Settings) -> FastAPI:
         housekeeping = Housekeeping(accounts, app.state.recognition.settings.tmp_dir)
         housekeeping.start()  # before any reservation: each must name its holder
         app.state.job_runner.start()
+        app.state.streams.supervisor.start()  # this process's stream listeners
         yield
+        app.state.streams.supervisor.stop()
         app.state.job_runner.stop()
         housekeeping.stop()
         accounts.close()
@@ -60,6 +62,7 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.payments = Payments(accounts, settings.config)
     app.include_router(dashboard.router)
     install_recognition(app, settings, accounts)
+    streams.install(app)  # AudD's streams API; shares the recognition side's settings
     openapi.install_docs(app)
     stripe_api = app.state.payments.config.api_base
     app.add_middleware(

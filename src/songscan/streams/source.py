@@ -1,0 +1,295 @@
+"""A live stream's audio: Icecast/Shoutcast or plain HTTP audio, HLS, `.m3u`/`.pls` playlists.
+
+Every HTTP request goes through the guarded client of `sources.netguard` (the rules of `url=`:
+public addresses only unless `[api] url_allow` names them, each redirect hop checked again,
+the address connected to is the address checked). FFmpeg never opens a URL itself: it reads
+the bytes this module fetches (`_Pipe`), so an HLS playlist cannot point FFmpeg at a private
+address either. Decoding is PyAV's, resampled to mono float32 at the engine's rate.
+
+Not handled: web pages and `youtube:`/`twitch:` shortcuts (yt-dlp) — a page is refused with
+error 600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+import av.error
+import httpx
+import m3u8
+import numpy as np
+
+from songscan.errors import SongscanError, UrlFailed
+from songscan.sources.download import OpenedResponse, open_url
+from songscan.sources.fetch import sniff_media
+from songscan.sources.netguard import AllowList, Deadline, guarded_client
+
+HLS_TYPES = frozenset(
+    {"application/vnd.apple.mpegurl", "application/x-mpegurl", "audio/mpegurl", "audio/x-mpegurl"}
+)
+PLS_TYPES = frozenset({"audio/x-scpls", "audio/scpls", "application/pls+xml"})
+MAX_PLAYLIST_BYTES = 1024 * 1024
+MAX_PLAYLIST_DEPTH = 3  # a playlist naming a playlist naming ...
+MAX_DECODE_ERRORS = 50  # damaged packets in a row before the connection is given up
+# Live-edge HLS: the newest segments at start (players start a few back; one is enough here).
+HLS_START_SEGMENTS = 1
+_FOREVER_S = 10 * 365 * 86_400.0  # a stream has no end: only per-read timeouts apply
+
+
+class StreamEnded(SongscanError):
+    """The stream stopped sending (the server closed it, or it sent nothing for too long)."""
+
+    code = 600
+    default_message = "the stream ended"
+
+
+class NotAStream(UrlFailed):
+    default_message = "the URL yields no audio stream"
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    allow: AllowList
+    read_timeout_s: float
+    sample_rate_hz: int
+
+
+class _Pipe(io.RawIOBase):
+    """The bytes of an iterator as a non-seekable file, for FFmpeg to read."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(target), len(self._buf))
+        target[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+@contextlib.contextmanager
+def open_stream(
+    url: str, options: StreamOptions, stop: threading.Event
+) -> Iterator[Iterator[np.ndarray]]:
+    """Connect to the stream at `url`; yields an iterator of mono float32 blocks that ends
+    with StreamEnded when the stream stops, or when `stop` is set. UrlFailed / NotAStream
+    when the URL is not allowed, unreachable, or yields no audio."""
+    client = guarded_client(options.allow, Deadline(_FOREVER_S))
+    client.timeout = httpx.Timeout(options.read_timeout_s)
+    with client, _bytes_of(client, url, options, stop, depth=0) as (chunks, fmt):
+        try:
+            container = av.open(_Pipe(chunks), mode="r", format=fmt, metadata_errors="ignore")
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+            raise NotAStream(f"the URL yields no audio FFmpeg can read ({exc})") from None
+        except httpx.HTTPError:
+            raise StreamEnded("the stream stopped before its audio could be read") from None
+        with container:
+            if not container.streams.audio:
+                raise NotAStream("the URL's stream has no audio")
+            yield _decoded(container, options.sample_rate_hz)
+
+
+def _decoded(container: av.container.InputContainer, rate: int) -> Iterator[np.ndarray]:
+    stream = container.streams.audio[0]
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    errors = 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+            frames = packet.decode()
+        except StopIteration:
+            break
+        except av.error.FFmpegError:
+            errors += 1
+            if errors > MAX_DECODE_ERRORS:
+                raise StreamEnded("the stream's audio is damaged beyond decoding") from None
+            continue
+        except httpx.HTTPError:
+            raise StreamEnded("the stream stopped sending") from None
+        errors = 0
+        for frame in frames:
+            frame.pts = None  # positions are counted in samples, not taken from the stream
+            for out in resampler.resample(frame):
+                yield out.to_ndarray()[0].astype(np.float32, copy=False)
+    raise StreamEnded("the stream ended")
+
+
+@contextlib.contextmanager
+def _bytes_of(
+    client: httpx.Client, url: str, options: StreamOptions, stop: threading.Event, depth: int
+) -> Iterator[tuple[Iterator[bytes], str | None]]:
+    """The stream's bytes and the FFmpeg format to read them with (None: FFmpeg probes)."""
+    with _opened(client, url, options) as opened:
+        kind = _kind(opened)
+        if kind == "media":
+            yield _until_stopped(_chain(opened.head, opened.rest), stop), None
+            return
+        text = _read_text(opened)
+    if kind == "hls":
+        yield _hls_bytes(client, opened.url, text, options, stop), None
+        return
+    if depth >= MAX_PLAYLIST_DEPTH:
+        raise NotAStream("the playlist names playlists too deep")
+    entry = _first_entry(text, kind)
+    if entry is None:
+        raise NotAStream("the URL is neither an audio stream nor a playlist of one")
+    target = str(httpx.URL(opened.url).join(entry))
+    with _bytes_of(client, target, options, stop, depth + 1) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def _opened(client: httpx.Client, url: str, options: StreamOptions) -> Iterator[OpenedResponse]:
+    deadline = Deadline(_FOREVER_S)
+    with open_url(client, url, allow=options.allow, deadline=deadline, max_redirects=5) as got:
+        yield got
+
+
+def _kind(opened: OpenedResponse) -> str:
+    """media | hls | pls | m3u | page, by the body's first bytes and its Content-Type."""
+    head = opened.head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if sniff_media(opened.head):
+        return "media"
+    if head.startswith(b"#EXTM3U") or opened.content_type in HLS_TYPES:
+        return "hls" if b"#EXT-X-" in _peek(opened) else "m3u"
+    if head.lower().startswith(b"[playlist]") or opened.content_type in PLS_TYPES:
+        return "pls"
+    if opened.content_type.startswith("audio/") or opened.content_type in (
+        "application/ogg",
+        "application/octet-stream",
+    ):
+        return "media"
+    if head.lower().startswith((b"http://", b"https://")):
+        return "m3u"
+    return "page"
+
+
+def _peek(opened: OpenedResponse) -> bytes:
+    """The head, grown to the whole (small) playlist so that its tags can be seen."""
+    opened.head = _read_text(opened).encode()
+    opened.rest = iter(())
+    return opened.head
+
+
+def _read_text(opened: OpenedResponse) -> str:
+    data = opened.head
+    for chunk in opened.rest:
+        data += chunk
+        if len(data) > MAX_PLAYLIST_BYTES:
+            raise NotAStream("the URL's text is too long for a playlist")
+    opened.head, opened.rest = data, iter(())
+    if b"<html" in data[:2048].lower() or b"<!doctype" in data[:2048].lower():
+        raise NotAStream("the URL is a web page, not an audio stream")
+    return data.decode("utf-8", errors="replace")
+
+
+def _first_entry(text: str, kind: str) -> str | None:
+    for raw in text.splitlines():
+        line = raw.strip()
+        if kind == "pls":
+            name, _, value = line.partition("=")
+            if name.lower().startswith("file") and value.strip():
+                return value.strip()
+        elif line and not line.startswith("#"):
+            return line
+    return None
+
+
+def _chain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from rest
+
+
+def _until_stopped(chunks: Iterator[bytes], stop: threading.Event) -> Iterator[bytes]:
+    for chunk in chunks:
+        if stop.is_set():
+            return
+        yield chunk
+
+
+# -- HLS -------------------------------------------------------------------------------------
+
+
+def _hls_bytes(
+    client: httpx.Client, url: str, text: str, options: StreamOptions, stop: threading.Event
+) -> Iterator[bytes]:
+    """The segments of an HLS stream, in order, as one byte stream (MPEG-TS and packed audio
+    concatenate; fragmented MP4 after its EXT-X-MAP init segment). A live playlist is read
+    again every half target duration; its newest segment is the first one played."""
+    playlist = m3u8.loads(text, uri=url)
+    if playlist.is_variant:
+        variant = min(playlist.playlists, key=lambda p: p.stream_info.bandwidth or 0)
+        url = variant.absolute_uri
+        playlist = m3u8.loads(_fetch_text(client, url, options), uri=url)
+    next_seq: int | None = None
+    init_sent: str | None = None
+    while not stop.is_set():
+        first_seq = playlist.media_sequence or 0
+        segments = list(enumerate(playlist.segments, start=first_seq))
+        if next_seq is None:
+            start = (
+                len(segments) if playlist.is_endlist else max(0, len(segments) - HLS_START_SEGMENTS)
+            )
+            next_seq = first_seq + (0 if playlist.is_endlist else start)
+        for seq, segment in segments:
+            if seq < next_seq or stop.is_set():
+                continue
+            init = segment.init_section.absolute_uri if segment.init_section else None
+            if init and init != init_sent:
+                yield _fetch_bytes(client, init, options)
+                init_sent = init
+            yield _fetch_bytes(client, segment.absolute_uri, options)
+            next_seq = seq + 1
+        if playlist.is_endlist:
+            return
+        stop.wait(max(0.5, (playlist.target_duration or 6) / 2))
+        playlist = m3u8.loads(_fetch_text(client, url, options), uri=url)
+
+
+def _fetch_text(client: httpx.Client, url: str, options: StreamOptions) -> str:
+    with _opened(client, url, options) as opened:
+        return _read_text(opened)
+
+
+def _fetch_bytes(client: httpx.Client, url: str, options: StreamOptions) -> bytes:
+    with _opened(client, url, options) as opened:
+        data = opened.head
+        for chunk in opened.rest:
+            data += chunk
+            if len(data) > 64 * MAX_PLAYLIST_BYTES:
+                raise NotAStream("an HLS segment is over 64 MB")
+        return data
+
+
+def probe_stream(url: str, options: StreamOptions, within_s: float = 15.0) -> None:
+    """Whether `url` delivers audio now: UrlFailed / NotAStream / StreamEnded when it does
+    not, within `within_s` (addStream's check)."""
+    stop = threading.Event()
+    timer = threading.Timer(within_s, stop.set)
+    timer.daemon = True
+    timer.start()
+    try:
+        with open_stream(url, options, stop) as blocks:
+            for block in blocks:
+                if block.shape[0]:
+                    return
+    except StreamEnded:
+        raise NotAStream("the URL's stream delivered no audio") from None
+    finally:
+        timer.cancel()

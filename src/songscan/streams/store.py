@@ -1,0 +1,389 @@
+"""The streams' records in the accounts database: callback URLs, streams, leases, events.
+
+The API side (`api/streams.py`) adds, changes and lists an account's streams; the listener
+side (`streams.supervisor`) takes a lease on each stream it listens to, records its state and
+its events. Events stay in the database so that `/longpoll/` answers from any server process,
+whichever one listens to the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from songscan.accounts.db import READ_ONLY
+from songscan.accounts.models import (
+    AccountRow,
+    CallbackUrl,
+    StreamEvent,
+    StreamLease,
+    StreamRow,
+    utcnow,
+)
+from songscan.errors import InvalidParameters, SongscanError
+
+RESULT, NOTIFICATION = "result", "notification"
+
+
+class NoCallbackUrl(SongscanError):
+    """`getCallbackUrl` before any `setCallbackUrl` (AudD answers error 19; its SDK relies on
+    it to tell that longpoll has nothing to deliver)."""
+
+    code = 19
+    default_message = "no callback URL is set for this account (setCallbackUrl)"
+
+
+class StreamSlotsUsedUp(SongscanError):
+    """Every stream slot of the plan is taken. 610, the code AudD's SDKs map to their
+    stream-limit error (AudD's OpenAPI shows 902, which its SDKs read as a request quota)."""
+
+    code = 610
+    default_message = "every stream slot of this account's plan is in use"
+
+
+class UnknownStream(InvalidParameters):
+    default_message = "this account has no stream with that radio_id"
+
+
+class DuplicateStream(InvalidParameters):
+    default_message = "this account has a stream with that radio_id already"
+
+
+def longpoll_category(api_token: str, radio_id: int) -> str:
+    """AudD's longpoll category: md5(md5(api_token) + str(radio_id)), its first 9 hex digits.
+    MD5 is AudD's choice (the category is a name, not a secret's hash worth protecting)."""
+    inner = hashlib.md5(api_token.encode()).hexdigest()
+    return hashlib.md5((inner + str(radio_id)).encode()).hexdigest()[:9]
+
+
+@dataclass(frozen=True)
+class Stream:
+    id: int
+    account_id: int
+    radio_id: int
+    url: str
+    callbacks_before: bool
+    longpoll_category: str
+    running: bool
+    state_code: int | None
+
+    def api_json(self) -> dict[str, Any]:
+        """The stream as `getStreams` lists it."""
+        return {
+            "radio_id": self.radio_id,
+            "url": self.url,
+            "stream_running": self.running,
+            "longpoll_category": self.longpoll_category,
+        }
+
+
+@dataclass(frozen=True)
+class Callback:
+    url: str
+    secret: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    at_ms: int
+    kind: str
+    body: dict[str, Any]
+
+
+def _stream(row: Any) -> Stream:
+    return Stream(
+        id=row.id,
+        account_id=row.account_id,
+        radio_id=int(row.radio_id),
+        url=row.url,
+        callbacks_before=bool(row.callbacks_before),
+        longpoll_category=row.longpoll_category,
+        running=bool(row.running),
+        state_code=row.state_code,
+    )
+
+
+class StreamStore:
+    """Streams over the accounts database's engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                yield conn
+
+    # -- callback URL -----------------------------------------------------------------------
+
+    def set_callback(self, account_id: int, url: str, secret: str | None) -> None:
+        with self._tx() as conn:
+            values = {"url": url, "secret": secret, "updated_at": utcnow()}
+            changed = conn.execute(
+                update(CallbackUrl).where(CallbackUrl.account_id == account_id).values(**values)
+            ).rowcount
+            if not changed:
+                conn.execute(insert(CallbackUrl).values(account_id=account_id, **values))
+
+    def callback(self, account_id: int) -> Callback | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(CallbackUrl.url, CallbackUrl.secret).where(
+                    CallbackUrl.account_id == account_id
+                )
+            ).first()
+        return Callback(row.url, row.secret) if row else None
+
+    # -- an account's streams ---------------------------------------------------------------
+
+    def add(
+        self,
+        account_id: int,
+        radio_id: int,
+        url: str,
+        *,
+        callbacks_before: bool,
+        category: str,
+        slots: int,
+    ) -> Stream:
+        """A new stream; StreamSlotsUsedUp when the account has `slots` already,
+        DuplicateStream when `radio_id` is taken."""
+        now = utcnow()
+        try:
+            with self._tx() as conn:
+                # Lock the account's row: two addStream calls at once cannot both take the
+                # last slot (PostgreSQL; SQLite's write transactions are serial anyway).
+                conn.execute(
+                    select(AccountRow.id).where(AccountRow.id == account_id).with_for_update()
+                )
+                self._check_room(conn, account_id, radio_id, slots)
+                conn.execute(
+                    insert(StreamRow).values(
+                        account_id=account_id,
+                        radio_id=radio_id,
+                        url=url,
+                        callbacks_before=callbacks_before,
+                        longpoll_category=category,
+                        running=False,
+                        state_code=None,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                found = self._find(conn, account_id, radio_id)
+        except IntegrityError:  # added by a concurrent call between the check and the insert
+            raise DuplicateStream(f"radio_id {radio_id} is in use on this account") from None
+        assert found is not None
+        return found
+
+    def check_room(self, account_id: int, radio_id: int, slots: int) -> None:
+        """DuplicateStream or StreamSlotsUsedUp as `add` would raise them now (a quick answer
+        before `addStream` spends time connecting to the URL)."""
+        with self._read() as conn:
+            self._check_room(conn, account_id, radio_id, slots)
+
+    def _check_room(self, conn: Connection, account_id: int, radio_id: int, slots: int) -> None:
+        if self._find(conn, account_id, radio_id) is not None:
+            raise DuplicateStream(f"radio_id {radio_id} is in use on this account")
+        used = conn.scalar(select(func.count()).where(StreamRow.account_id == account_id))
+        if int(used or 0) >= slots:
+            raise StreamSlotsUsedUp(
+                f"this account's plan has {slots} stream slot(s), all in use"
+                if slots
+                else "this account's plan includes no live streams"
+            )
+
+    def require(self, account_id: int, radio_id: int) -> Stream:
+        """The account's stream `radio_id`, or UnknownStream."""
+        with self._read() as conn:
+            found = self._find(conn, account_id, radio_id)
+        if found is None:
+            raise UnknownStream(f"no stream with radio_id {radio_id} on this account")
+        return found
+
+    def _find(self, conn: Connection, account_id: int, radio_id: int) -> Stream | None:
+        row = conn.execute(
+            select(StreamRow).where(
+                StreamRow.account_id == account_id, StreamRow.radio_id == radio_id
+            )
+        ).first()
+        return _stream(row) if row else None
+
+    def set_url(self, account_id: int, radio_id: int, url: str) -> None:
+        """A stream's new URL; its listener reconnects to it (UnknownStream when none)."""
+        with self._tx() as conn:
+            changed = conn.execute(
+                update(StreamRow)
+                .where(StreamRow.account_id == account_id, StreamRow.radio_id == radio_id)
+                .values(url=url, running=False, state_code=None, updated_at=utcnow())
+            ).rowcount
+        if not changed:
+            raise UnknownStream(f"no stream with radio_id {radio_id} on this account")
+
+    def delete(self, account_id: int, radio_id: int) -> None:
+        with self._tx() as conn:
+            found = self._find(conn, account_id, radio_id)
+            if found is None:
+                raise UnknownStream(f"no stream with radio_id {radio_id} on this account")
+            conn.execute(delete(StreamEvent).where(StreamEvent.stream_id == found.id))
+            conn.execute(delete(StreamLease).where(StreamLease.stream_id == found.id))
+            conn.execute(delete(StreamRow).where(StreamRow.id == found.id))
+
+    def of_account(self, account_id: int, api_token: str | None = None) -> list[Stream]:
+        """The account's streams by radio_id. With the caller's token, categories made with
+        an earlier token (rotated since) are brought up to date first."""
+        if api_token is not None:
+            with self._tx() as conn:
+                rows = conn.execute(
+                    select(StreamRow.id, StreamRow.radio_id, StreamRow.longpoll_category).where(
+                        StreamRow.account_id == account_id
+                    )
+                ).all()
+                for row in rows:
+                    category = longpoll_category(api_token, int(row.radio_id))
+                    if category != row.longpoll_category:
+                        conn.execute(
+                            update(StreamRow)
+                            .where(StreamRow.id == row.id)
+                            .values(longpoll_category=category)
+                        )
+        with self._read() as conn:
+            streams = conn.execute(
+                select(StreamRow)
+                .where(StreamRow.account_id == account_id)
+                .order_by(StreamRow.radio_id)
+            ).all()
+        return [_stream(r) for r in streams]
+
+    def get(self, stream_id: int) -> Stream | None:
+        with self._read() as conn:
+            row = conn.execute(select(StreamRow).where(StreamRow.id == stream_id)).first()
+        return _stream(row) if row else None
+
+    # -- the listeners' side ----------------------------------------------------------------
+
+    def take_leases(self, owner: str, lease_s: float, limit: int) -> list[Stream]:
+        """Streams nobody listens to (no lease, or an expired one), up to `limit`, now leased
+        to `owner` for `lease_s` seconds."""
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_s)
+        taken: list[Stream] = []
+        if limit <= 0:
+            return taken
+        with self._tx() as conn:
+            held = select(StreamLease.stream_id).where(StreamLease.expires_at > now)
+            rows = conn.execute(
+                select(StreamRow)
+                .where(StreamRow.id.not_in(held))
+                .order_by(StreamRow.id)
+                .limit(limit)
+            ).all()
+            for row in rows:
+                moved = conn.execute(
+                    update(StreamLease)
+                    .where(StreamLease.stream_id == row.id, StreamLease.expires_at <= now)
+                    .values(owner=owner, expires_at=expires)
+                ).rowcount
+                if not moved:
+                    conn.execute(
+                        insert(StreamLease).values(
+                            stream_id=row.id, owner=owner, expires_at=expires
+                        )
+                    )
+                taken.append(_stream(row))
+        return taken
+
+    def renew_leases(self, owner: str, stream_ids: list[int], lease_s: float) -> set[int]:
+        """Push the leases `owner` holds on these streams on; the ids still held (a stream
+        deleted, or taken over after this owner stalled, drops out)."""
+        if not stream_ids:
+            return set()
+        expires = utcnow() + timedelta(seconds=lease_s)
+        with self._tx() as conn:
+            conn.execute(
+                update(StreamLease)
+                .where(StreamLease.owner == owner, StreamLease.stream_id.in_(stream_ids))
+                .values(expires_at=expires)
+            )
+            held = conn.scalars(
+                select(StreamLease.stream_id).where(
+                    StreamLease.owner == owner, StreamLease.stream_id.in_(stream_ids)
+                )
+            ).all()
+        return {int(i) for i in held}
+
+    def release_leases(self, owner: str) -> None:
+        with self._tx() as conn:
+            conn.execute(delete(StreamLease).where(StreamLease.owner == owner))
+
+    def set_state(self, stream_id: int, running: bool, code: int | None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(StreamRow)
+                .where(StreamRow.id == stream_id)
+                .values(running=running, state_code=code, updated_at=utcnow())
+            )
+
+    def add_event(self, stream: Stream, kind: str, body: dict[str, Any]) -> int:
+        """Record a result or notification; its `at_ms` (unique and increasing per category,
+        so `since_time` never skips one)."""
+        with self._tx() as conn:
+            last = conn.scalar(
+                select(func.max(StreamEvent.at_ms)).where(
+                    StreamEvent.longpoll_category == stream.longpoll_category
+                )
+            )
+            at_ms = max(int(time.time() * 1000), int(last or 0) + 1)
+            conn.execute(
+                insert(StreamEvent).values(
+                    stream_id=stream.id,
+                    longpoll_category=stream.longpoll_category,
+                    at_ms=at_ms,
+                    kind=kind,
+                    body=json.dumps(body, separators=(",", ":")),
+                )
+            )
+        return at_ms
+
+    def events_after(self, category: str, since_ms: int, limit: int = 1) -> list[Event]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(StreamEvent.at_ms, StreamEvent.kind, StreamEvent.body)
+                .where(StreamEvent.longpoll_category == category, StreamEvent.at_ms > since_ms)
+                .order_by(StreamEvent.at_ms)
+                .limit(limit)
+            ).all()
+        return [Event(int(r.at_ms), r.kind, json.loads(r.body)) for r in rows]
+
+    def recent_events(self, stream_id: int, limit: int = 20) -> list[Event]:
+        """A stream's last events, newest first (for the dashboard and tests)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(StreamEvent.at_ms, StreamEvent.kind, StreamEvent.body)
+                .where(StreamEvent.stream_id == stream_id)
+                .order_by(StreamEvent.at_ms.desc())
+                .limit(limit)
+            ).all()
+        return [Event(int(r.at_ms), r.kind, json.loads(r.body)) for r in rows]
+
+    def prune_events(self, keep_s: float) -> int:
+        """Forget events older than `keep_s` (longpoll serves recent ones only)."""
+        oldest = int((time.time() - keep_s) * 1000)
+        with self._tx() as conn:
+            return int(conn.execute(delete(StreamEvent).where(StreamEvent.at_ms < oldest)).rowcount)

@@ -1,0 +1,105 @@
+"""One listener per stream: the lease rows on SQLite and PostgreSQL, and two servers sharing
+one database (one listens; when it stops, the other takes the stream over)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from songscan.accounts.service import Accounts
+from songscan.streams.store import StreamStore, longpoll_category
+from tests.servers import start_postgres
+from tests.streams.conftest import StreamsServer, serve_streams
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Accounts, StreamStore]]:
+    if request.param == "sqlite":
+        accounts = Accounts(f"sqlite:///{tmp_path / 'accounts.db'}", {})
+        yield accounts, StreamStore(accounts.engine)
+        accounts.close()
+        return
+    server = start_postgres()
+    try:
+        accounts = Accounts(server.create_database(), {})
+        yield accounts, StreamStore(accounts.engine)
+        accounts.close()
+    finally:
+        server.stop()
+
+
+def add(accounts: Accounts, store: StreamStore, radio_id: int) -> int:
+    account = accounts.identity.create_account(plan="enterprise")
+    stream = store.add(
+        account.account.id,
+        radio_id,
+        "http://radio.example/live.mp3",
+        callbacks_before=False,
+        category=longpoll_category(account.token, radio_id),
+        slots=10,
+    )
+    return stream.id
+
+
+def test_a_stream_has_one_owner_until_its_lease_expires(
+    store: tuple[Accounts, StreamStore],
+) -> None:
+    accounts, streams = store
+    first, second = add(accounts, streams, 1), add(accounts, streams, 2)
+    taken = streams.take_leases("server-a", lease_s=0.6, limit=1)
+    assert [s.id for s in taken] == [first]
+    assert [s.id for s in streams.take_leases("server-b", 30, 10)] == [second]
+    assert streams.take_leases("server-a", 30, 10) == []  # both held
+    assert streams.renew_leases("server-a", [first, second], 0.6) == {first}  # not b's
+    time.sleep(1.0)  # server-a stops renewing (it died): its lease expires
+    assert [s.id for s in streams.take_leases("server-b", 30, 10)] == [first]
+    assert streams.renew_leases("server-a", [first], 30) == set()  # a's listener must stop
+    assert streams.renew_leases("server-b", [first, second], 30) == {first, second}
+    streams.release_leases("server-b")
+    assert {s.id for s in streams.take_leases("server-c", 30, 10)} == {first, second}
+
+
+def test_two_servers_share_the_streams_and_take_over(tmp_path: Path) -> None:
+    """Two servers on one database: a stream is listened to by one of them at a time; when
+    that one stops, the other takes it over."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with serve_streams(data, tmp_path, {}) as first:
+        url = first.accounts.database_url
+        with serve_streams(data, tmp_path, {}, database_url=url) as second:
+            token = first.new_token()
+            stream_url = first.media.url("/quiet.mp3")
+            added = second.call("addStream", token, url=stream_url, radio_id=4)
+            assert added["status"] == "success", added
+            account = first.accounts.authenticate(token, "127.0.0.1")
+            stream_id = first.app.state.streams.store.of_account(account.id)[0].id
+            assert _eventually(lambda: _listeners(first, second, stream_id) == 1)
+            time.sleep(3)  # several ticks: still exactly one listener
+            assert _listeners(first, second, stream_id) == 1
+            holder, spare = (first, second) if stream_id in _listening(first) else (second, first)
+            holder.app.state.streams.supervisor.stop()  # as its lifespan's end does
+            assert stream_id not in _listening(holder)
+            assert _eventually(lambda: stream_id in _listening(spare))
+            spare.call("deleteStream", token, radio_id=4)
+            assert _eventually(lambda: stream_id not in _listening(spare))
+
+
+def _listening(server: StreamsServer) -> set[int]:
+    return set(server.app.state.streams.supervisor.listeners.copy())
+
+
+def _listeners(a: StreamsServer, b: StreamsServer, stream_id: int) -> int:
+    return (stream_id in _listening(a)) + (stream_id in _listening(b))
+
+
+def _eventually(check: Any, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return bool(check())
