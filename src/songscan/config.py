@@ -50,6 +50,20 @@ class FingerprintConfig:
 
 
 @dataclass(frozen=True)
+class Speed:
+    """A playback speed that a query is re-hashed for, in log steps of `log_step`: the tempo
+    is `speed_factor(tempo_steps)` times the reference's, the pitch `pitch_steps` steps higher
+    (the same number when pitch and tempo change together, as on a turntable; 0 under key
+    lock, a time-stretch that keeps the pitch)."""
+
+    tempo_steps: int = 0
+    pitch_steps: int = 0
+
+
+NOMINAL = Speed()
+
+
+@dataclass(frozen=True)
 class MatchConfig:
     # A candidate needs this many distinct query anchors with time-aligned hits. Set from the
     # benchmark: music that is not in the catalog reaches about 10 (shared drum loops, motifs).
@@ -61,9 +75,12 @@ class MatchConfig:
     offset_tolerance_frames: int = 1
     # Hits at which the score reaches 100.
     full_score_hits: int = 40
-    # Speeds tried when nothing matches at the nominal speed (radio plays songs a few % fast),
-    # as steps of FingerprintConfig.log_step: +-3 % with the default 1 % step.
-    speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3)
+    # Speeds tried when nothing matches at the nominal speed, as steps of
+    # FingerprintConfig.log_step (1 % each by default): pitch and tempo together (radio plays
+    # songs a few % fast, PAL TV 4.17 %, a turntable's pitch fader +-8 %) ...
+    speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8)
+    # ... and tempo alone, pitch kept (key lock: DJ software, time-stretched programmes).
+    key_lock_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8)
     max_candidates: int = 3
     # Tracks whose pairs are checked: the ones with the most aligned triplet hits, with at least
     # this many (one hit is aligned with nothing: any track has one by chance), at the nominal
@@ -94,6 +111,13 @@ class MatchConfig:
     # min_aligned_hits). Uneven shifts, so that a beat or bar of repetition is not all of them.
     follow_min_ratio: float = 2.0
     follow_null_shifts_frames: tuple[int, ...] = (7, 13, 23, 37, 53)
+
+    @property
+    def speeds(self) -> tuple[Speed, ...]:
+        """Every speed of the speed pass: pitch and tempo together, then key lock."""
+        return tuple(Speed(k, k) for k in self.speed_steps) + tuple(
+            Speed(k, 0) for k in self.key_lock_steps
+        )
 
 
 @dataclass(frozen=True)

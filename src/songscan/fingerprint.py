@@ -16,8 +16,9 @@ target zone) -> hashes carrying the anchor frame. Two kinds:
   candidates then decide (see matcher.py).
 
 A speed change by a factor `a` (pitch and tempo together) shifts every `q` by
-`log(a) / log(1 + log_step)` and scales every `dt` by `1 / a`, so `speed_step=k` re-hashes a
-query as if played at the k-th candidate speed, with no new FFT.
+`log(a) / log(1 + log_step)` and scales every `dt` by `1 / a`; a time-stretch that keeps the
+pitch (key lock) only scales the `dt`. So `speed=Speed(k, k)` re-hashes a query as if played at
+the k-th candidate speed, `Speed(k, 0)` as if time-stretched by it, with no new FFT.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import FingerprintConfig, speed_factor
+from .config import NOMINAL, FingerprintConfig, Speed, speed_factor
 from .fft import rfft_rows
 
 DT_BITS = 6
@@ -280,7 +281,7 @@ class _Zone:
     """Each peak's candidate targets (the next peaks in time order); `ok` marks the first
     `fanout` of them within the target zone."""
 
-    q: np.ndarray  # log-frequency position of each peak (speed step applied)
+    q: np.ndarray  # log-frequency position of each peak (pitch step applied)
     t: np.ndarray  # frame of each peak
     target: np.ndarray  # (peaks, width) int: index of each candidate target
     ok: np.ndarray  # (peaks, width) bool
@@ -288,10 +289,10 @@ class _Zone:
     dt: np.ndarray  # (peaks, width) quantised (speed-scaled) frames to each candidate
 
 
-def _zone(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int) -> _Zone:
+def _zone(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed: Speed) -> _Zone:
     n = len(peaks)
-    factor = speed_factor(speed_step, cfg.log_step)
-    q = log_freq_steps(peaks.freq_hz, cfg) - speed_step
+    factor = speed_factor(speed.tempo_steps, cfg.log_step)
+    q = log_freq_steps(peaks.freq_hz, cfg) - speed.pitch_steps
     t = peaks.time_frames
     # Candidate targets: the next `width` peaks in time order (enough to find `fanout` valid).
     width = min(n - 1, CANDIDATES_PER_FANOUT * fanout)
@@ -312,15 +313,16 @@ def _anchor_q(zone: _Zone) -> tuple[np.ndarray, np.ndarray]:
     return (q1 >= 0) & (q1 < (1 << Q_BITS)), q1
 
 
-def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed: Speed = NOMINAL) -> Hashes:
     """Pair every peak with the next `fanout` peaks of its target zone and hash the pairs.
 
-    `speed_step` k re-hashes the peaks as if the audio were slowed down by speed_factor(k),
-    i.e. as they would be in a reference that the query plays `speed_factor(k)` times as fast.
+    `speed` re-hashes the peaks as if the audio were slowed down by
+    speed_factor(speed.tempo_steps) and lowered by speed.pitch_steps, i.e. as they would be in
+    a reference that the query plays that many times as fast (and that much higher).
     """
     if len(peaks) < 2:
         return _no_hashes()
-    zone = _zone(peaks, cfg, fanout, speed_step)
+    zone = _zone(peaks, cfg, fanout, speed)
     fits, q1 = _anchor_q(zone)
     ok = zone.ok & fits[:, None]
     anchor, j = np.divmod(np.flatnonzero(ok), ok.shape[1])
@@ -340,12 +342,12 @@ def triplets(
     peaks: Peaks,
     cfg: FingerprintConfig,
     fanout: int,
-    speed_step: int = 0,
+    speed: Speed = NOMINAL,
     anchors: int | None = None,
 ) -> Hashes:
     """Every peak with each two of its next `fanout` target-zone peaks, hashed to
-    `TRIPLET_BITS` bits (`speed_step` as in `hashes`; `anchors` as in `triplet_keys`)."""
-    raw = triplet_keys(peaks, cfg, fanout, speed_step, anchors)
+    `TRIPLET_BITS` bits (`speed` as in `hashes`; `anchors` as in `triplet_keys`)."""
+    raw = triplet_keys(peaks, cfg, fanout, speed, anchors)
     return Hashes(fold(raw.hashes), raw.anchor_frames, raw.end_frames)
 
 
@@ -353,7 +355,7 @@ def triplet_keys(
     peaks: Peaks,
     cfg: FingerprintConfig,
     fanout: int,
-    speed_step: int = 0,
+    speed: Speed = NOMINAL,
     anchors: int | None = None,
 ) -> Hashes:
     """The triplets' unfolded keys (uint64): `q1 << 32 | (dq1 + 128) << 24 | (dq2 + 128) << 16
@@ -361,7 +363,7 @@ def triplet_keys(
     others are their targets)."""
     if len(peaks) < 3 or fanout < 2:
         return _no_hashes(np.uint64)
-    zone = _zone(peaks, cfg, fanout, speed_step)
+    zone = _zone(peaks, cfg, fanout, speed)
     fanout = min(fanout, zone.ok.shape[1])
     # Each row's valid targets moved to the front: column c is the c-th target, and the
     # first `valid` columns are valid.
@@ -442,6 +444,6 @@ def reference_hashes(samples: np.ndarray, cfg: FingerprintConfig) -> Hashes:
 
 
 def query_peaks(samples: np.ndarray, cfg: FingerprintConfig) -> Peaks:
-    """The (denser) peaks of a query; hash them with `hashes(..., cfg.query_fanout, step)`
-    and `triplets(..., cfg.query_triplet_fanout, step)`."""
+    """The (denser) peaks of a query; hash them with `hashes(..., cfg.query_fanout, speed)`
+    and `triplets(..., cfg.query_triplet_fanout, speed)`."""
     return find_peaks(spectrogram(samples, cfg), cfg, cfg.query_peaks_per_s)

@@ -9,8 +9,9 @@
    A match needs `min_aligned_hits` distinct query anchors on its best offset (within
    +-`offset_tolerance_frames`); anything less is no match, never a best guess.
 
-When nothing matches at the nominal speed, the query is re-hashed for the configured speed steps
-(the same peaks, no new FFT) and the best of those is taken.
+When nothing matches at the nominal speed, the query is re-hashed for the configured speeds
+(the same peaks, no new FFT: pitch and tempo together, and tempo alone for key lock), looked up
+at once, and the best of those is taken.
 
 A scan also has neighbours: `match_tracks` checks a chunk against the songs of the chunks next
 to it (pairs, anywhere in the song), and `follow` looks for a neighbour's song at the very
@@ -23,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .config import EngineConfig, MatchConfig, speed_factor
+from .config import NOMINAL, EngineConfig, MatchConfig, Speed, speed_factor
 from .fingerprint import Hashes, Peaks, hashes, query_peaks, triplets
 from .index import PostingIndex, References, run_positions, run_starts, unpack_postings
 
@@ -42,7 +43,7 @@ class Placement:
 class Match:
     track_id: int
     aligned_hits: int
-    speed: float  # how much faster than the reference the query plays
+    speed: float  # how much faster than the reference the query plays (tempo)
     # Reference frame that plays at query frame 0 (may be negative: the song starts later).
     offset_frames: int
     # Extent of the aligned hits, in query frames.
@@ -53,6 +54,9 @@ class Match:
     alternatives: tuple[Placement, ...] = ()
     # Below min_aligned_hits: only a neighbouring chunk's match of the same song confirms it.
     weak: bool = False
+    # How much higher than the reference the query sounds: `speed` when pitch and tempo
+    # changed together, 1.0 under key lock.
+    pitch: float = 1.0
 
 
 def match_samples(
@@ -71,9 +75,9 @@ def match_peaks(
     if len(peaks) < 2 or live_ids.shape[0] == 0:
         return []
     mc = cfg.match
-    found = _match_steps(peaks, (0,), refs, live_ids, cfg)
-    if not _confident(found, mc) and mc.speed_steps:
-        found += _match_steps(peaks, mc.speed_steps, refs, live_ids, cfg)
+    found = _match_steps(peaks, (NOMINAL,), refs, live_ids, cfg)
+    if not _confident(found, mc) and mc.speeds:
+        found += _match_steps(peaks, mc.speeds, refs, live_ids, cfg)
     return _verdict(found, mc)
 
 
@@ -81,11 +85,11 @@ def match_tracks(
     peaks: Peaks, refs: References, track_ids: np.ndarray, cfg: EngineConfig
 ) -> list[Match]:
     """Like `match_peaks`, but checks only `track_ids` (songs heard in the neighbouring chunks),
-    at every speed step, without looking the triplets up."""
+    at every speed, without looking the triplets up."""
     if len(peaks) < 2 or track_ids.shape[0] == 0:
         return []
     mc = cfg.match
-    steps = (0, *mc.speed_steps)
+    steps = (NOMINAL, *mc.speeds)
     nominees = np.repeat(track_ids, len(steps))
     nominee_steps = np.tile(np.arange(len(steps)), track_ids.shape[0])
     return _verdict(_verify(peaks, steps, refs, nominees, nominee_steps, cfg), mc)
@@ -108,12 +112,12 @@ def follow(
     if len(peaks) == 0 or len(ref) == 0:
         return None
     offset = lead.offset_frames + shift_frames * lead.speed
-    found = _coinciding(peaks, ref, offset, lead.speed, cfg)
+    found = _coinciding(peaks, ref, offset, lead, cfg)
     hits = int(found.sum())
     if hits < mc.min_aligned_hits:
         return None
     chance = max(
-        int(_coinciding(peaks, ref, offset + sign * d, lead.speed, cfg).sum())
+        int(_coinciding(peaks, ref, offset + sign * d, lead, cfg).sum())
         for d in mc.follow_null_shifts_frames
         for sign in (-1, 1)
     )
@@ -127,6 +131,7 @@ def follow(
         offset_frames=round(offset),
         start_frame=float(peaks.time_frames[first]),
         end_frame=float(peaks.time_frames[last]),
+        pitch=lead.pitch,
     )
 
 
@@ -144,17 +149,18 @@ def _densest_run(found: np.ndarray, rate: float) -> tuple[int, int]:
 
 
 def _coinciding(
-    peaks: Peaks, ref: Peaks, offset_frames: float, speed: float, cfg: EngineConfig
+    peaks: Peaks, ref: Peaks, offset_frames: float, lead: Match, cfg: EngineConfig
 ) -> np.ndarray:
     """Which query peaks have a reference peak at their place when query frame 0 plays
-    reference frame `offset_frames` (within `offset_tolerance_frames` and one FFT bin)."""
+    reference frame `offset_frames` at the speed and pitch of `lead` (within
+    `offset_tolerance_frames` and one FFT bin)."""
     fp = cfg.fingerprint
     tol = cfg.match.offset_tolerance_frames
-    at = offset_frames + peaks.time_frames * speed
+    at = offset_frames + peaks.time_frames * lead.speed
     lo = np.searchsorted(ref.time_frames, at - tol, side="left")
     hi = np.searchsorted(ref.time_frames, at + tol, side="right")
     query, candidate = run_positions(lo, hi)
-    near = np.abs(ref.freq_hz[candidate] - peaks.freq_hz[query] / speed) <= (
+    near = np.abs(ref.freq_hz[candidate] - peaks.freq_hz[query] / lead.pitch) <= (
         fp.sample_rate_hz / fp.n_fft
     )
     found = np.zeros(len(peaks), dtype=bool)
@@ -175,23 +181,26 @@ def _verdict(found: list[Match], mc: MatchConfig) -> list[Match]:
 
 def _match_steps(
     peaks: Peaks,
-    steps: tuple[int, ...],
+    steps: tuple[Speed, ...],
     refs: References,
     live_ids: np.ndarray,
     cfg: EngineConfig,
 ) -> list[Match]:
     nominees, nominee_steps = _nominate(peaks, steps, refs.index, live_ids, cfg)
-    # Each nominee is verified at the speed step its triplets chose and the steps next to it
-    # (a speed between two steps hashes partly at each).
-    values = np.asarray(steps)
-    near = np.abs(values[nominee_steps][:, None] - values[None, :]) <= 1
+    # Each nominee is verified at the speed its triplets chose and the speeds next to it (a
+    # speed between two steps hashes partly at each): a step apart in tempo and in pitch.
+    tempo = np.array([s.tempo_steps for s in steps])
+    pitch = np.array([s.pitch_steps for s in steps])
+    near = (np.abs(tempo[nominee_steps][:, None] - tempo[None, :]) <= 1) & (
+        np.abs(pitch[nominee_steps][:, None] - pitch[None, :]) <= 1
+    )
     which, step_idx = np.nonzero(near)
     return _verify(peaks, steps, refs, nominees[which], step_idx, cfg)
 
 
 def _verify(
     peaks: Peaks,
-    steps: tuple[int, ...],
+    steps: tuple[Speed, ...],
     refs: References,
     nominees: np.ndarray,
     nominee_steps: np.ndarray,
@@ -255,15 +264,23 @@ def _verify(
 
         chosen = placement(int(key_u[b] % span + base), hits)
         others = _alternatives(key_u, aligned, group_u, g, b, span, base, tol, hits, mc)
+        speed = steps[step_i]
+        grid = speed_factor(speed.tempo_steps, fp.log_step)
+        mine = group == g
+        fitted, offset = _fitted_speed(anchors[mine], offsets[mine], chosen.offset_frames, cfg)
+        # pitch and tempo together: the pitch moved by the fitted factor too
+        together = speed.pitch_steps == speed.tempo_steps
+        pitch = grid + fitted if together else speed_factor(speed.pitch_steps, fp.log_step)
         results.append(
             Match(
                 track_id=track_id,
                 aligned_hits=hits,
-                speed=speed_factor(steps[step_i], fp.log_step),
-                offset_frames=chosen.offset_frames,
+                speed=grid + fitted,
+                offset_frames=offset,
                 start_frame=chosen.start_frame,
                 end_frame=chosen.end_frame,
                 alternatives=tuple(placement(o, h) for o, h in others),
+                pitch=pitch,
             )
         )
         if len(results) >= mc.max_candidates:
@@ -271,9 +288,35 @@ def _verify(
     return results
 
 
+def _fitted_speed(
+    anchors: np.ndarray, offsets: np.ndarray, offset: int, cfg: EngineConfig
+) -> tuple[float, int]:
+    """The speed between grid steps, fitted: how much faster than its grid step's factor the
+    query plays (a fraction, within half a step) and the offset at query frame 0 at that speed.
+
+    At a speed between two steps the hits' offsets drift across the chunk by the difference
+    times the anchor frame (two frames over 12 s at half a 1 % step); the least-squares line
+    through the hits near the best offset, refitted on those within a frame and a half of the
+    first line, gives the drift and the offset where the chunk starts. Falls back to (0, the
+    grid's offset) when the hits span too little of the chunk to tell a slope."""
+    fp, mc = cfg.fingerprint, cfg.match
+    half_step = 0.6 * fp.log_step
+    reach = mc.offset_tolerance_frames + 2 + half_step * float(anchors.max(initial=0.0))
+    near = np.abs(offsets - offset) <= reach
+    x, y = anchors[near].astype(np.float64), offsets[near].astype(np.float64)
+    for refit in (False, True):
+        if x.shape[0] < mc.weak_aligned_hits or np.ptp(x) < 2 * fp.frames_per_s:
+            return 0.0, offset
+        slope, intercept = np.polyfit(x, y, 1)
+        if not refit:
+            keep = np.abs(y - (intercept + slope * x)) <= 1.5
+            x, y = x[keep], y[keep]
+    return float(np.clip(slope, -half_step, half_step)), round(intercept)
+
+
 def _nominate(
     peaks: Peaks,
-    steps: tuple[int, ...],
+    steps: tuple[Speed, ...],
     index: PostingIndex,
     live_ids: np.ndarray,
     cfg: EngineConfig,
@@ -283,12 +326,13 @@ def _nominate(
     each aligns best."""
     fp, mc = cfg.fingerprint, cfg.match
     nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    fanout = fp.query_triplet_fanout if steps == (0,) else fp.speed_triplet_fanout
+    nominal = steps == (NOMINAL,)
+    fanout = fp.query_triplet_fanout if nominal else fp.speed_triplet_fanout
     per_step = [triplets(peaks, fp, fanout, step) for step in steps]
     all_hashes = np.concatenate([h.hashes for h in per_step])
     if all_hashes.shape[0] == 0:
         return nothing
-    budget = mc.max_postings_per_lookup if steps == (0,) else mc.max_speed_postings_per_lookup
+    budget = mc.max_postings_per_lookup if nominal else mc.max_speed_postings_per_lookup
     query_idx, postings = index.lookup(all_hashes, budget)
     if query_idx.shape[0] == 0:
         return nothing
@@ -330,7 +374,7 @@ _NO_HASHES = Hashes(np.zeros(0, np.uint32), np.zeros(0, np.float32), np.zeros(0,
 
 def _hit_offsets(
     per_step: list[Hashes],
-    steps: tuple[int, ...],
+    steps: tuple[Speed, ...],
     query_idx: np.ndarray,
     ref_frames: np.ndarray,
     cfg: EngineConfig,
@@ -339,7 +383,8 @@ def _hit_offsets(
     reference frame `ref_frames`): its step, query anchor frame, and reference-query offset."""
     step_of = _step_of(per_step)[query_idx]
     anchors = np.concatenate([h.anchor_frames for h in per_step])[query_idx]
-    factors = np.array([speed_factor(s, cfg.fingerprint.log_step) for s in steps])[step_of]
+    log_step = cfg.fingerprint.log_step
+    factors = np.array([speed_factor(s.tempo_steps, log_step) for s in steps])[step_of]
     offsets = np.rint(ref_frames - anchors * factors).astype(np.int64)
     return step_of, anchors, offsets
 

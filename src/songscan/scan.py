@@ -382,7 +382,48 @@ def check_neighbours_songs(
     recognise); failing that, by single peaks at the position the neighbour's match predicts
     (`matcher.follow`: a quiet passage under noise). Repeated while it finds more (a song found
     in one chunk is followed into the next), so the result does not depend on the order of
-    the chunks."""
+    the chunks. Finally a chunk with a confident match is checked for the songs its
+    neighbours play confidently and it lacks (a crossfade: one song fades out while the next
+    comes in, each perhaps at its own speed)."""
+    matches = _recover_from_neighbours(heard, catalog, cfg)
+    return _add_neighbours_songs(heard, matches, catalog, cfg)
+
+
+def _add_neighbours_songs(
+    heard: list[tuple[float, Peaks, list[Match]]],
+    matches: list[list[Match]],
+    catalog: Catalog,
+    cfg: EngineConfig,
+) -> list[list[Match]]:
+    """Each confidently matched chunk with the confident matches of the songs that a
+    neighbouring chunk plays confidently and this one does not list (checked by their pairs,
+    at every speed), all best first: a song that fades out under the next one keeps being
+    reported while it plays."""
+    out = []
+    for i, (_, peaks, _) in enumerate(heard):
+        own = matches[i]
+        if not own or own[0].weak:
+            out.append(own)
+            continue
+        listed = {m.track_id for m in own}
+        songs = {
+            m.track_id
+            for j in (i - 1, i + 1)
+            if 0 <= j < len(heard) and matches[j] and not matches[j][0].weak
+            for m in matches[j]
+            if not m.weak
+        } - listed
+        found = match_tracks(peaks, catalog, np.array(sorted(songs)), cfg) if songs else []
+        more = [m for m in found if not m.weak and m.track_id not in listed]
+        out.append(sorted([*own, *more], key=lambda m: -m.aligned_hits) if more else own)
+    return out
+
+
+def _recover_from_neighbours(
+    heard: list[tuple[float, Peaks, list[Match]]], catalog: Catalog, cfg: EngineConfig
+) -> list[list[Match]]:
+    """The matches of the chunks, those without a confident one checked against their
+    neighbours' songs (see check_neighbours_songs)."""
     frames_per_s = cfg.fingerprint.frames_per_s
     matches = [found for _, _, found in heard]
     tried_songs: list[set[int]] = [set() for _ in heard]

@@ -8,7 +8,7 @@ from scipy.ndimage import maximum_filter1d
 from scipy.signal import resample_poly
 
 from songscan import fingerprint
-from songscan.config import DEFAULT, speed_factor
+from songscan.config import DEFAULT, Speed, speed_factor
 from songscan.fingerprint import (
     HASH_BITS,
     STREAM_SEGMENT_BLOCKS,
@@ -63,8 +63,8 @@ def test_speed_step_rehash_recovers_the_reference_hashes() -> None:
     fast = resample_poly(song, 100, 103).astype(np.float32)
     ref = set(reference_hashes(song, CFG).hashes.tolist())
     peaks = query_peaks(fast, CFG)
-    nominal = set(hashes(peaks, CFG, CFG.query_fanout, 0).hashes.tolist())
-    stepped = set(hashes(peaks, CFG, CFG.query_fanout, 3).hashes.tolist())
+    nominal = set(hashes(peaks, CFG, CFG.query_fanout).hashes.tolist())
+    stepped = set(hashes(peaks, CFG, CFG.query_fanout, Speed(3, 3)).hashes.tolist())
     assert speed_factor(3) == pytest.approx(1.0303, abs=1e-4)
     assert len(stepped & ref) > 4 * len(nominal & ref)
 
@@ -81,8 +81,8 @@ def test_triplets_are_specific_and_follow_a_speed_step() -> None:
     fast = resample_poly(song, 100, 103).astype(np.float32)
     peaks = query_peaks(fast, CFG)
     wanted = set(ref.hashes.tolist())
-    nominal = set(triplets(peaks, CFG, CFG.query_triplet_fanout, 0).hashes.tolist())
-    stepped = set(triplets(peaks, CFG, CFG.query_triplet_fanout, 3).hashes.tolist())
+    nominal = set(triplets(peaks, CFG, CFG.query_triplet_fanout).hashes.tolist())
+    stepped = set(triplets(peaks, CFG, CFG.query_triplet_fanout, Speed(3, 3)).hashes.tolist())
     assert len(stepped & wanted) > 4 * max(1, len(nominal & wanted))
 
 
