@@ -20,12 +20,22 @@ position the neighbour predicts, by single peaks (a quiet passage under noise).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .config import NOMINAL, EngineConfig, MatchConfig, Speed, speed_factor
-from .fingerprint import Hashes, Peaks, hashes, query_peaks, triplets
+from .fingerprint import (
+    Hashes,
+    Peaks,
+    hashes,
+    query_peaks,
+    speed_triplets,
+    strongest,
+    triplets,
+)
 from .index import PostingIndex, References, run_positions, run_starts, unpack_postings
 
 
@@ -75,24 +85,56 @@ def match_peaks(
     if len(peaks) < 2 or live_ids.shape[0] == 0:
         return []
     mc = cfg.match
-    found = _match_steps(peaks, (NOMINAL,), refs, live_ids, cfg)
+    found = _match_steps(peaks, (NOMINAL,), (NOMINAL,), refs, live_ids, cfg)
     if not _confident(found, mc) and mc.speeds:
-        found += _match_steps(peaks, mc.speeds, refs, live_ids, cfg)
+        lookup = (*mc.near_lookup_speeds, *mc.far_lookup_speeds)
+        found += _match_steps(peaks, lookup, mc.speeds, refs, live_ids, cfg)
     return _verdict(found, mc)
 
 
 def match_tracks(
-    peaks: Peaks, refs: References, track_ids: np.ndarray, cfg: EngineConfig
+    peaks: Peaks, refs: References, leads: Sequence[Match], cfg: EngineConfig
 ) -> list[Match]:
-    """Like `match_peaks`, but checks only `track_ids` (songs heard in the neighbouring chunks),
-    at every speed, without looking the triplets up."""
-    if len(peaks) < 2 or track_ids.shape[0] == 0:
+    """Like `match_peaks`, but checks only the songs of `leads` (matches in the neighbouring
+    chunks), without looking the triplets up: each at the nominal speed and at the steps on
+    either side of its lead's speed (a song plays on at its speed; no more speeds than those,
+    as each one is another chance for noise to line up)."""
+    if len(peaks) < 2 or not leads:
         return []
-    mc = cfg.match
+    mc, log_step = cfg.match, cfg.fingerprint.log_step
     steps = (NOMINAL, *mc.speeds)
-    nominees = np.repeat(track_ids, len(steps))
-    nominee_steps = np.tile(np.arange(len(steps)), track_ids.shape[0])
-    return _verdict(_verify(peaks, steps, refs, nominees, nominee_steps, cfg), mc)
+    nominees, nominee_steps = [], []
+    for lead in leads:
+        key_lock = lead.pitch == 1.0 and lead.speed != 1.0
+        around = {
+            math.floor(_steps_of(lead.speed, log_step)),
+            math.ceil(_steps_of(lead.speed, log_step)),
+        }
+        wanted = {Speed(k, 0 if key_lock else k) for k in around}
+        near = np.array([0] + [i for i, s in enumerate(steps) if s in wanted and i > 0])
+        nominees.append(np.full(near.shape[0], lead.track_id, dtype=np.int64))
+        nominee_steps.append(near)
+    return _verdict(
+        _verify(peaks, steps, refs, np.concatenate(nominees), np.concatenate(nominee_steps), cfg),
+        mc,
+    )
+
+
+def _steps_of(factor: float, log_step: float) -> float:
+    """How many log steps `factor` is (fractional)."""
+    return math.log(factor) / math.log1p(log_step)
+
+
+def _near(steps: tuple[Speed, ...], centres: tuple[Speed, ...]) -> np.ndarray:
+    """(centres, steps) bool: which steps lie within a step of each centre, in tempo and in
+    pitch (a speed between two steps hashes partly at each)."""
+    tempo = np.array([s.tempo_steps for s in steps])
+    pitch = np.array([s.pitch_steps for s in steps])
+    c_tempo = np.array([s.tempo_steps for s in centres])
+    c_pitch = np.array([s.pitch_steps for s in centres])
+    return (np.abs(c_tempo[:, None] - tempo[None, :]) <= 1) & (
+        np.abs(c_pitch[:, None] - pitch[None, :]) <= 1
+    )
 
 
 def follow(
@@ -181,21 +223,17 @@ def _verdict(found: list[Match], mc: MatchConfig) -> list[Match]:
 
 def _match_steps(
     peaks: Peaks,
-    steps: tuple[Speed, ...],
+    lookup: tuple[Speed, ...],
+    verify: tuple[Speed, ...],
     refs: References,
     live_ids: np.ndarray,
     cfg: EngineConfig,
 ) -> list[Match]:
-    nominees, nominee_steps = _nominate(peaks, steps, refs.index, live_ids, cfg)
-    # Each nominee is verified at the speed its triplets chose and the speeds next to it (a
-    # speed between two steps hashes partly at each): a step apart in tempo and in pitch.
-    tempo = np.array([s.tempo_steps for s in steps])
-    pitch = np.array([s.pitch_steps for s in steps])
-    near = (np.abs(tempo[nominee_steps][:, None] - tempo[None, :]) <= 1) & (
-        np.abs(pitch[nominee_steps][:, None] - pitch[None, :]) <= 1
-    )
-    which, step_idx = np.nonzero(near)
-    return _verify(peaks, steps, refs, nominees[which], step_idx, cfg)
+    """Matches nominated by the triplets at the speeds `lookup`, each nominee verified at the
+    speeds of `verify` within a step of the one its triplets chose."""
+    nominees, nominee_steps = _nominate(peaks, lookup, refs.index, live_ids, cfg)
+    which, step_idx = np.nonzero(_near(verify, lookup)[nominee_steps])
+    return _verify(peaks, verify, refs, nominees[which], step_idx, cfg)
 
 
 def _verify(
@@ -225,7 +263,9 @@ def _verify(
     if query_idx.shape[0] == 0:
         return []
     tracks, ref_frames = unpack_postings(postings)
-    step_of, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
+    step_of = _step_of(per_step)[query_idx]
+    anchors = np.concatenate([h.anchor_frames for h in per_step])[query_idx]
+    offsets = _hit_offsets(steps, step_of, anchors, ref_frames, cfg)
     ends = np.concatenate([h.end_frames for h in per_step])[query_idx]
 
     # Cheap prefilter: a track (and step) needs weak_aligned_hits hits in total to go on.
@@ -307,10 +347,19 @@ def _fitted_speed(
     for refit in (False, True):
         if x.shape[0] < mc.weak_aligned_hits or np.ptp(x) < 2 * fp.frames_per_s:
             return 0.0, offset
-        slope, intercept = np.polyfit(x, y, 1)
+        dx = x - x.mean()
+        slope = float(dx @ (y - y.mean()) / (dx @ dx))  # least squares
+        intercept = float(y.mean() - slope * x.mean())
+        residual = y - (intercept + slope * x)
         if not refit:
-            keep = np.abs(y - (intercept + slope * x)) <= 1.5
+            keep = np.abs(residual) <= 1.5
             x, y = x[keep], y[keep]
+    # A drift within three standard errors of none is the grid's speed (a chunk at exactly a
+    # step's speed, nominal ones above all, keeps it exactly: a neighbour follows the song
+    # from it).
+    error = math.sqrt(float(residual @ residual) / max(1, x.shape[0] - 2) / float(dx @ dx))
+    if abs(slope) <= 3 * error:
+        return 0.0, offset
     return float(np.clip(slope, -half_step, half_step)), round(intercept)
 
 
@@ -327,9 +376,12 @@ def _nominate(
     fp, mc = cfg.fingerprint, cfg.match
     nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     nominal = steps == (NOMINAL,)
-    fanout = fp.query_triplet_fanout if nominal else fp.speed_triplet_fanout
-    per_step = [triplets(peaks, fp, fanout, step) for step in steps]
-    all_hashes = np.concatenate([h.hashes for h in per_step])
+    if nominal:
+        found = triplets(peaks, fp, fp.query_triplet_fanout)
+        hash_steps = np.zeros(len(found), dtype=np.int64)
+    else:
+        found, hash_steps = _speed_pass_triplets(peaks, steps, cfg)
+    all_hashes = found.hashes
     if all_hashes.shape[0] == 0:
         return nothing
     budget = mc.max_postings_per_lookup if nominal else mc.max_speed_postings_per_lookup
@@ -340,7 +392,8 @@ def _nominate(
     live = _is_live(tracks, live_ids)
     if not live.all():
         query_idx, tracks, ref_frames = query_idx[live], tracks[live], ref_frames[live]
-    group = tracks * len(steps) + _step_of(per_step)[query_idx]
+    step_of = hash_steps[query_idx]
+    group = tracks * len(steps) + step_of
     hits = np.bincount(group)
     # A group (track and step) with fewer hits than a nominee needs aligned cannot be one (in a
     # large index most groups have a single hit).
@@ -348,7 +401,8 @@ def _nominate(
     if not enough.any():
         return nothing
     group, query_idx, ref_frames = group[enough], query_idx[enough], ref_frames[enough]
-    _, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
+    anchors = found.anchor_frames[query_idx]
+    offsets = _hit_offsets(steps, step_of[enough], anchors, ref_frames, cfg)
     key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
     # Per group (keys are sorted, so grouped): its best offset's aligned hits; rank groups by
     # that, ties by all their hits; each track once, at its best step.
@@ -372,21 +426,47 @@ def _nominate(
 _NO_HASHES = Hashes(np.zeros(0, np.uint32), np.zeros(0, np.float32), np.zeros(0, np.float32))
 
 
+def _speed_pass_triplets(
+    peaks: Peaks, steps: tuple[Speed, ...], cfg: EngineConfig
+) -> tuple[Hashes, np.ndarray]:
+    """The triplets of the speed pass and the index in `steps` of each: those of the near
+    speeds from every peak, of the far ones from the strongest peaks, with a smaller fanout."""
+    fp, mc = cfg.fingerprint, cfg.match
+    near = [i for i, s in enumerate(steps) if s in mc.near_lookup_speeds]
+    far = [i for i in range(len(steps)) if i not in near]
+    parts = [
+        (speed_triplets(peaks, fp, fp.speed_triplet_fanout, [steps[i] for i in near]), near),
+        (
+            speed_triplets(
+                strongest(peaks, fp, fp.far_speed_peaks_per_s),
+                fp,
+                fp.far_speed_triplet_fanout,
+                [steps[i] for i in far],
+            ),
+            far,
+        ),
+    ]
+    found = Hashes(
+        np.concatenate([h.hashes for (h, _), _ in parts]),
+        np.concatenate([h.anchor_frames for (h, _), _ in parts]),
+        np.concatenate([h.end_frames for (h, _), _ in parts]),
+    )
+    step_of = np.concatenate([np.asarray(which, dtype=np.int64)[i] for (_, i), which in parts])
+    return found, step_of
+
+
 def _hit_offsets(
-    per_step: list[Hashes],
     steps: tuple[Speed, ...],
-    query_idx: np.ndarray,
+    step_of: np.ndarray,
+    anchors: np.ndarray,
     ref_frames: np.ndarray,
     cfg: EngineConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each hit (query hash `query_idx` of the steps' hashes laid end to end, at
-    reference frame `ref_frames`): its step, query anchor frame, and reference-query offset."""
-    step_of = _step_of(per_step)[query_idx]
-    anchors = np.concatenate([h.anchor_frames for h in per_step])[query_idx]
+) -> np.ndarray:
+    """Each hit's reference-query offset: the reference frame at query frame 0, at the tempo
+    of its step `steps[step_of]` (query anchor at `anchors`, reference one at `ref_frames`)."""
     log_step = cfg.fingerprint.log_step
     factors = np.array([speed_factor(s.tempo_steps, log_step) for s in steps])[step_of]
-    offsets = np.rint(ref_frames - anchors * factors).astype(np.int64)
-    return step_of, anchors, offsets
+    return np.rint(ref_frames - anchors * factors).astype(np.int64)
 
 
 def _step_of(per_step: list[Hashes]) -> np.ndarray:

@@ -406,14 +406,14 @@ def _add_neighbours_songs(
             out.append(own)
             continue
         listed = {m.track_id for m in own}
-        songs = {
-            m.track_id
+        leads = [
+            m
             for j in (i - 1, i + 1)
             if 0 <= j < len(heard) and matches[j] and not matches[j][0].weak
             for m in matches[j]
-            if not m.weak
-        } - listed
-        found = match_tracks(peaks, catalog, np.array(sorted(songs)), cfg) if songs else []
+            if not m.weak and m.track_id not in listed
+        ]
+        found = match_tracks(peaks, catalog, leads, cfg) if leads else []
         more = [m for m in found if not m.weak and m.track_id not in listed]
         out.append(sorted([*own, *more], key=lambda m: -m.aligned_hits) if more else own)
     return out
@@ -444,7 +444,8 @@ def _recover_from_neighbours(
             songs = {m.track_id for _, m in leads} - tried_songs[i]
             if songs:
                 tried_songs[i] |= songs
-                found = match_tracks(peaks, catalog, np.array(sorted(songs)), cfg)
+                new_leads = [m for _, m in leads if m.track_id in songs]
+                found = match_tracks(peaks, catalog, new_leads, cfg)
                 if found and (not found[0].weak or not matches[i]):
                     matches[i] = found
                     if not found[0].weak:

@@ -151,7 +151,8 @@ def test_crossfade_chunk_lists_both_songs(library: Library, tmp_path: Path) -> N
     by_start = {c.chunk.start_s: c.songs for c in result.chunks}
     both = {s.track.audio_id: s for s in by_start[12.0]}
     assert set(both) == {1, 3}
-    assert abs(both[1].speed - 0.95) <= 0.005 and abs(both[3].speed - 1.05) <= 0.005
+    # song 3 plays only the chunk's last 6 s, fading in: its speed is less exact there
+    assert abs(both[1].speed - 0.95) <= 0.005 and abs(both[3].speed - 1.05) <= 0.01
     assert abs(both[1].timecode_ms - 1000 * (10 + 12 * 0.95)) <= 100
     assert abs(both[3].position_ms - 1000 * (-6 * 1.05)) <= 100  # song 3 starts at 18 s
     assert [s.track.audio_id for s in by_start[0.0]] == [1]
@@ -391,7 +392,7 @@ def test_a_song_is_followed_by_its_peaks_where_noise_leaves_no_pairs(library: Li
     track, next_chunk = catalog.get(1).id, 12 * fp.frames_per_s
 
     quiet = query_peaks(0.3 * song[24 * rate : 36 * rate] + noise, fp)
-    assert match_tracks(quiet, catalog, np.array([track]), SERIAL) == []
+    assert match_tracks(quiet, catalog, lead[:1], SERIAL) == []
     followed = follow(quiet, catalog, lead[0], next_chunk, SERIAL)
     assert followed is not None and followed.track_id == track
     assert followed.aligned_hits >= SERIAL.match.min_aligned_hits
