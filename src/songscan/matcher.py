@@ -86,10 +86,33 @@ def match_peaks(
         return []
     mc = cfg.match
     found = _match_steps(peaks, (NOMINAL,), (NOMINAL,), refs, live_ids, cfg)
+    found = [_at_own_speed(m, peaks, refs, cfg) for m in found]
     if not _confident(found, mc) and mc.speeds:
         lookup = (*mc.near_lookup_speeds, *mc.far_lookup_speeds)
         found += _match_steps(peaks, lookup, mc.speeds, refs, live_ids, cfg)
     return _verdict(found, mc)
+
+
+def _at_own_speed(m: Match, peaks: Peaks, refs: References, cfg: EngineConfig) -> Match:
+    """A nominal-speed match whose hits drift as fast as the fit allows (half a step across
+    the chunk) plays further from nominal: a time-stretched song keeps its frequencies, so
+    its pairs with short frame steps still line up at nominal speed, on a part of the chunk.
+    It is verified again at every speed on the side of its drift, and the best one taken."""
+    fp = cfg.fingerprint
+    drift = m.speed - 1.0
+    if abs(drift) < 0.6 * fp.log_step - 1e-9:
+        return m
+    steps = tuple(s for s in (NOMINAL, *cfg.match.speeds) if s.tempo_steps * drift >= 0)
+    found = _verify(
+        peaks,
+        steps,
+        refs,
+        np.full(len(steps), m.track_id, dtype=np.int64),
+        np.arange(len(steps)),
+        cfg,
+    )
+    best = found[0] if found else m
+    return best if best.aligned_hits > m.aligned_hits else m
 
 
 def match_tracks(
@@ -308,8 +331,9 @@ def _verify(
         grid = speed_factor(speed.tempo_steps, fp.log_step)
         mine = group == g
         fitted, offset = _fitted_speed(anchors[mine], offsets[mine], chosen.offset_frames, cfg)
-        # pitch and tempo together: the pitch moved by the fitted factor too
-        together = speed.pitch_steps == speed.tempo_steps
+        # pitch and tempo changed together: the pitch moved by the fitted factor too (at
+        # nominal speed the fitted drift says nothing about the pitch)
+        together = speed.pitch_steps == speed.tempo_steps != 0
         pitch = grid + fitted if together else speed_factor(speed.pitch_steps, fp.log_step)
         results.append(
             Match(

@@ -397,24 +397,36 @@ def _add_neighbours_songs(
 ) -> list[list[Match]]:
     """Each confidently matched chunk with the confident matches of the songs that a
     neighbouring chunk plays confidently and this one does not list (checked by their pairs,
-    at every speed), all best first: a song that fades out under the next one keeps being
-    reported while it plays."""
+    at the neighbour's speed), where the song goes on from the neighbour's position, all best
+    first: a song that fades out under the next one keeps being reported while it plays."""
+    frames_per_s = cfg.fingerprint.frames_per_s
+    tolerance = cfg.match.continuity_tolerance_s * frames_per_s
     out = []
-    for i, (_, peaks, _) in enumerate(heard):
+    for i, (start, peaks, _) in enumerate(heard):
         own = matches[i]
         if not own or own[0].weak:
             out.append(own)
             continue
         listed = {m.track_id for m in own}
+        # each lead with the song position (frames) it predicts at this chunk's start
         leads = [
-            m
+            (m, m.offset_frames + (start - heard[j][0]) * frames_per_s * m.speed)
             for j in (i - 1, i + 1)
             if 0 <= j < len(heard) and matches[j] and not matches[j][0].weak
             for m in matches[j]
             if not m.weak and m.track_id not in listed
         ]
-        found = match_tracks(peaks, catalog, leads, cfg) if leads else []
-        more = [m for m in found if not m.weak and m.track_id not in listed]
+        found = match_tracks(peaks, catalog, [m for m, _ in leads], cfg) if leads else []
+        more = [
+            m
+            for m in found
+            if not m.weak
+            and m.track_id not in listed
+            and any(
+                lead.track_id == m.track_id and abs(m.offset_frames - at) <= tolerance
+                for lead, at in leads
+            )
+        ]
         out.append(sorted([*own, *more], key=lambda m: -m.aligned_hits) if more else own)
     return out
 
