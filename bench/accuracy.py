@@ -358,9 +358,16 @@ def targets(rows: list[dict[str, Any]], command: str) -> str:
     )
     two = sum(r["two_songs"] for r in rows)
     both = sum(r["two_songs_both"] for r in rows)
+    share = 100.0 * both / two if two else None
     out.append(
-        "| chunks with ≥ 6 s of each of two songs (crossfades, all recordings) listing both | "
-        f"all | {both} of {two} | {verdict(two - both, 0, False)} |"
+        "| chunks with ≥ 6 s of each of two songs (crossfades, all recordings) listing both at "
+        f"their positions | 100 % | {_f(share, '.1f')} % ({both} of {two}) | "
+        f"{verdict(share, 100.0, True, ' points')} |"
+    )
+    wrong = sum(r["wrong_song_chunks"] for r in rows)
+    out.append(
+        f"| wrong-song chunks (a track not audible there, all recordings) | 0 | {wrong} | "
+        f"{verdict(wrong, 0, False)} |"
     )
     tc = [e for r in rows for e in r["_tc"]]
     tc_speed = [e for r in rows if r["speed_changed"] for e in r["_tc"]]
