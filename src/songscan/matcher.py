@@ -150,13 +150,22 @@ def _steps_of(factor: float, log_step: float) -> float:
 
 def _near(steps: tuple[Speed, ...], centres: tuple[Speed, ...]) -> np.ndarray:
     """(centres, steps) bool: which steps lie within a step of each centre, in tempo and in
-    pitch (a speed between two steps hashes partly at each)."""
+    pitch (a speed between two steps hashes partly at each), and of its kind."""
     tempo = np.array([s.tempo_steps for s in steps])
     pitch = np.array([s.pitch_steps for s in steps])
     c_tempo = np.array([s.tempo_steps for s in centres])
     c_pitch = np.array([s.pitch_steps for s in centres])
-    return (np.abs(c_tempo[:, None] - tempo[None, :]) <= 1) & (
-        np.abs(c_pitch[:, None] - pitch[None, :]) <= 1
+    # the two kinds (pitch with tempo, key lock) only meet at nominal speed: a nominee is
+    # verified at speeds of its own kind (each one more is more work and a chance for noise)
+    lock = (pitch == 0) & (tempo != 0)
+    c_lock = (c_pitch == 0) & (c_tempo != 0)
+    together = (pitch == tempo) & (tempo != 0)
+    c_together = (c_pitch == c_tempo) & (c_tempo != 0)
+    other_kind = (c_lock[:, None] & together[None, :]) | (c_together[:, None] & lock[None, :])
+    return (
+        (np.abs(c_tempo[:, None] - tempo[None, :]) <= 1)
+        & (np.abs(c_pitch[:, None] - pitch[None, :]) <= 1)
+        & ~other_kind
     )
 
 
