@@ -58,7 +58,16 @@ class Condition:
     snr_db: float
     speed: float = 1.0
     target_recall: float | None = None  # percent
+    song_speed: float = 0.0  # each song at its own speed within 1 +- song_speed
+    stretch: str = "resample"  # how (broadcast.build_broadcast): "tempo" keeps the pitch
+    mix: str = "broadcast"  # "dj": music back to back, 8-s crossfades
 
+    @property
+    def speed_changed(self) -> bool:
+        return self.speed != 1.0 or self.song_speed > 0
+
+
+PAL_SPEED = 25 / 24  # a 24-fps film broadcast at 25 fps: 4.17 % fast
 
 CONDITIONS = (
     Condition("mp3-64k-snr10", "mp3", 64, 10.0, target_recall=99.0),
@@ -67,6 +76,18 @@ CONDITIONS = (
     Condition("aac-48k-snr0", "aac", 48, 0.0),
     Condition("mp3-64k-snr10-3%fast", "mp3", 64, 10.0, 1.03, target_recall=90.0),
     Condition("mp3-64k-snr10-2.5%fast", "mp3", 64, 10.0, 1.025),
+    Condition("mp3-64k-snr10-speed±8%", "mp3", 64, 10.0, target_recall=97.0, song_speed=0.08),
+    Condition("mp3-64k-snr10-PAL", "mp3", 64, 10.0, PAL_SPEED, target_recall=98.0),
+    Condition(
+        "mp3-64k-snr10-keylock±8%-dj",
+        "mp3",
+        64,
+        10.0,
+        target_recall=97.0,
+        song_speed=0.08,
+        stretch="tempo",
+        mix="dj",
+    ),
 )
 
 
@@ -89,7 +110,7 @@ def same_music(ref_path: str, pos_a_s: float, pos_b_s: float, seconds: float = 1
     if min(a0, b0) < 0 or max(a0, b0) + n // 2 > x.shape[0]:
         return False
     ref = reference_hashes(x[a0 : a0 + n], fp)
-    qry = fp_hashes(query_peaks(x[b0 : b0 + n], fp), fp, fp.query_fanout, 0)
+    qry = fp_hashes(query_peaks(x[b0 : b0 + n], fp), fp, fp.query_fanout)
     order = np.argsort(ref.hashes)
     rh, rf = ref.hashes[order], ref.anchor_frames[order]
     lo = np.searchsorted(rh, qry.hashes, side="left")
@@ -124,6 +145,8 @@ class Score:
     end_err_sharp_s: list[float] = field(default_factory=list)  # fade-out < 0.5 s
     start_boundaries: int = 0
     end_boundaries: int = 0
+    two_songs: int = 0  # chunks with >= 6 s of each of two catalog songs (a crossfade)
+    two_songs_both: int = 0  # of those: both songs listed at their positions
     misses: list[dict[str, Any]] = field(default_factory=list)
     false_positives: list[dict[str, Any]] = field(default_factory=list)
 
@@ -168,15 +191,17 @@ def score(result: ScanResult, truth: broadcast.Truth, ref_dir: Path) -> Score:
         found_top1 = False
         listed_wrong_pos = False
         repeat_ok = False
+        found_songs: set[str] = set()
         for rank, (m, n) in enumerate(zip(cr.songs, names, strict=True)):
             for g in here:
                 if g.source != n:
                     continue
-                want = g.source_start_s + (c0 - g.file_start_s) * speed
+                want = g.source_time(c0, speed)
                 err = m.position_ms / 1000.0 - want
                 if abs(err) <= POSITION_TOL_S:
                     if n in main:
                         found = True
+                        found_songs.add(n)
                         found_top1 = found_top1 or rank == 0
                         s.timecode_err_s.append(abs(err))
                     # Boundaries of this segment inside the chunk.
@@ -202,6 +227,9 @@ def score(result: ScanResult, truth: broadcast.Truth, ref_dir: Path) -> Score:
                 s.start_boundaries += 1
             if BOUNDARY_INSIDE_S <= b1 <= (c1 - c0) - BOUNDARY_INSIDE_S:
                 s.end_boundaries += 1
+        if len(main) >= 2:
+            s.two_songs += 1
+            s.two_songs_both += len(found_songs) >= 2
         if main:
             s.eligible += 1
             s.correct += found
@@ -287,8 +315,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| recording | minutes | scored chunks | recall | top-1 | misses (wrong pos. / of which "
         "repeated music) | recall if repeats count | "
         "no-catalog chunks | false pos. | wrong-song chunks | timecode err median / p90 | "
-        "start err median / p90 (n) | end err median / p90 (n) | scan × RT |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "start err median / p90 (n) | end err median / p90 (n) | two-song chunks: both listed | "
+        "scan × RT |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -302,7 +331,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_f(r['start_median_s'], '.2f')} / {_f(r['start_p90_s'], '.2f')} s "
             f"({r['start_n']}/{r['start_boundaries']}) | "
             f"{_f(r['end_median_s'], '.2f')} / {_f(r['end_p90_s'], '.2f')} s "
-            f"({r['end_n']}/{r['end_boundaries']}) | {r['scan_x_rt']:.0f} |"
+            f"({r['end_n']}/{r['end_boundaries']}) | "
+            f"{r['two_songs_both']}/{r['two_songs']} | {r['scan_x_rt']:.0f} |"
         )
     return head + "\n".join(lines)
 
@@ -326,13 +356,28 @@ def targets(rows: list[dict[str, Any]], command: str) -> str:
         f"| false positives (no-catalog chunks reporting a song, all recordings) | 0 | "
         f"{fp} of {nc} | {verdict(fp, 0, False)} |"
     )
+    two = sum(r["two_songs"] for r in rows)
+    both = sum(r["two_songs_both"] for r in rows)
+    share = 100.0 * both / two if two else None
+    out.append(
+        "| chunks with ≥ 6 s of each of two songs (crossfades, all recordings) listing both at "
+        f"their positions | 100 % | {_f(share, '.1f')} % ({both} of {two}) | "
+        f"{verdict(share, 100.0, True, ' points')} |"
+    )
+    wrong = sum(r["wrong_song_chunks"] for r in rows)
+    out.append(
+        f"| wrong-song chunks (a track not audible there, all recordings) | 0 | {wrong} | "
+        f"{verdict(wrong, 0, False)} |"
+    )
     tc = [e for r in rows for e in r["_tc"]]
+    tc_speed = [e for r in rows if r["speed_changed"] for e in r["_tc"]]
     st = [e for r in rows for e in r["_start"]]
     en = [e for r in rows for e in r["_end"]]
     st_sharp = [e for r in rows for e in r["_start_sharp"]]
     en_sharp = [e for r in rows for e in r["_end_sharp"]]
     for label, vals, target in (
         ("median timecode error (correct matches, all recordings)", tc, 0.1),
+        ("median timecode error (correct matches, speed-changed recordings)", tc_speed, 0.1),
         ("median start-offset error at song starts (all recordings)", st, 0.5),
         ("median end-offset error at song ends (all recordings)", en, 0.5),
         ("(detail) median start-offset error, sharp starts only (fade-in < 0.5 s)", st_sharp, 0.5),
@@ -389,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
             codec=c.codec,
             bitrate_kbps=c.bitrate_kbps,
             speed=c.speed,
+            song_speed=c.song_speed,
+            stretch=c.stretch,
+            mix=c.mix,
         )
         built = time.perf_counter() - t0
         result = scan_file(b.path, data_dir, PlanParams(), cfg)
@@ -420,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
             "end_p90_s": pct(s.end_err_s, 90),
             "end_n": len(s.end_err_s),
             "end_boundaries": s.end_boundaries,
+            "two_songs": s.two_songs,
+            "two_songs_both": s.two_songs_both,
+            "speed_changed": c.speed_changed,
             "scan_s": result.execution_time_s,
             "scan_x_rt": result.duration_s / result.execution_time_s,
             "build_s": built,

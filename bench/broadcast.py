@@ -102,6 +102,17 @@ P_GAIN_RAMP = 0.25  # a music segment whose level glides linearly (in dB) to ano
 MASTER_GAIN_DB = -6.0
 SOURCE_MARGIN_S = 0.3  # music excerpts end at least this far before the source's end
 
+# A DJ set ("dj" mix): music back to back, every music-to-music transition an 8-s crossfade.
+DJ_KIND_WEIGHTS: dict[str, float] = {
+    "catalog": 0.6,
+    "distractor": 0.25,
+    "speech": 0.1,
+    "silence": 0.05,
+}
+DJ_CROSSFADE_S = 8.0
+MIXES = ("broadcast", "dj")
+STRETCHES = ("resample", "tempo")
+
 BLOCK = 1 << 17  # samples per processing block (~3 s at 44.1 kHz)
 MP3_SPF = 1152
 
@@ -129,10 +140,14 @@ class Segment:
     fade_out_shape: str = "linear"
     gain_db_start: float = 0.0  # level at file_start_s (before fades and master gain)
     gain_db_end: float = 0.0  # level at file_end_s (linear ramp in dB in between)
+    # This segment's own speed (source seconds per programme second), on top of the file's:
+    # "resample" plays pitch and tempo together (a turntable), "tempo" keeps the pitch (key lock).
+    speed: float = 1.0
+    stretch: str = "resample"
 
     def source_time(self, file_time_s: float, speed: float) -> float:
-        """Position in the source (seconds) heard at ``file_time_s``."""
-        return self.source_start_s + (file_time_s - self.file_start_s) * speed
+        """Position in the source (seconds) heard at ``file_time_s`` (``speed``: the file's)."""
+        return self.source_start_s + (file_time_s - self.file_start_s) * speed * self.speed
 
 
 @dataclass(frozen=True)
@@ -278,6 +293,21 @@ class _Corpus:
 # The programme plan (programme samples at the output rate, before speed)
 
 
+@dataclass(frozen=True)
+class _Style:
+    """How a programme mixes its items (the default: the broadcast described above)."""
+
+    kind_weights: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))
+    p_crossfade: float = P_CROSSFADE
+    crossfade_s: tuple[float, float] = CROSSFADE_S
+
+
+STYLES: dict[str, _Style] = {
+    "broadcast": _Style(),
+    "dj": _Style(dict(DJ_KIND_WEIGHTS), 1.0, (DJ_CROSSFADE_S, DJ_CROSSFADE_S)),
+}
+
+
 @dataclass
 class _Item:
     kind: str
@@ -291,6 +321,8 @@ class _Item:
     fade_out_shape: str = "linear"
     gain0: float = 0.0
     gain1: float = 0.0
+    speed: float = 1.0  # source samples per programme sample (see Segment.speed)
+    stretch: str = "resample"
 
     @property
     def end(self) -> int:
@@ -302,7 +334,9 @@ def _pick(rng: np.random.Generator, names: list[str], avoid: str | None) -> str:
     return choices[int(rng.integers(len(choices)))]
 
 
-def _plan(corpus: _Corpus, total: int, sr: int, rng: np.random.Generator) -> list[_Item]:
+def _plan(
+    corpus: _Corpus, total: int, sr: int, rng: np.random.Generator, style: _Style = _Style()
+) -> list[_Item]:
     """A random programme of exactly ``total`` samples (segments tile [0, total))."""
     usable: dict[str, list[str]] = {
         k: [n for n in corpus.names[k] if corpus.duration(k, n) - SOURCE_MARGIN_S >= 1.0]
@@ -317,7 +351,7 @@ def _plan(corpus: _Corpus, total: int, sr: int, rng: np.random.Generator) -> lis
     while t < total:
         prev = items[-1] if items else None
         allowed = [k for k in kinds if not (prev and prev.kind == k and k in ("speech", "silence"))]
-        w = np.array([KIND_WEIGHTS[k] for k in allowed])
+        w = np.array([style.kind_weights[k] for k in allowed])
         kind = allowed[int(rng.choice(len(allowed), p=w / w.sum()))]
         if kind in MUSIC:
             name = _pick(rng, usable[kind], last_source[kind])
@@ -332,11 +366,11 @@ def _plan(corpus: _Corpus, total: int, sr: int, rng: np.random.Generator) -> lis
                 prev is not None
                 and prev.kind in MUSIC
                 and not (prev.kind == kind == "distractor")
-                and rng.random() < P_CROSSFADE
+                and rng.random() < style.p_crossfade
             )
             if crossfade:
                 assert prev is not None
-                d = min(int(rng.uniform(*CROSSFADE_S) * sr), prev.length // 3, length // 3)
+                d = min(int(rng.uniform(*style.crossfade_s) * sr), prev.length // 3, length // 3)
                 shape = FADE_SHAPES[int(rng.integers(len(FADE_SHAPES)))]
                 item.start = prev.end - d
                 prev.fade_out, item.fade_in = d, d
@@ -381,6 +415,35 @@ def _plan(corpus: _Corpus, total: int, sr: int, rng: np.random.Generator) -> lis
     return [it for it in items if it.length > 0]
 
 
+def _song_speeds(
+    corpus: _Corpus, items: list[_Item], sr: int, spread: float, stretch: str, seed: int
+) -> None:
+    """Gives every music item its own speed, uniform in [1 - spread, 1 + spread] (its own
+    generator, so the programme is the one of the same seed without), and moves its excerpt
+    back in the source where the faster playback would run past the end (shortening it only
+    when the whole source is too short: then a gap follows)."""
+    rng = np.random.default_rng([seed, 0x5BEED])
+    for it in items:
+        if it.kind not in MUSIC or it.source is None:
+            continue
+        # the speed the renderer can realise exactly (see _SourceReader)
+        it.speed = _exact_song_speed(float(rng.uniform(1 - spread, 1 + spread)), sr, stretch)
+        it.stretch = stretch
+        avail = int((corpus.duration(it.kind, it.source) - SOURCE_MARGIN_S) * sr)
+        need = math.ceil(it.length * it.speed)
+        if need > avail:
+            it.length = int(avail / it.speed)
+            it.fade_in = min(it.fade_in, it.length // 3)
+            it.fade_out = min(it.fade_out, it.length // 3)
+            need = math.ceil(it.length * it.speed)
+        it.src_start = max(0, min(it.src_start, avail - need))
+
+
+def _exact_song_speed(speed: float, sr: int, stretch: str) -> float:
+    """Resampling plays the source decoded at ``round(sr / speed)`` Hz as if at ``sr``."""
+    return sr / round(sr / speed) if stretch == "resample" else round(speed, 6)
+
+
 def _short_fade(rng: np.random.Generator, it: _Item, sr: int, which: str) -> None:
     if rng.random() < P_HARD_CUT:
         n = 0
@@ -410,6 +473,8 @@ def _truth_segments(items: list[_Item], sr: int, up: int, down: int) -> tuple[Se
             fade_out_shape=it.fade_out_shape,
             gain_db_start=it.gain0,
             gain_db_end=it.gain1,
+            speed=it.speed,
+            stretch=it.stretch,
         )
         for it in items
     )
@@ -420,13 +485,21 @@ def _truth_segments(items: list[_Item], sr: int, up: int, down: int) -> tuple[Se
 
 
 class _SourceReader:
-    """Sequential mono float32 samples of one source at ``sr``, from sample ``skip`` on."""
+    """Sequential mono float32 samples of one source at ``sr``, from sample ``skip`` on
+    (samples at ``sr`` of the source itself), played ``speed`` times as fast: resampled
+    (``stretch="resample"``: the source decoded at ``sr / speed`` Hz, pitch and tempo together)
+    or time-stretched by FFmpeg's ``atempo`` (``"tempo"``: pitch kept)."""
 
-    def __init__(self, path: Path, sr: int, skip: int) -> None:
+    def __init__(
+        self, path: Path, sr: int, skip: int, speed: float = 1.0, stretch: str = "resample"
+    ) -> None:
         self.path = path
         self._container = av.open(str(path))
         self._frames = self._container.decode(self._container.streams.audio[0])
-        self._resampler = av.AudioResampler(format="fltp", layout="mono", rate=sr)
+        rate = round(sr / speed) if stretch == "resample" else sr
+        self._resampler = av.AudioResampler(format="fltp", layout="mono", rate=rate)
+        skip = round(skip * rate / sr)
+        self._tempo = _Atempo(sr, speed) if stretch == "tempo" and speed != 1.0 else None
         self._buf: list[np.ndarray] = []
         self._n = 0
         self._skip = skip
@@ -441,11 +514,16 @@ class _SourceReader:
         except StopIteration:
             self._eof = True
             frames = self._resampler.resample(None)
-        for f in frames:
-            a = f.to_ndarray()[0]
-            if self._skip:
+        blocks = [f.to_ndarray()[0] for f in frames]
+        if self._skip:
+            for i, a in enumerate(blocks):
                 k = min(self._skip, len(a))
-                a, self._skip = a[k:], self._skip - k
+                blocks[i], self._skip = a[k:], self._skip - k
+        if self._tempo is not None:
+            blocks = [self._tempo.run(a) for a in blocks if len(a)]
+            if self._eof:
+                blocks.append(self._tempo.run(None))
+        for a in blocks:
             if len(a):
                 self._buf.append(a)
                 self._n += len(a)
@@ -464,6 +542,50 @@ class _SourceReader:
 
     def close(self) -> None:
         self._container.close()
+
+
+class _Atempo:
+    """FFmpeg's ``atempo`` filter (WSOLA time-stretch, pitch kept) through PyAV's filter graph,
+    on a stream of mono float32 blocks at ``sr`` (one filter reaches 0.5..100)."""
+
+    def __init__(self, sr: int, tempo: float) -> None:
+        self.sr = sr
+        self.graph = av.filter.Graph()
+        src = self.graph.add_abuffer(
+            format="fltp", sample_rate=sr, layout="mono", time_base=Fraction(1, sr)
+        )
+        stretch = self.graph.add("atempo", f"{tempo:.6f}")
+        sink = self.graph.add("abuffersink")
+        src.link_to(stretch)
+        stretch.link_to(sink)
+        self.graph.configure()
+        self.pts = 0
+
+    def run(self, x: np.ndarray | None) -> np.ndarray:
+        """The stretched samples available after ``x`` (None: the end of the stream)."""
+        if x is None:
+            self.graph.push(None)
+        else:
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(x, np.float32).reshape(1, -1), format="fltp", layout="mono"
+            )
+            frame.sample_rate, frame.pts = self.sr, self.pts
+            frame.time_base = Fraction(1, self.sr)
+            self.pts += len(x)
+            self.graph.push(frame)
+        out: list[np.ndarray] = []
+        while True:
+            try:
+                out.append(self.graph.pull().to_ndarray()[0])
+            except (av.BlockingIOError, av.EOFError):
+                break
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def time_stretch(samples: np.ndarray, sr: int, tempo: float) -> np.ndarray:
+    """``samples`` (mono float32 at ``sr``) played ``tempo`` times as fast, pitch kept (atempo)."""
+    stretch = _Atempo(sr, tempo)
+    return np.concatenate([stretch.run(samples), stretch.run(None)])
 
 
 def _shape(u: np.ndarray, shape: str) -> np.ndarray:
@@ -509,7 +631,7 @@ def _programme_blocks(
                 if a < e and it.source is not None:
                     if i not in readers:
                         readers[i] = _SourceReader(
-                            corpus.path(it.kind, it.source), sr, it.src_start
+                            corpus.path(it.kind, it.source), sr, it.src_start, it.speed, it.stretch
                         )
                     x = readers[i].read(e - a)
                     out[a - b0 : e - b0] += x * _envelope(it, a - it.start, e - it.start)
@@ -683,9 +805,17 @@ def build_broadcast(
     speed: float = 1.0,
     sample_rate: int = 44100,
     noise: str = "pink",
+    song_speed: float = 0.0,
+    stretch: str = "resample",
+    mix: str = "broadcast",
     force: bool = False,
 ) -> Broadcast:
     """Builds (or reuses from ``out``) one broadcast recording and its ground truth.
+
+    ``song_speed`` > 0 plays every music excerpt at its own random speed within
+    ``1 ± song_speed`` (``stretch``: "resample", pitch and tempo together, or "tempo", FFmpeg's
+    atempo, pitch kept), on top of ``speed``; ``mix="dj"`` makes a DJ set (music back to back,
+    every music-to-music transition an 8-s crossfade).
 
     ``out`` is a directory; the file name carries the parameters and a key hashing them, the
     generator version and the corpus listing, so ``out`` works as a cache.
@@ -697,6 +827,8 @@ def build_broadcast(
         raise ValueError(f"noise {noise!r} not in {NOISE_KINDS}")
     if duration_s <= 0:
         raise ValueError("duration_s must be positive")
+    if stretch not in STRETCHES or mix not in MIXES or not 0 <= song_speed < 0.5:
+        raise ValueError(f"stretch {stretch!r}, mix {mix!r} or song_speed {song_speed} invalid")
     up, down = _speed_ratio(speed)
     speed_exact = down / up
     bitrate = bitrate_kbps if codec in LOSSY else 0
@@ -711,13 +843,21 @@ def build_broadcast(
         "sample_rate": int(sample_rate),
         "noise": noise if snr_db is not None else "none",
     }
+    # Only when set, so that the recordings without keep their keys (and caches).
+    variant = ""
+    if song_speed:
+        params.update(song_speed=float(song_speed), stretch=stretch)
+        variant += f"-ss{_fmt(100 * song_speed)}{'t' if stretch == 'tempo' else ''}"
+    if mix != "broadcast":
+        params["mix"] = mix
+        variant += f"-{mix}"
     key = hashlib.sha256(
         json.dumps([GENERATOR_VERSION, params, corp.fingerprint()], sort_keys=True).encode()
     ).hexdigest()[:16]
     snr_part = "none" if snr_db is None else _fmt(snr_db)
     stem = (
         f"broadcast-{codec}-{_fmt(duration_s)}s-snr{snr_part}-x{_fmt(speed_exact)}"
-        f"-seed{seed}-{key[:10]}"
+        f"{variant}-seed{seed}-{key[:10]}"
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -727,7 +867,9 @@ def build_broadcast(
 
     sr = int(sample_rate)
     total = round(duration_s * sr)
-    items = _plan(corp, total, sr, np.random.default_rng(seed))
+    items = _plan(corp, total, sr, np.random.default_rng(seed), STYLES[mix])
+    if song_speed:
+        _song_speeds(corp, items, sr, song_speed, stretch, seed)
     n_file = -(-total * up // down)
 
     signal_power: float | None = None

@@ -274,7 +274,8 @@ def add_synthetic(
 
 # ---- index growth ---------------------------------------------------------------------------
 BYTES_PER_HIT = 150  # rough peak of the matcher's temporaries per looked-up posting
-SPEED_STEPS = 1 + len(DEFAULT.match.speed_steps)
+# lookups of a chunk's triplets: nominal, then the speed pass's speeds
+SPEED_STEPS = 1 + len(DEFAULT.match.near_lookup_speeds) + len(DEFAULT.match.far_lookup_speeds)
 
 
 def _reset_peak() -> None:
@@ -307,7 +308,7 @@ def measure_index(
     lookup_s = 0.0
     with Media(path) as media:
         for _chunk, samples in chunk_audio(media, plan, cfg):
-            h = triplets(query_peaks(samples, fp), fp, fp.query_triplet_fanout, 0).hashes
+            h = triplets(query_peaks(samples, fp), fp, fp.query_triplet_fanout).hashes
             hashes_n += h.shape[0]
             t0 = time.perf_counter()
             q, _post = catalog.index.lookup(h)

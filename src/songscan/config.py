@@ -34,6 +34,12 @@ class FingerprintConfig:
     ref_triplet_fanout: int = 4
     query_triplet_fanout: int = 8
     speed_triplet_fanout: int = 6
+    # The speed pass's far speeds (beyond +-3 %) look up fewer triplets: those of the strongest
+    # peaks only, at most this many per second (the ones a reference most likely has too),
+    # with this fanout. Set from the benchmark: every chunk of the +-8 % recordings found at
+    # 10/s and 3; at 7/s 3 of 99 lost; the speed pass costs about what it did at +-3 %.
+    far_speed_peaks_per_s: float = 10.0
+    far_speed_triplet_fanout: int = 3
     max_dt_frames: int = 63
     max_df_steps: int = 100
     # Hash frequencies are quantised on a log scale: a speed change (pitch and tempo together)
@@ -50,6 +56,20 @@ class FingerprintConfig:
 
 
 @dataclass(frozen=True)
+class Speed:
+    """A playback speed that a query is re-hashed for, in log steps of `log_step`: the tempo
+    is `speed_factor(tempo_steps)` times the reference's, the pitch `pitch_steps` steps higher
+    (the same number when pitch and tempo change together, as on a turntable; 0 under key
+    lock, a time-stretch that keeps the pitch)."""
+
+    tempo_steps: int = 0
+    pitch_steps: int = 0
+
+
+NOMINAL = Speed()
+
+
+@dataclass(frozen=True)
 class MatchConfig:
     # A candidate needs this many distinct query anchors with time-aligned hits. Set from the
     # benchmark: music that is not in the catalog reaches about 10 (shared drum loops, motifs).
@@ -61,9 +81,20 @@ class MatchConfig:
     offset_tolerance_frames: int = 1
     # Hits at which the score reaches 100.
     full_score_hits: int = 40
-    # Speeds tried when nothing matches at the nominal speed (radio plays songs a few % fast),
-    # as steps of FingerprintConfig.log_step: +-3 % with the default 1 % step.
-    speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3)
+    # Speeds tried when nothing matches at the nominal speed, as steps of
+    # FingerprintConfig.log_step (1 % each by default): pitch and tempo together (radio plays
+    # songs a few % fast, PAL TV 4.17 %, a turntable's pitch fader +-8 %) ...
+    speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8)
+    # ... and tempo alone, pitch kept (key lock: DJ software, time-stretched programmes).
+    key_lock_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 8, -8)
+    # The speed pass looks up the triplets of the near speeds (+-3 %, which radio and the
+    # existing recordings need) with every peak of the query, and of the far ones with the
+    # strongest (see FingerprintConfig.far_speed_peaks_per_s), all at once.
+    near_speed_steps: tuple[int, ...] = (1, -1, 2, -2, 3, -3)
+    # Key lock keeps every frequency, so a tempo a step off still hashes most triplets alike
+    # (their frame steps move by under a frame): the triplets are looked up at every third
+    # key-lock step only, and a nominee is verified at the steps either side of its own.
+    key_lock_lookup_steps: tuple[int, ...] = (2, -2, 5, -5, 8, -8)
     max_candidates: int = 3
     # Tracks whose pairs are checked: the ones with the most aligned triplet hits, with at least
     # this many (one hit is aligned with nothing: any track has one by chance), at the nominal
@@ -94,6 +125,26 @@ class MatchConfig:
     # min_aligned_hits). Uneven shifts, so that a beat or bar of repetition is not all of them.
     follow_min_ratio: float = 2.0
     follow_null_shifts_frames: tuple[int, ...] = (7, 13, 23, 37, 53)
+
+    @property
+    def speeds(self) -> tuple[Speed, ...]:
+        """Every speed a match may be verified at: pitch and tempo together, then key lock."""
+        return tuple(Speed(k, k) for k in self.speed_steps) + tuple(
+            Speed(k, 0) for k in self.key_lock_steps
+        )
+
+    @property
+    def near_lookup_speeds(self) -> tuple[Speed, ...]:
+        """The speeds whose triplets the speed pass looks up with every peak of the query."""
+        return tuple(Speed(k, k) for k in self.near_speed_steps)
+
+    @property
+    def far_lookup_speeds(self) -> tuple[Speed, ...]:
+        """The speeds whose triplets the speed pass looks up with the strongest peaks."""
+        near = set(self.near_speed_steps)
+        return tuple(Speed(k, k) for k in self.speed_steps if k not in near) + tuple(
+            Speed(k, 0) for k in self.key_lock_lookup_steps
+        )
 
 
 @dataclass(frozen=True)

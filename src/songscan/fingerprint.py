@@ -16,19 +16,20 @@ target zone) -> hashes carrying the anchor frame. Two kinds:
   candidates then decide (see matcher.py).
 
 A speed change by a factor `a` (pitch and tempo together) shifts every `q` by
-`log(a) / log(1 + log_step)` and scales every `dt` by `1 / a`, so `speed_step=k` re-hashes a
-query as if played at the k-th candidate speed, with no new FFT.
+`log(a) / log(1 + log_step)` and scales every `dt` by `1 / a`; a time-stretch that keeps the
+pitch (key lock) only scales the `dt`. So `speed=Speed(k, k)` re-hashes a query as if played at
+the k-th candidate speed, `Speed(k, 0)` as if time-stretched by it, with no new FFT.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .config import FingerprintConfig, speed_factor
+from .config import NOMINAL, FingerprintConfig, Speed, speed_factor
 from .fft import rfft_rows
 
 DT_BITS = 6
@@ -256,6 +257,14 @@ def _block_frames(cfg: FingerprintConfig) -> int:
     return max(1, round(cfg.frames_per_s))
 
 
+def strongest(peaks: Peaks, cfg: FingerprintConfig, peaks_per_s: float) -> Peaks:
+    """The strongest of `peaks`, at most `peaks_per_s` per second as `find_peaks` selects them."""
+    keep = _strongest_per_block(
+        np.rint(peaks.time_frames).astype(np.int64), peaks.strength, cfg, peaks_per_s
+    )
+    return Peaks(peaks.time_frames[keep], peaks.freq_hz[keep], peaks.strength[keep])
+
+
 def _strongest_per_block(
     t: np.ndarray, strength: np.ndarray, cfg: FingerprintConfig, peaks_per_s: float
 ) -> np.ndarray:
@@ -280,7 +289,7 @@ class _Zone:
     """Each peak's candidate targets (the next peaks in time order); `ok` marks the first
     `fanout` of them within the target zone."""
 
-    q: np.ndarray  # log-frequency position of each peak (speed step applied)
+    q: np.ndarray  # log-frequency position of each peak (pitch step applied)
     t: np.ndarray  # frame of each peak
     target: np.ndarray  # (peaks, width) int: index of each candidate target
     ok: np.ndarray  # (peaks, width) bool
@@ -288,10 +297,10 @@ class _Zone:
     dt: np.ndarray  # (peaks, width) quantised (speed-scaled) frames to each candidate
 
 
-def _zone(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int) -> _Zone:
+def _zone(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed: Speed) -> _Zone:
     n = len(peaks)
-    factor = speed_factor(speed_step, cfg.log_step)
-    q = log_freq_steps(peaks.freq_hz, cfg) - speed_step
+    factor = speed_factor(speed.tempo_steps, cfg.log_step)
+    q = log_freq_steps(peaks.freq_hz, cfg) - speed.pitch_steps
     t = peaks.time_frames
     # Candidate targets: the next `width` peaks in time order (enough to find `fanout` valid).
     width = min(n - 1, CANDIDATES_PER_FANOUT * fanout)
@@ -312,15 +321,16 @@ def _anchor_q(zone: _Zone) -> tuple[np.ndarray, np.ndarray]:
     return (q1 >= 0) & (q1 < (1 << Q_BITS)), q1
 
 
-def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed_step: int = 0) -> Hashes:
+def hashes(peaks: Peaks, cfg: FingerprintConfig, fanout: int, speed: Speed = NOMINAL) -> Hashes:
     """Pair every peak with the next `fanout` peaks of its target zone and hash the pairs.
 
-    `speed_step` k re-hashes the peaks as if the audio were slowed down by speed_factor(k),
-    i.e. as they would be in a reference that the query plays `speed_factor(k)` times as fast.
+    `speed` re-hashes the peaks as if the audio were slowed down by
+    speed_factor(speed.tempo_steps) and lowered by speed.pitch_steps, i.e. as they would be in
+    a reference that the query plays that many times as fast (and that much higher).
     """
     if len(peaks) < 2:
         return _no_hashes()
-    zone = _zone(peaks, cfg, fanout, speed_step)
+    zone = _zone(peaks, cfg, fanout, speed)
     fits, q1 = _anchor_q(zone)
     ok = zone.ok & fits[:, None]
     anchor, j = np.divmod(np.flatnonzero(ok), ok.shape[1])
@@ -340,12 +350,12 @@ def triplets(
     peaks: Peaks,
     cfg: FingerprintConfig,
     fanout: int,
-    speed_step: int = 0,
+    speed: Speed = NOMINAL,
     anchors: int | None = None,
 ) -> Hashes:
     """Every peak with each two of its next `fanout` target-zone peaks, hashed to
-    `TRIPLET_BITS` bits (`speed_step` as in `hashes`; `anchors` as in `triplet_keys`)."""
-    raw = triplet_keys(peaks, cfg, fanout, speed_step, anchors)
+    `TRIPLET_BITS` bits (`speed` as in `hashes`; `anchors` as in `triplet_keys`)."""
+    raw = triplet_keys(peaks, cfg, fanout, speed, anchors)
     return Hashes(fold(raw.hashes), raw.anchor_frames, raw.end_frames)
 
 
@@ -353,7 +363,7 @@ def triplet_keys(
     peaks: Peaks,
     cfg: FingerprintConfig,
     fanout: int,
-    speed_step: int = 0,
+    speed: Speed = NOMINAL,
     anchors: int | None = None,
 ) -> Hashes:
     """The triplets' unfolded keys (uint64): `q1 << 32 | (dq1 + 128) << 24 | (dq2 + 128) << 16
@@ -361,7 +371,7 @@ def triplet_keys(
     others are their targets)."""
     if len(peaks) < 3 or fanout < 2:
         return _no_hashes(np.uint64)
-    zone = _zone(peaks, cfg, fanout, speed_step)
+    zone = _zone(peaks, cfg, fanout, speed)
     fanout = min(fanout, zone.ok.shape[1])
     # Each row's valid targets moved to the front: column c is the c-th target, and the
     # first `valid` columns are valid.
@@ -381,6 +391,78 @@ def triplet_keys(
     first, second = anchor * fanout + first[keep], anchor * fanout + second[keep]
     keys = ((q1[anchor] << 32) | from_first[first] | from_second[second]).astype(np.uint64)
     return Hashes(keys, zone.t[anchor], zone.t[zone.target[anchor, slots.ravel()[second]]])
+
+
+def speed_triplets(
+    peaks: Peaks, cfg: FingerprintConfig, fanout: int, speeds: Sequence[Speed]
+) -> tuple[Hashes, np.ndarray]:
+    """`triplets(peaks, cfg, fanout, speed)` for every speed of `speeds`, laid end to end, and
+    the index in `speeds` of each hash: the same hashes, made at once.
+
+    A pitch step shifts every anchor's `q1` and no frequency step, so the keys of one tempo
+    serve every pitch (the anchor's range is checked after the shift); and the tempos differ
+    only in their frame steps, so the target zones of all of them are one array: a few dozen
+    whole-array operations for the speed pass instead of a few dozen per speed."""
+    nothing = _no_hashes(), np.zeros(0, dtype=np.int64)
+    if len(peaks) < 3 or fanout < 2 or not speeds:
+        return nothing
+    tempos = sorted({s.tempo_steps for s in speeds})
+    pitches = [s.pitch_steps for s in speeds]
+    keys, anchors, ends, bounds = _tempo_keys(peaks, cfg, fanout, tempos, pitches)
+    parts, which = [], []
+    for i, speed in enumerate(speeds):
+        t = tempos.index(speed.tempo_steps)
+        lo, hi = bounds[t], bounds[t + 1]
+        q1 = (keys[lo:hi] >> 32) - speed.pitch_steps
+        keep = lo + np.flatnonzero((q1 >= 0) & (q1 < (1 << Q_BITS)))
+        parts.append(keep)
+        which.append(np.full(keep.shape[0], i, dtype=np.int64))
+    chosen = np.concatenate(parts)
+    step_of = np.concatenate(which)
+    shifted = keys[chosen] - (np.array(pitches, dtype=np.int64)[step_of] << 32)
+    return Hashes(fold(shifted.astype(np.uint64)), anchors[chosen], ends[chosen]), step_of
+
+
+def _tempo_keys(
+    peaks: Peaks, cfg: FingerprintConfig, fanout: int, tempos: list[int], pitches: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The unfolded triplet keys (int64, `q1` unshifted) of the peaks at each tempo step of
+    `tempos`, laid end to end (tempo by tempo, `bounds` where each starts, and the end), with
+    their anchor and end frames. Anchors are kept wherever some pitch of `pitches` can bring
+    them into Q_BITS (the caller checks each)."""
+    n = len(peaks)
+    width = min(n - 1, CANDIDATES_PER_FANOUT * fanout)
+    idx = np.arange(n)[:, None] + np.arange(1, width + 1)[None, :]
+    inside = idx < n
+    idx = np.minimum(idx, n - 1)
+    q = log_freq_steps(peaks.freq_hz, cfg)
+    t = peaks.time_frames
+    dq = np.rint(q[idx] - q[:, None])  # (peaks, width): the same at every pitch
+    factors = np.array([speed_factor(k, cfg.log_step) for k in tempos])
+    dt = np.rint((t[idx] - t[:, None])[None] * factors[:, None, None])  # (tempos, peaks, width)
+    ok = inside & (np.abs(dq) <= cfg.max_df_steps)
+    ok = ok[None] & (dt >= 1) & (dt <= cfg.max_dt_frames)
+    rank = np.cumsum(ok, axis=2)
+    ok &= rank <= fanout
+    fanout = min(fanout, width)
+    # slots[t, a, c]: the column of anchor a's c-th valid target at tempo t (0 past the last)
+    slots = np.zeros((len(tempos), n, fanout), dtype=np.intp)
+    tempo_at, anchor_at, column = np.nonzero(ok)
+    slots[tempo_at, anchor_at, rank[tempo_at, anchor_at, column] - 1] = column
+    q1 = np.rint(q).astype(np.int64)
+    fits = (q1 >= -max(0, max(pitches))) & (q1 < (1 << Q_BITS) - min(0, min(pitches)))
+    valid = np.where(fits[None], ok.sum(axis=2), 0)  # (tempos, peaks)
+    dq_s = np.take_along_axis(np.broadcast_to(dq, ok.shape), slots, axis=2).astype(np.int64)
+    dq_s += DQ_BIAS
+    dt_s = np.take_along_axis(dt, slots, axis=2).astype(np.int64)
+    from_first, from_second = ((dq_s << 24) | (dt_s << 8)).ravel(), ((dq_s << 16) | dt_s).ravel()
+    first, second = np.triu_indices(fanout, 1)
+    tempo_i, anchor, pair = np.nonzero(second[None, None, :] < valid[:, :, None])
+    row = (tempo_i * n + anchor) * fanout
+    keys = (q1[anchor] << 32) + (from_first[row + first[pair]] | from_second[row + second[pair]])
+    target = idx[anchor, slots.reshape(-1, fanout)[tempo_i * n + anchor, second[pair]]]
+    bounds = np.searchsorted(tempo_i, np.arange(len(tempos) + 1))
+    return keys, t[anchor], t[target], bounds
 
 
 def fold(keys: np.ndarray) -> np.ndarray:
@@ -442,6 +524,6 @@ def reference_hashes(samples: np.ndarray, cfg: FingerprintConfig) -> Hashes:
 
 
 def query_peaks(samples: np.ndarray, cfg: FingerprintConfig) -> Peaks:
-    """The (denser) peaks of a query; hash them with `hashes(..., cfg.query_fanout, step)`
-    and `triplets(..., cfg.query_triplet_fanout, step)`."""
+    """The (denser) peaks of a query; hash them with `hashes(..., cfg.query_fanout, speed)`
+    and `triplets(..., cfg.query_triplet_fanout, speed)`."""
     return find_peaks(spectrogram(samples, cfg), cfg, cfg.query_peaks_per_s)

@@ -9,8 +9,9 @@
    A match needs `min_aligned_hits` distinct query anchors on its best offset (within
    +-`offset_tolerance_frames`); anything less is no match, never a best guess.
 
-When nothing matches at the nominal speed, the query is re-hashed for the configured speed steps
-(the same peaks, no new FFT) and the best of those is taken.
+When nothing matches at the nominal speed, the query is re-hashed for the configured speeds
+(the same peaks, no new FFT: pitch and tempo together, and tempo alone for key lock), looked up
+at once, and the best of those is taken.
 
 A scan also has neighbours: `match_tracks` checks a chunk against the songs of the chunks next
 to it (pairs, anywhere in the song), and `follow` looks for a neighbour's song at the very
@@ -19,12 +20,22 @@ position the neighbour predicts, by single peaks (a quiet passage under noise).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .config import EngineConfig, MatchConfig, speed_factor
-from .fingerprint import Hashes, Peaks, hashes, query_peaks, triplets
+from .config import NOMINAL, EngineConfig, MatchConfig, Speed, speed_factor
+from .fingerprint import (
+    Hashes,
+    Peaks,
+    hashes,
+    query_peaks,
+    speed_triplets,
+    strongest,
+    triplets,
+)
 from .index import PostingIndex, References, run_positions, run_starts, unpack_postings
 
 
@@ -42,7 +53,7 @@ class Placement:
 class Match:
     track_id: int
     aligned_hits: int
-    speed: float  # how much faster than the reference the query plays
+    speed: float  # how much faster than the reference the query plays (tempo)
     # Reference frame that plays at query frame 0 (may be negative: the song starts later).
     offset_frames: int
     # Extent of the aligned hits, in query frames.
@@ -53,6 +64,9 @@ class Match:
     alternatives: tuple[Placement, ...] = ()
     # Below min_aligned_hits: only a neighbouring chunk's match of the same song confirms it.
     weak: bool = False
+    # How much higher than the reference the query sounds: `speed` when pitch and tempo
+    # changed together, 1.0 under key lock.
+    pitch: float = 1.0
 
 
 def match_samples(
@@ -71,24 +85,88 @@ def match_peaks(
     if len(peaks) < 2 or live_ids.shape[0] == 0:
         return []
     mc = cfg.match
-    found = _match_steps(peaks, (0,), refs, live_ids, cfg)
-    if not _confident(found, mc) and mc.speed_steps:
-        found += _match_steps(peaks, mc.speed_steps, refs, live_ids, cfg)
+    found = _match_steps(peaks, (NOMINAL,), (NOMINAL,), refs, live_ids, cfg)
+    found = [_at_own_speed(m, peaks, refs, cfg) for m in found]
+    if not _confident(found, mc) and mc.speeds:
+        lookup = (*mc.near_lookup_speeds, *mc.far_lookup_speeds)
+        found += _match_steps(peaks, lookup, mc.speeds, refs, live_ids, cfg)
     return _verdict(found, mc)
 
 
+def _at_own_speed(m: Match, peaks: Peaks, refs: References, cfg: EngineConfig) -> Match:
+    """A nominal-speed match whose hits drift as fast as the fit allows (half a step across
+    the chunk) plays further from nominal: a time-stretched song keeps its frequencies, so
+    its pairs with short frame steps still line up at nominal speed, on a part of the chunk.
+    It is verified again at every speed on the side of its drift, and the best one taken."""
+    fp = cfg.fingerprint
+    drift = m.speed - 1.0
+    if abs(drift) < 0.6 * fp.log_step - 1e-9:
+        return m
+    steps = tuple(s for s in (NOMINAL, *cfg.match.speeds) if s.tempo_steps * drift >= 0)
+    found = _verify(
+        peaks,
+        steps,
+        refs,
+        np.full(len(steps), m.track_id, dtype=np.int64),
+        np.arange(len(steps)),
+        cfg,
+    )
+    best = found[0] if found else m
+    return best if best.aligned_hits > m.aligned_hits else m
+
+
 def match_tracks(
-    peaks: Peaks, refs: References, track_ids: np.ndarray, cfg: EngineConfig
+    peaks: Peaks, refs: References, leads: Sequence[Match], cfg: EngineConfig
 ) -> list[Match]:
-    """Like `match_peaks`, but checks only `track_ids` (songs heard in the neighbouring chunks),
-    at every speed step, without looking the triplets up."""
-    if len(peaks) < 2 or track_ids.shape[0] == 0:
+    """Like `match_peaks`, but checks only the songs of `leads` (matches in the neighbouring
+    chunks), without looking the triplets up: each at the nominal speed and at the steps on
+    either side of its lead's speed (a song plays on at its speed; no more speeds than those,
+    as each one is another chance for noise to line up)."""
+    if len(peaks) < 2 or not leads:
         return []
-    mc = cfg.match
-    steps = (0, *mc.speed_steps)
-    nominees = np.repeat(track_ids, len(steps))
-    nominee_steps = np.tile(np.arange(len(steps)), track_ids.shape[0])
-    return _verdict(_verify(peaks, steps, refs, nominees, nominee_steps, cfg), mc)
+    mc, log_step = cfg.match, cfg.fingerprint.log_step
+    steps = (NOMINAL, *mc.speeds)
+    nominees, nominee_steps = [], []
+    for lead in leads:
+        key_lock = lead.pitch == 1.0 and lead.speed != 1.0
+        around = {
+            math.floor(_steps_of(lead.speed, log_step)),
+            math.ceil(_steps_of(lead.speed, log_step)),
+        }
+        wanted = {Speed(k, 0 if key_lock else k) for k in around}
+        near = np.array([0] + [i for i, s in enumerate(steps) if s in wanted and i > 0])
+        nominees.append(np.full(near.shape[0], lead.track_id, dtype=np.int64))
+        nominee_steps.append(near)
+    return _verdict(
+        _verify(peaks, steps, refs, np.concatenate(nominees), np.concatenate(nominee_steps), cfg),
+        mc,
+    )
+
+
+def _steps_of(factor: float, log_step: float) -> float:
+    """How many log steps `factor` is (fractional)."""
+    return math.log(factor) / math.log1p(log_step)
+
+
+def _near(steps: tuple[Speed, ...], centres: tuple[Speed, ...]) -> np.ndarray:
+    """(centres, steps) bool: which steps lie within a step of each centre, in tempo and in
+    pitch (a speed between two steps hashes partly at each), and of its kind."""
+    tempo = np.array([s.tempo_steps for s in steps])
+    pitch = np.array([s.pitch_steps for s in steps])
+    c_tempo = np.array([s.tempo_steps for s in centres])
+    c_pitch = np.array([s.pitch_steps for s in centres])
+    # the two kinds (pitch with tempo, key lock) only meet at nominal speed: a nominee is
+    # verified at speeds of its own kind (each one more is more work and a chance for noise)
+    lock = (pitch == 0) & (tempo != 0)
+    c_lock = (c_pitch == 0) & (c_tempo != 0)
+    together = (pitch == tempo) & (tempo != 0)
+    c_together = (c_pitch == c_tempo) & (c_tempo != 0)
+    other_kind = (c_lock[:, None] & together[None, :]) | (c_together[:, None] & lock[None, :])
+    return (
+        (np.abs(c_tempo[:, None] - tempo[None, :]) <= 1)
+        & (np.abs(c_pitch[:, None] - pitch[None, :]) <= 1)
+        & ~other_kind
+    )
 
 
 def follow(
@@ -108,12 +186,12 @@ def follow(
     if len(peaks) == 0 or len(ref) == 0:
         return None
     offset = lead.offset_frames + shift_frames * lead.speed
-    found = _coinciding(peaks, ref, offset, lead.speed, cfg)
+    found = _coinciding(peaks, ref, offset, lead, cfg)
     hits = int(found.sum())
     if hits < mc.min_aligned_hits:
         return None
     chance = max(
-        int(_coinciding(peaks, ref, offset + sign * d, lead.speed, cfg).sum())
+        int(_coinciding(peaks, ref, offset + sign * d, lead, cfg).sum())
         for d in mc.follow_null_shifts_frames
         for sign in (-1, 1)
     )
@@ -127,6 +205,7 @@ def follow(
         offset_frames=round(offset),
         start_frame=float(peaks.time_frames[first]),
         end_frame=float(peaks.time_frames[last]),
+        pitch=lead.pitch,
     )
 
 
@@ -144,17 +223,18 @@ def _densest_run(found: np.ndarray, rate: float) -> tuple[int, int]:
 
 
 def _coinciding(
-    peaks: Peaks, ref: Peaks, offset_frames: float, speed: float, cfg: EngineConfig
+    peaks: Peaks, ref: Peaks, offset_frames: float, lead: Match, cfg: EngineConfig
 ) -> np.ndarray:
     """Which query peaks have a reference peak at their place when query frame 0 plays
-    reference frame `offset_frames` (within `offset_tolerance_frames` and one FFT bin)."""
+    reference frame `offset_frames` at the speed and pitch of `lead` (within
+    `offset_tolerance_frames` and one FFT bin)."""
     fp = cfg.fingerprint
     tol = cfg.match.offset_tolerance_frames
-    at = offset_frames + peaks.time_frames * speed
+    at = offset_frames + peaks.time_frames * lead.speed
     lo = np.searchsorted(ref.time_frames, at - tol, side="left")
     hi = np.searchsorted(ref.time_frames, at + tol, side="right")
     query, candidate = run_positions(lo, hi)
-    near = np.abs(ref.freq_hz[candidate] - peaks.freq_hz[query] / speed) <= (
+    near = np.abs(ref.freq_hz[candidate] - peaks.freq_hz[query] / lead.pitch) <= (
         fp.sample_rate_hz / fp.n_fft
     )
     found = np.zeros(len(peaks), dtype=bool)
@@ -175,23 +255,22 @@ def _verdict(found: list[Match], mc: MatchConfig) -> list[Match]:
 
 def _match_steps(
     peaks: Peaks,
-    steps: tuple[int, ...],
+    lookup: tuple[Speed, ...],
+    verify: tuple[Speed, ...],
     refs: References,
     live_ids: np.ndarray,
     cfg: EngineConfig,
 ) -> list[Match]:
-    nominees, nominee_steps = _nominate(peaks, steps, refs.index, live_ids, cfg)
-    # Each nominee is verified at the speed step its triplets chose and the steps next to it
-    # (a speed between two steps hashes partly at each).
-    values = np.asarray(steps)
-    near = np.abs(values[nominee_steps][:, None] - values[None, :]) <= 1
-    which, step_idx = np.nonzero(near)
-    return _verify(peaks, steps, refs, nominees[which], step_idx, cfg)
+    """Matches nominated by the triplets at the speeds `lookup`, each nominee verified at the
+    speeds of `verify` within a step of the one its triplets chose."""
+    nominees, nominee_steps = _nominate(peaks, lookup, refs.index, live_ids, cfg)
+    which, step_idx = np.nonzero(_near(verify, lookup)[nominee_steps])
+    return _verify(peaks, verify, refs, nominees[which], step_idx, cfg)
 
 
 def _verify(
     peaks: Peaks,
-    steps: tuple[int, ...],
+    steps: tuple[Speed, ...],
     refs: References,
     nominees: np.ndarray,
     nominee_steps: np.ndarray,
@@ -216,7 +295,9 @@ def _verify(
     if query_idx.shape[0] == 0:
         return []
     tracks, ref_frames = unpack_postings(postings)
-    step_of, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
+    step_of = _step_of(per_step)[query_idx]
+    anchors = np.concatenate([h.anchor_frames for h in per_step])[query_idx]
+    offsets = _hit_offsets(steps, step_of, anchors, ref_frames, cfg)
     ends = np.concatenate([h.end_frames for h in per_step])[query_idx]
 
     # Cheap prefilter: a track (and step) needs weak_aligned_hits hits in total to go on.
@@ -255,15 +336,24 @@ def _verify(
 
         chosen = placement(int(key_u[b] % span + base), hits)
         others = _alternatives(key_u, aligned, group_u, g, b, span, base, tol, hits, mc)
+        speed = steps[step_i]
+        grid = speed_factor(speed.tempo_steps, fp.log_step)
+        mine = group == g
+        fitted, offset = _fitted_speed(anchors[mine], offsets[mine], chosen.offset_frames, cfg)
+        # pitch and tempo changed together: the pitch moved by the fitted factor too (at
+        # nominal speed the fitted drift says nothing about the pitch)
+        together = speed.pitch_steps == speed.tempo_steps != 0
+        pitch = grid + fitted if together else speed_factor(speed.pitch_steps, fp.log_step)
         results.append(
             Match(
                 track_id=track_id,
                 aligned_hits=hits,
-                speed=speed_factor(steps[step_i], fp.log_step),
-                offset_frames=chosen.offset_frames,
+                speed=grid + fitted,
+                offset_frames=offset,
                 start_frame=chosen.start_frame,
                 end_frame=chosen.end_frame,
                 alternatives=tuple(placement(o, h) for o, h in others),
+                pitch=pitch,
             )
         )
         if len(results) >= mc.max_candidates:
@@ -271,9 +361,44 @@ def _verify(
     return results
 
 
+def _fitted_speed(
+    anchors: np.ndarray, offsets: np.ndarray, offset: int, cfg: EngineConfig
+) -> tuple[float, int]:
+    """The speed between grid steps, fitted: how much faster than its grid step's factor the
+    query plays (a fraction, within half a step) and the offset at query frame 0 at that speed.
+
+    At a speed between two steps the hits' offsets drift across the chunk by the difference
+    times the anchor frame (two frames over 12 s at half a 1 % step); the least-squares line
+    through the hits near the best offset, refitted on those within a frame and a half of the
+    first line, gives the drift and the offset where the chunk starts. Falls back to (0, the
+    grid's offset) when the hits span too little of the chunk to tell a slope."""
+    fp, mc = cfg.fingerprint, cfg.match
+    half_step = 0.6 * fp.log_step
+    reach = mc.offset_tolerance_frames + 2 + half_step * float(anchors.max(initial=0.0))
+    near = np.abs(offsets - offset) <= reach
+    x, y = anchors[near].astype(np.float64), offsets[near].astype(np.float64)
+    for refit in (False, True):
+        if x.shape[0] < mc.weak_aligned_hits or np.ptp(x) < 2 * fp.frames_per_s:
+            return 0.0, offset
+        dx = x - x.mean()
+        slope = float(dx @ (y - y.mean()) / (dx @ dx))  # least squares
+        intercept = float(y.mean() - slope * x.mean())
+        residual = y - (intercept + slope * x)
+        if not refit:
+            keep = np.abs(residual) <= 1.5
+            x, y = x[keep], y[keep]
+    # A drift within three standard errors of none is the grid's speed (a chunk at exactly a
+    # step's speed, nominal ones above all, keeps it exactly: a neighbour follows the song
+    # from it).
+    error = math.sqrt(float(residual @ residual) / max(1, x.shape[0] - 2) / float(dx @ dx))
+    if abs(slope) <= 3 * error:
+        return 0.0, offset
+    return float(np.clip(slope, -half_step, half_step)), round(intercept)
+
+
 def _nominate(
     peaks: Peaks,
-    steps: tuple[int, ...],
+    steps: tuple[Speed, ...],
     index: PostingIndex,
     live_ids: np.ndarray,
     cfg: EngineConfig,
@@ -283,12 +408,16 @@ def _nominate(
     each aligns best."""
     fp, mc = cfg.fingerprint, cfg.match
     nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    fanout = fp.query_triplet_fanout if steps == (0,) else fp.speed_triplet_fanout
-    per_step = [triplets(peaks, fp, fanout, step) for step in steps]
-    all_hashes = np.concatenate([h.hashes for h in per_step])
+    nominal = steps == (NOMINAL,)
+    if nominal:
+        found = triplets(peaks, fp, fp.query_triplet_fanout)
+        hash_steps = np.zeros(len(found), dtype=np.int64)
+    else:
+        found, hash_steps = _speed_pass_triplets(peaks, steps, cfg)
+    all_hashes = found.hashes
     if all_hashes.shape[0] == 0:
         return nothing
-    budget = mc.max_postings_per_lookup if steps == (0,) else mc.max_speed_postings_per_lookup
+    budget = mc.max_postings_per_lookup if nominal else mc.max_speed_postings_per_lookup
     query_idx, postings = index.lookup(all_hashes, budget)
     if query_idx.shape[0] == 0:
         return nothing
@@ -296,7 +425,8 @@ def _nominate(
     live = _is_live(tracks, live_ids)
     if not live.all():
         query_idx, tracks, ref_frames = query_idx[live], tracks[live], ref_frames[live]
-    group = tracks * len(steps) + _step_of(per_step)[query_idx]
+    step_of = hash_steps[query_idx]
+    group = tracks * len(steps) + step_of
     hits = np.bincount(group)
     # A group (track and step) with fewer hits than a nominee needs aligned cannot be one (in a
     # large index most groups have a single hit).
@@ -304,7 +434,8 @@ def _nominate(
     if not enough.any():
         return nothing
     group, query_idx, ref_frames = group[enough], query_idx[enough], ref_frames[enough]
-    _, anchors, offsets = _hit_offsets(per_step, steps, query_idx, ref_frames, cfg)
+    anchors = found.anchor_frames[query_idx]
+    offsets = _hit_offsets(steps, step_of[enough], anchors, ref_frames, cfg)
     key_u, aligned, span, _ = _votes(group, offsets, anchors, mc.offset_tolerance_frames)
     # Per group (keys are sorted, so grouped): its best offset's aligned hits; rank groups by
     # that, ties by all their hits; each track once, at its best step.
@@ -328,20 +459,47 @@ def _nominate(
 _NO_HASHES = Hashes(np.zeros(0, np.uint32), np.zeros(0, np.float32), np.zeros(0, np.float32))
 
 
+def _speed_pass_triplets(
+    peaks: Peaks, steps: tuple[Speed, ...], cfg: EngineConfig
+) -> tuple[Hashes, np.ndarray]:
+    """The triplets of the speed pass and the index in `steps` of each: those of the near
+    speeds from every peak, of the far ones from the strongest peaks, with a smaller fanout."""
+    fp, mc = cfg.fingerprint, cfg.match
+    near = [i for i, s in enumerate(steps) if s in mc.near_lookup_speeds]
+    far = [i for i in range(len(steps)) if i not in near]
+    parts = [
+        (speed_triplets(peaks, fp, fp.speed_triplet_fanout, [steps[i] for i in near]), near),
+        (
+            speed_triplets(
+                strongest(peaks, fp, fp.far_speed_peaks_per_s),
+                fp,
+                fp.far_speed_triplet_fanout,
+                [steps[i] for i in far],
+            ),
+            far,
+        ),
+    ]
+    found = Hashes(
+        np.concatenate([h.hashes for (h, _), _ in parts]),
+        np.concatenate([h.anchor_frames for (h, _), _ in parts]),
+        np.concatenate([h.end_frames for (h, _), _ in parts]),
+    )
+    step_of = np.concatenate([np.asarray(which, dtype=np.int64)[i] for (_, i), which in parts])
+    return found, step_of
+
+
 def _hit_offsets(
-    per_step: list[Hashes],
-    steps: tuple[int, ...],
-    query_idx: np.ndarray,
+    steps: tuple[Speed, ...],
+    step_of: np.ndarray,
+    anchors: np.ndarray,
     ref_frames: np.ndarray,
     cfg: EngineConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each hit (query hash `query_idx` of the steps' hashes laid end to end, at
-    reference frame `ref_frames`): its step, query anchor frame, and reference-query offset."""
-    step_of = _step_of(per_step)[query_idx]
-    anchors = np.concatenate([h.anchor_frames for h in per_step])[query_idx]
-    factors = np.array([speed_factor(s, cfg.fingerprint.log_step) for s in steps])[step_of]
-    offsets = np.rint(ref_frames - anchors * factors).astype(np.int64)
-    return step_of, anchors, offsets
+) -> np.ndarray:
+    """Each hit's reference-query offset: the reference frame at query frame 0, at the tempo
+    of its step `steps[step_of]` (query anchor at `anchors`, reference one at `ref_frames`)."""
+    log_step = cfg.fingerprint.log_step
+    factors = np.array([speed_factor(s.tempo_steps, log_step) for s in steps])[step_of]
+    return np.rint(ref_frames - anchors * factors).astype(np.int64)
 
 
 def _step_of(per_step: list[Hashes]) -> np.ndarray:

@@ -27,6 +27,7 @@ CSV_COLUMNS = (
     "upc",
     "song_link",
     "audio_id",
+    "speed",
 )
 ENTERPRISE_METADATA = ("isrc", "upc", "score")
 # Consecutive chunks of one song merge into a segment when their positions agree this well.
@@ -68,6 +69,7 @@ def song_json(song: SongMatch, opts: OutputOptions, *, standard: bool = False) -
     if standard:
         return out
     out["timecode_ms"] = song.timecode_ms
+    out["speed"] = round(song.speed, 4)
     if opts.enterprise_metadata:
         out["score"] = song.score
         out["isrc"] = meta.isrc or ""
@@ -140,6 +142,7 @@ class Segment:
     timecode_ms: int  # song position at start_s
     chunks: int
     score: int
+    speed: float  # how much faster than the catalog's recording it plays (first chunk)
 
 
 def segments(result: ScanResult) -> list[Segment]:
@@ -171,6 +174,7 @@ def segments(result: ScanResult) -> list[Segment]:
                     timecode_ms=pos_ms,
                     chunks=1,
                     score=best.score,
+                    speed=best.speed,
                 )
             )
         out[-1].end_s = round(out[-1].end_s, 3)
@@ -199,6 +203,7 @@ def segments_json(result: ScanResult) -> dict[str, Any]:
                 "timecode_ms": s.timecode_ms,
                 "chunks": s.chunks,
                 "score": s.score,
+                "speed": round(s.speed, 4),
             }
             for s in segments(result)
         ],

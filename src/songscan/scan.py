@@ -382,7 +382,60 @@ def check_neighbours_songs(
     recognise); failing that, by single peaks at the position the neighbour's match predicts
     (`matcher.follow`: a quiet passage under noise). Repeated while it finds more (a song found
     in one chunk is followed into the next), so the result does not depend on the order of
-    the chunks."""
+    the chunks. Finally a chunk with a confident match is checked for the songs its
+    neighbours play confidently and it lacks (a crossfade: one song fades out while the next
+    comes in, each perhaps at its own speed)."""
+    matches = _recover_from_neighbours(heard, catalog, cfg)
+    return _add_neighbours_songs(heard, matches, catalog, cfg)
+
+
+def _add_neighbours_songs(
+    heard: list[tuple[float, Peaks, list[Match]]],
+    matches: list[list[Match]],
+    catalog: Catalog,
+    cfg: EngineConfig,
+) -> list[list[Match]]:
+    """Each confidently matched chunk with the confident matches of the songs that a
+    neighbouring chunk plays confidently and this one does not list (checked by their pairs,
+    at the neighbour's speed), where the song goes on from the neighbour's position, all best
+    first: a song that fades out under the next one keeps being reported while it plays."""
+    frames_per_s = cfg.fingerprint.frames_per_s
+    tolerance = cfg.match.continuity_tolerance_s * frames_per_s
+    out = []
+    for i, (start, peaks, _) in enumerate(heard):
+        own = matches[i]
+        if not own or own[0].weak:
+            out.append(own)
+            continue
+        listed = {m.track_id for m in own}
+        # each lead with the song position (frames) it predicts at this chunk's start
+        leads = [
+            (m, m.offset_frames + (start - heard[j][0]) * frames_per_s * m.speed)
+            for j in (i - 1, i + 1)
+            if 0 <= j < len(heard) and matches[j] and not matches[j][0].weak
+            for m in matches[j]
+            if not m.weak and m.track_id not in listed
+        ]
+        found = match_tracks(peaks, catalog, [m for m, _ in leads], cfg) if leads else []
+        more = [
+            m
+            for m in found
+            if not m.weak
+            and m.track_id not in listed
+            and any(
+                lead.track_id == m.track_id and abs(m.offset_frames - at) <= tolerance
+                for lead, at in leads
+            )
+        ]
+        out.append(sorted([*own, *more], key=lambda m: -m.aligned_hits) if more else own)
+    return out
+
+
+def _recover_from_neighbours(
+    heard: list[tuple[float, Peaks, list[Match]]], catalog: Catalog, cfg: EngineConfig
+) -> list[list[Match]]:
+    """The matches of the chunks, those without a confident one checked against their
+    neighbours' songs (see check_neighbours_songs)."""
     frames_per_s = cfg.fingerprint.frames_per_s
     matches = [found for _, _, found in heard]
     tried_songs: list[set[int]] = [set() for _ in heard]
@@ -403,7 +456,8 @@ def check_neighbours_songs(
             songs = {m.track_id for _, m in leads} - tried_songs[i]
             if songs:
                 tried_songs[i] |= songs
-                found = match_tracks(peaks, catalog, np.array(sorted(songs)), cfg)
+                new_leads = [m for _, m in leads if m.track_id in songs]
+                found = match_tracks(peaks, catalog, new_leads, cfg)
                 if found and (not found[0].weak or not matches[i]):
                     matches[i] = found
                     if not found[0].weak:

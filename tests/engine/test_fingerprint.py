@@ -4,11 +4,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from bench.broadcast import time_stretch
 from scipy.ndimage import maximum_filter1d
 from scipy.signal import resample_poly
 
 from songscan import fingerprint
-from songscan.config import DEFAULT, speed_factor
+from songscan.config import DEFAULT, Speed, speed_factor
 from songscan.fingerprint import (
     HASH_BITS,
     STREAM_SEGMENT_BLOCKS,
@@ -63,8 +64,8 @@ def test_speed_step_rehash_recovers_the_reference_hashes() -> None:
     fast = resample_poly(song, 100, 103).astype(np.float32)
     ref = set(reference_hashes(song, CFG).hashes.tolist())
     peaks = query_peaks(fast, CFG)
-    nominal = set(hashes(peaks, CFG, CFG.query_fanout, 0).hashes.tolist())
-    stepped = set(hashes(peaks, CFG, CFG.query_fanout, 3).hashes.tolist())
+    nominal = set(hashes(peaks, CFG, CFG.query_fanout).hashes.tolist())
+    stepped = set(hashes(peaks, CFG, CFG.query_fanout, Speed(3, 3)).hashes.tolist())
     assert speed_factor(3) == pytest.approx(1.0303, abs=1e-4)
     assert len(stepped & ref) > 4 * len(nominal & ref)
 
@@ -81,9 +82,34 @@ def test_triplets_are_specific_and_follow_a_speed_step() -> None:
     fast = resample_poly(song, 100, 103).astype(np.float32)
     peaks = query_peaks(fast, CFG)
     wanted = set(ref.hashes.tolist())
-    nominal = set(triplets(peaks, CFG, CFG.query_triplet_fanout, 0).hashes.tolist())
-    stepped = set(triplets(peaks, CFG, CFG.query_triplet_fanout, 3).hashes.tolist())
+    nominal = set(triplets(peaks, CFG, CFG.query_triplet_fanout).hashes.tolist())
+    stepped = set(triplets(peaks, CFG, CFG.query_triplet_fanout, Speed(3, 3)).hashes.tolist())
     assert len(stepped & wanted) > 4 * max(1, len(nominal & wanted))
+
+
+def test_speed_triplets_are_every_speeds_triplets_at_once() -> None:
+    """The speed pass's triplets, made for all its speeds at once (pitch and tempo together,
+    and key lock), are each speed's own `triplets`, in order; and a song played 6 % fast with
+    its pitch, or time-stretched by 6 % without, shares its triplets with the reference at
+    the speed that undoes it and far fewer at nominal speed."""
+    song = resample_poly(synth_song(9, 30.0), 8000, 22050).astype(np.float32)
+    peaks = query_peaks(song, CFG)
+    speeds = DEFAULT.match.speeds
+    found, step_of = fingerprint.speed_triplets(peaks, CFG, CFG.speed_triplet_fanout, speeds)
+    assert np.all(np.diff(step_of) >= 0)
+    for i, speed in enumerate(speeds):
+        own = triplets(peaks, CFG, CFG.speed_triplet_fanout, speed)
+        np.testing.assert_array_equal(found.hashes[step_of == i], own.hashes)
+        np.testing.assert_array_equal(found.anchor_frames[step_of == i], own.anchor_frames)
+        np.testing.assert_array_equal(found.end_frames[step_of == i], own.end_frames)
+    wanted = set(reference_triplets(reference_peaks(song, CFG), CFG).hashes.tolist())
+    fast = resample_poly(song, 100, 106).astype(np.float32)
+    stretched = time_stretch(song, 8000, 1.06)
+    for played, speed in ((fast, Speed(6, 6)), (stretched, Speed(6, 0))):
+        query = query_peaks(played, CFG)
+        nominal = set(triplets(query, CFG, CFG.query_triplet_fanout).hashes.tolist())
+        at_speed = set(triplets(query, CFG, CFG.query_triplet_fanout, speed).hashes.tolist())
+        assert len(at_speed & wanted) > 3 * max(1, len(nominal & wanted))
 
 
 def as_blocks(samples: np.ndarray, size: int) -> Iterator[np.ndarray]:

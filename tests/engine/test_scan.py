@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench.broadcast import time_stretch
 from scipy.signal import resample_poly
 
 from songscan import media, scan
@@ -102,6 +103,60 @@ def test_three_percent_speed_change_is_recognised(
     assert len(songs) >= 2 and all(s.track.audio_id == 3 for s in songs)
     assert abs(songs[0].speed - speed) < 0.011
     assert abs(songs[0].timecode_ms - 12_000) <= 200
+
+
+def played_at(samples: np.ndarray, speed: float, key_lock: bool) -> np.ndarray:
+    """`samples` played `speed` times as fast: time-stretched with the pitch kept (FFmpeg's
+    atempo), or resampled (pitch and tempo together, a turntable)."""
+    if key_lock:
+        return time_stretch(samples, RATE, speed)
+    return resample_poly(samples, 1000, round(1000 * speed)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("speed", "key_lock"),
+    [(1.06, False), (0.93, False), (1.042, False), (1.07, True), (0.93, True)],
+)
+def test_speed_change_up_to_eight_percent_is_found_with_its_factor(
+    library: Library, tmp_path: Path, speed: float, key_lock: bool
+) -> None:
+    """A song played up to 8 % fast or slow, with its pitch or without (key lock), is found in
+    every chunk it fills, with its speed within 0.5 % and its position at each chunk start as
+    accurate as at nominal speed (the song advances `speed` seconds per second)."""
+    start_s = 6.0
+    clip = played_at(excerpt(library.songs[2], start_s, 50.0), speed, key_lock)
+    path = write_audio(tmp_path / "fast.flac", clip)
+    result = scan_file(path, library.data, PlanParams(), SERIAL)
+    full = [c for c in result.chunks if c.chunk.duration_s == 12.0]
+    assert len(full) >= 3
+    for c in full:
+        assert [s.track.audio_id for s in c.songs] == [2]
+        song = c.songs[0]
+        assert abs(song.speed / speed - 1) <= 0.005, song.speed
+        want_ms = 1000 * (start_s + c.chunk.start_s * speed)
+        assert abs(song.timecode_ms - want_ms) <= 100, (c.chunk.start_s, song.timecode_ms)
+
+
+def test_crossfade_chunk_lists_both_songs(library: Library, tmp_path: Path) -> None:
+    """An 8-s crossfade between two songs at their own speeds (as a DJ mixes them): the chunk
+    in which both play for several seconds lists both, each at its own speed and position."""
+    fade = np.linspace(0.0, 1.0, round(8 * RATE), dtype=np.float32)
+    first = played_at(excerpt(library.songs[1], 10.0, 30.0 * 0.95), 0.95, False)[: 26 * RATE]
+    second = played_at(excerpt(library.songs[3], 0.0, 30.0 * 1.05), 1.05, True)[: 24 * RATE]
+    first[18 * RATE :] *= fade[::-1][: first.shape[0] - 18 * RATE]  # fades out over 18-26 s
+    second[: fade.shape[0]] *= fade  # fades in over 18-26 s
+    audio = mix([(0.0, first), (18.0, second)], 48.0)
+    path = write_audio(tmp_path / "crossfade.flac", audio)
+    result = scan_file(path, library.data, PlanParams(), SERIAL)
+    by_start = {c.chunk.start_s: c.songs for c in result.chunks}
+    both = {s.track.audio_id: s for s in by_start[12.0]}
+    assert set(both) == {1, 3}
+    # song 3 plays only the chunk's last 6 s, fading in: its speed is less exact there
+    assert abs(both[1].speed - 0.95) <= 0.005 and abs(both[3].speed - 1.05) <= 0.01
+    assert abs(both[1].timecode_ms - 1000 * (10 + 12 * 0.95)) <= 100
+    assert abs(both[3].position_ms - 1000 * (-6 * 1.05)) <= 100  # song 3 starts at 18 s
+    assert [s.track.audio_id for s in by_start[0.0]] == [1]
+    assert [s.track.audio_id for s in by_start[36.0]] == [3]
 
 
 def test_plan_parameters_reach_the_scan(library: Library, tmp_path: Path) -> None:
@@ -337,7 +392,7 @@ def test_a_song_is_followed_by_its_peaks_where_noise_leaves_no_pairs(library: Li
     track, next_chunk = catalog.get(1).id, 12 * fp.frames_per_s
 
     quiet = query_peaks(0.3 * song[24 * rate : 36 * rate] + noise, fp)
-    assert match_tracks(quiet, catalog, np.array([track]), SERIAL) == []
+    assert match_tracks(quiet, catalog, lead[:1], SERIAL) == []
     followed = follow(quiet, catalog, lead[0], next_chunk, SERIAL)
     assert followed is not None and followed.track_id == track
     assert followed.aligned_hits >= SERIAL.match.min_aligned_hits

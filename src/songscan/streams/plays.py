@@ -89,16 +89,31 @@ class WindowRecognizer:
         peaks = self._prev.peaks
         keep = peaks.time_frames >= from_s * self.cfg.fingerprint.frames_per_s
         tail = Peaks(peaks.time_frames[keep], peaks.freq_hz[keep], peaks.strength[keep])
+        leads = self._leads(track_id)
+        if not leads:
+            return True
         catalog = _catalog(self.data_dir, self.cfg)
         with self.limiter:
-            return bool(match_tracks(tail, catalog, np.array([track_id]), self.cfg))
+            return bool(match_tracks(tail, catalog, leads, self.cfg))
 
     def heard(self, track_id: int, samples: np.ndarray) -> bool:
         """Whether song `track_id` is heard in `samples` (the first seconds of a window)."""
+        leads = self._leads(track_id)
+        if not leads:  # no window before to follow it from: the whole window decides
+            return True
         peaks = query_peaks(samples, self.cfg.fingerprint)
         catalog = _catalog(self.data_dir, self.cfg)
         with self.limiter:
-            return bool(match_tracks(peaks, catalog, np.array([track_id]), self.cfg))
+            found = match_tracks(peaks, catalog, leads, self.cfg)
+        # A weak match is no proof here: checked at its lead's speed and the steps beside it,
+        # a few seconds of other music can line up weakly with the song that just ended.
+        return any(not m.weak for m in found)
+
+    def _leads(self, track_id: int) -> list[Match]:
+        """The last window's match of song `track_id` (it is checked at that match's speed)."""
+        if self._prev is None:
+            return []
+        return [m for m in self._prev.matches if m.track_id == track_id][:1]
 
     def add(self, chunk: Chunk, samples: np.ndarray) -> tuple[Window | None, Window]:
         """(the previous window's revised verdict or None, this window's verdict)."""
