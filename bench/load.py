@@ -1084,7 +1084,7 @@ def findings(res: dict[str, Any]) -> list[str]:
         cli_wall = float(np.mean([c["wall_s"] for c in e["cli"]]))
         out.append(
             f"- API above CLI: the CLI's {cli_wall:.1f} s include its own start-up (Python "
-            "imports, the forkserver and process pool, opening the catalog), which a running "
+            "imports, its process pool, opening the catalog), which a running "
             f"server has already paid; the scan itself is the same `scan_file` (API alone "
             f"{e['single']['wall_s']:.1f} s, upload of the {e['duration_s'] / 3600:.0f}-hour "
             "file included)."
