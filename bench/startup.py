@@ -141,18 +141,18 @@ def decode_cpu_s(path: Path) -> float:
 
 def _differing_chunks(baseline: str, current: str) -> int:
     """How many chunks of two scans' outputs differ (`speed` and the timing left aside)."""
-    old, new = (json.loads(_results(out))["result"] or [] for out in (baseline, current))
+    old, new = (_comparable(out)["result"] or [] for out in (baseline, current))
     if len(old) != len(new):
         return max(len(old), len(new))
     return sum(a != b for a, b in zip(old, new, strict=True))
 
 
-def _results(stdout: str) -> str:
+def _comparable(stdout: str) -> Any:
     """A scan's output without its timing (`execution_time` differs from run to run) and
     without `speed`, which songs gained after the baseline (issue 10)."""
     body = json.loads(stdout)
     body.pop("execution_time", None)
-    return json.dumps(_without(body, "speed"), sort_keys=True)
+    return _without(body, "speed")
 
 
 def _without(value: Any, key: str) -> Any:

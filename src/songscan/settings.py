@@ -95,7 +95,8 @@ def from_config(
     return Settings(
         data_dir=data,
         config=config,
-        database_url=(
+        database_url=catalog_url
+        or (
             _database_url(*chosen["database_url"]) if "database_url" in chosen else sqlite_url(data)
         ),
         index_url=_index_url(*chosen["index_url"]) if "index_url" in chosen else None,

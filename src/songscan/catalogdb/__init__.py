@@ -153,13 +153,7 @@ class Store:
         try:
             return str(self.value(f"SELECT version_num FROM {VERSION_TABLE}"))
         except Exception:  # no version table yet (sqlite3 and psycopg raise their own kinds)
-            self._reset_after_error()
-            return None
-
-    def _reset_after_error(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None and self.dialect == "postgresql":
-            db.rollback()
+            return None  # (autocommit: a failed statement leaves no transaction to undo)
 
     def _migrate(self) -> None:
         from .migrate import upgrade
