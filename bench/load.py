@@ -217,8 +217,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data: Path, workers: int, log_path: Path) -> None:
-        """`workers` 0: none given, `songscan serve`'s default (one per core)."""
+    def __init__(
+        self, data: Path, workers: int, log_path: Path, floor_mode: str | None = None
+    ) -> None:
+        """`workers` 0: none given, `songscan serve`'s default (one per core). `floor_mode`:
+        instead of songscan, `bench.floor_app` in that mode on Uvicorn as `serve` runs it."""
         from songscan.api.serve import default_workers
 
         self.port = free_port()
@@ -227,10 +230,19 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        cmd = [songscan_cli(), "--data", str(data), "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port)] + (["--workers", str(workers)] if workers else [])
+        env = None
+        if floor_mode is None:
+            cmd = [songscan_cli(), "--data", str(data), "serve", "--host", "127.0.0.1"]
+            cmd += ["--port", str(self.port)] + (["--workers", str(workers)] if workers else [])
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--host", "127.0.0.1"]
+            cmd += ["--port", str(self.port), "--workers", str(self.workers), "--loop", "uvloop"]
+            cmd += ["--http", "httptools", "--no-access-log"]
+            env = {**os.environ, "FLOOR_MODE": floor_mode}
         self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Until /healthz answers and every worker process has finished its start-up."""
