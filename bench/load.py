@@ -235,9 +235,7 @@ class Server:
             cmd = [songscan_cli(), "--data", str(data), "serve", "--host", "127.0.0.1"]
             cmd += ["--port", str(self.port)] + (["--workers", str(workers)] if workers else [])
         else:
-            cmd = [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--host", "127.0.0.1"]
-            cmd += ["--port", str(self.port), "--workers", str(self.workers), "--loop", "uvloop"]
-            cmd += ["--http", "httptools", "--no-access-log"]
+            cmd = [sys.executable, "-m", "bench.floor_app", str(self.port)]
             env = {**os.environ, "FLOOR_MODE": floor_mode}
         self.cmd = cmd
         self.proc = subprocess.Popen(
@@ -525,7 +523,8 @@ def run_level(
 FLOOR_MODES = {
     "bare": "a bare FastAPI endpoint: reads the body, answers a fixed JSON",
     "decode": "the same, plus the clip written to a temp file and decoded as songscan does "
-    "(first 25 s, mono 8 kHz), in a worker thread",
+    "(first 25 s, mono 8 kHz), in a worker thread (at most one per core at once per process, "
+    "as songscan's default `concurrent_scans`)",
 }
 
 
@@ -1069,8 +1068,8 @@ def render_floors(floors: list[dict[str, Any]]) -> list[str]:
     lines = [
         "### Floors: the same load on a bare app (`bench/floor_app.py`)",
         "",
-        "Uvicorn as `songscan serve` runs it (uvloop, httptools, one worker process per core, "
-        "no access log), the same clips and load generator: "
+        "Uvicorn as `songscan serve` runs it (its server config: uvloop, httptools, one worker "
+        "process per core, no access log), the same clips and load generator: "
         + "; ".join(f"*{f['mode']}*: {FLOOR_MODES[f['mode']]}" for f in floors)
         + ". No parameters, accounts, fingerprint or match: what a standard request costs "
         "at least on this machine.",
