@@ -666,7 +666,7 @@ def profile_standard(
     from songscan import settings
     from songscan.api.app import create_app
     from songscan.api.recognition import RECOGNIZE, Call
-    from songscan.media import decode, probe
+    from songscan.media import decode
     from songscan.scan import recognize_clip
 
     app = create_app(data, settings.load_config(data))
@@ -689,7 +689,6 @@ def profile_standard(
             service.run(job(i))
         names = (
             "auth+rate",
-            "probe",
             "reserve",
             "recognize_clip",
             "settle",
@@ -703,8 +702,6 @@ def profile_standard(
             accounts.check_rate(acct)
             accounts.entitlements(acct)
             t1 = time.process_time()
-            probe(paths[i % len(paths)])
-            t2 = time.process_time()
             res = accounts.reserve(acct, 1, RECOGNIZE)
             t3 = time.process_time()
             recognize_clip(
@@ -719,7 +716,7 @@ def profile_standard(
             end_s = service.engine_config.scan.standard_max_s
             np.concatenate(list(decode(paths[i % len(paths)], rate, end_s=end_s)))
             t7 = time.process_time()
-            times = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)
+            times = (t1 - t0, t3 - t1, t4 - t3, t5 - t4, t6 - t5, t7 - t6)
             for k, v in zip(stages, times, strict=True):
                 stages[k].append(v * 1000)
         prof = cProfile.Profile()
