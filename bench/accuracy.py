@@ -13,6 +13,9 @@ scans every 12-second chunk of each (accurate offsets) and scores the result aga
 - timecode error: |position_ms - truth| over correct matches.
 - start/end offset error: chunks where a catalog segment starts (ends) at least 1 s inside the
   chunk; the reported song's start_offset_ms (end_offset_ms) against the truth boundary.
+- two-song chunks: chunks in which two catalog songs each *play* for at least 4 s (see
+  `playing_s`: at no less than half its level, i.e. outside the quieter half of a fade);
+  counted when both are listed at their positions.
 
 Results go to stdout, `bench/out/accuracy.json` and the "Accuracy" section of BENCHMARKS.md.
 """
@@ -48,6 +51,24 @@ MIN_OVERLAP_S = 6.0
 POSITION_TOL_S = 1.5
 BOUNDARY_INSIDE_S = 1.0
 SHARP_FADE_S = 0.5  # boundaries with a shorter fade count as sharp (cuts, short fades)
+# A chunk lists both songs of a transition when each plays there this long: half of a DJ's 8-s
+# crossfade, the louder half of each song's fade (a 12-s chunk holds that much of both when the
+# crossfade's middle lies in its middle 4 s: one crossfade in three). TWO_SONGS_DETAIL_S too.
+TWO_SONGS_S = 4.0
+TWO_SONGS_DETAIL_S = 3.0
+
+
+def playing_s(g: broadcast.Segment, c0: float, c1: float) -> float:
+    """Seconds of [c0, c1) in which segment `g` plays at no less than half its level (-6 dB):
+    all of it but the quieter half of its fades (a linear fade's first half in, last half out;
+    an equal-power one's first and last third)."""
+
+    def quiet(shape: str) -> float:
+        return 1 / 3 if shape == "equal_power" else 0.5
+
+    lo = g.file_start_s + g.fade_in_s * quiet(g.fade_in_shape)
+    hi = g.file_end_s - g.fade_out_s * quiet(g.fade_out_shape)
+    return max(0.0, min(c1, hi) - max(c0, lo))
 
 
 @dataclass(frozen=True)
@@ -145,8 +166,13 @@ class Score:
     end_err_sharp_s: list[float] = field(default_factory=list)  # fade-out < 0.5 s
     start_boundaries: int = 0
     end_boundaries: int = 0
-    two_songs: int = 0  # chunks with >= 6 s of each of two catalog songs (a crossfade)
-    two_songs_both: int = 0  # of those: both songs listed at their positions
+    # one entry per chunk in which two catalog songs play >= TWO_SONGS_S each: whether both
+    # are listed at their positions; the same at TWO_SONGS_DETAIL_S, and for >= 6 s of each
+    # song's segment, fades included (the figure before TWO_SONGS_S)
+    two_songs: list[bool] = field(default_factory=list)
+    two_songs_detail: list[bool] = field(default_factory=list)
+    two_songs_6s: list[bool] = field(default_factory=list)
+    two_songs_missed: list[dict[str, Any]] = field(default_factory=list)
     misses: list[dict[str, Any]] = field(default_factory=list)
     false_positives: list[dict[str, Any]] = field(default_factory=list)
 
@@ -173,9 +199,11 @@ def score(result: ScanResult, truth: broadcast.Truth, ref_dir: Path) -> Score:
         s.chunks += 1
         here = [g for g in catalog_segs if g.file_start_s < c1 and g.file_end_s > c0]
         overlap: dict[str, float] = {}
+        playing: dict[str, float] = {}
         for g in here:
             ov = min(c1, g.file_end_s) - max(c0, g.file_start_s)
             overlap[g.source or ""] = overlap.get(g.source or "", 0.0) + ov
+            playing[g.source or ""] = playing.get(g.source or "", 0.0) + playing_s(g, c0, c1)
         names = [Path(m.track.source or "").name for m in cr.songs]
         if not here:
             s.no_catalog += 1
@@ -199,9 +227,9 @@ def score(result: ScanResult, truth: broadcast.Truth, ref_dir: Path) -> Score:
                 want = g.source_time(c0, speed)
                 err = m.position_ms / 1000.0 - want
                 if abs(err) <= POSITION_TOL_S:
+                    found_songs.add(n)
                     if n in main:
                         found = True
-                        found_songs.add(n)
                         found_top1 = found_top1 or rank == 0
                         s.timecode_err_s.append(abs(err))
                     # Boundaries of this segment inside the chunk.
@@ -227,9 +255,22 @@ def score(result: ScanResult, truth: broadcast.Truth, ref_dir: Path) -> Score:
                 s.start_boundaries += 1
             if BOUNDARY_INSIDE_S <= b1 <= (c1 - c0) - BOUNDARY_INSIDE_S:
                 s.end_boundaries += 1
+        both = {n for n, t in playing.items() if t >= TWO_SONGS_S}
+        if len(both) >= 2:
+            s.two_songs.append(both <= found_songs)
+            if not both <= found_songs:
+                s.two_songs_missed.append(
+                    {
+                        "chunk": cr.chunk.index,
+                        "playing_s": {n: round(t, 2) for n, t in playing.items()},
+                        "songs": names,
+                    }
+                )
+        detail = {n for n, t in playing.items() if t >= TWO_SONGS_DETAIL_S}
+        if len(detail) >= 2:
+            s.two_songs_detail.append(detail <= found_songs)
         if len(main) >= 2:
-            s.two_songs += 1
-            s.two_songs_both += len(found_songs) >= 2
+            s.two_songs_6s.append(main <= found_songs)
         if main:
             s.eligible += 1
             s.correct += found
@@ -356,14 +397,19 @@ def targets(rows: list[dict[str, Any]], command: str) -> str:
         f"| false positives (no-catalog chunks reporting a song, all recordings) | 0 | "
         f"{fp} of {nc} | {verdict(fp, 0, False)} |"
     )
-    two = sum(r["two_songs"] for r in rows)
-    both = sum(r["two_songs_both"] for r in rows)
-    share = 100.0 * both / two if two else None
-    out.append(
-        "| chunks with ≥ 6 s of each of two songs (crossfades, all recordings) listing both at "
-        f"their positions | 100 % | {_f(share, '.1f')} % ({both} of {two}) | "
-        f"{verdict(share, 100.0, True, ' points')} |"
-    )
+    for key, label, goal in (
+        ("two_songs", f"chunks in which two songs each play ≥ {TWO_SONGS_S:g} s", "100 %"),
+        ("two_songs_detail", f"(detail) the same, ≥ {TWO_SONGS_DETAIL_S:g} s", "—"),
+        ("two_songs_6s", "(detail) ≥ 6 s of each song's segment, fades included", "—"),
+    ):
+        two = sum(r[key] for r in rows)
+        both = sum(r[f"{key}_both"] for r in rows)
+        share = 100.0 * both / two if two else None
+        judged = verdict(share, 100.0, True, " points") if goal != "—" else "—"
+        out.append(
+            f"| {label} (crossfades, all recordings), listing both at their positions | "
+            f"{goal} | {_f(share, '.1f')} % ({both} of {two}) | {judged} |"
+        )
     wrong = sum(r["wrong_song_chunks"] for r in rows)
     out.append(
         f"| wrong-song chunks (a track not audible there, all recordings) | 0 | {wrong} | "
@@ -468,8 +514,12 @@ def main(argv: list[str] | None = None) -> int:
             "end_p90_s": pct(s.end_err_s, 90),
             "end_n": len(s.end_err_s),
             "end_boundaries": s.end_boundaries,
-            "two_songs": s.two_songs,
-            "two_songs_both": s.two_songs_both,
+            "two_songs": len(s.two_songs),
+            "two_songs_both": sum(s.two_songs),
+            "two_songs_detail": len(s.two_songs_detail),
+            "two_songs_detail_both": sum(s.two_songs_detail),
+            "two_songs_6s": len(s.two_songs_6s),
+            "two_songs_6s_both": sum(s.two_songs_6s),
             "speed_changed": c.speed_changed,
             "scan_s": result.execution_time_s,
             "scan_x_rt": result.duration_s / result.execution_time_s,
@@ -481,7 +531,11 @@ def main(argv: list[str] | None = None) -> int:
             "_end_sharp": s.end_err_sharp_s,
         }
         rows.append(row)
-        details[c.name] = {"misses": s.misses, "false_positives": s.false_positives}
+        details[c.name] = {
+            "misses": s.misses,
+            "false_positives": s.false_positives,
+            "two_songs_missed": s.two_songs_missed,
+        }
         print(
             f"{c.name}: recall {_f(s.recall)} % ({s.correct}/{s.eligible}), "
             f"FP {s.false_positive}/{s.no_catalog}, wrong-song {s.wrong_song_chunks}, "
@@ -523,7 +577,11 @@ def main(argv: list[str] | None = None) -> int:
             "*recall if repeats count* accepts those; "
             "*false pos.* = chunks without any catalog audio (distractor music, speech, "
             "silence) that report a song; *wrong-song chunks* = chunks with catalog audio that "
-            "report a track not audible there; timecode error = |position_ms − truth| over "
+            "report a track not audible there; *two-song chunks* = chunks in which two catalog "
+            f"songs each play ≥ {TWO_SONGS_S:g} s (at no less than half their level: outside "
+            "the quieter half of a fade, the louder half of a DJ's 8-s crossfade), and of "
+            "those, the ones listing both at their positions; "
+            "timecode error = |position_ms − truth| over "
             "correct matches; start/end offset error = |start_offset_ms − truth boundary| for "
             "chunks where a catalog segment starts (ends) ≥ 1 s inside the chunk and the song "
             "was found at the right position (n found / boundaries; the truth boundary is the "

@@ -51,7 +51,7 @@ from songscan.ingest import IngestItem, ingest
 from songscan.media import Media, decode, probe
 from songscan.scan import chunk_audio, plan_for, scan_file, shutdown_pools
 
-from . import broadcast
+from . import broadcast, cpu_compare
 from .report import OUT, engine_version, machine, process_tree, update_section, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,8 +274,6 @@ def add_synthetic(
 
 # ---- index growth ---------------------------------------------------------------------------
 BYTES_PER_HIT = 150  # rough peak of the matcher's temporaries per looked-up posting
-# lookups of a chunk's triplets: nominal, then the speed pass's speeds
-SPEED_STEPS = 1 + len(DEFAULT.match.near_lookup_speeds) + len(DEFAULT.match.far_lookup_speeds)
 
 
 def _reset_peak() -> None:
@@ -368,8 +366,9 @@ def growth(
         # max_speed_postings_per_lookup for all the other speed steps together.
         mc = DEFAULT.match
         nominal_hits = base["query_hashes_per_chunk"] * per_hash
+        speed_steps = len(mc.near_lookup_speeds) + len(mc.far_lookup_speeds)
         hits = min(nominal_hits, mc.max_postings_per_lookup) + min(
-            nominal_hits * (SPEED_STEPS - 1), mc.max_speed_postings_per_lookup
+            nominal_hits * speed_steps, mc.max_speed_postings_per_lookup
         )
         projected = hits * BYTES_PER_HIT
         full = projected <= a.mem_budget_gb * 1e9
@@ -379,11 +378,25 @@ def growth(
         if full:
             row["ratio_to_small"] = base["scan_s_per_chunk"] / row["scan_s_per_chunk"]
         row["lookup_bound_ratio"] = base["scan_s_per_chunk"] / row["nominal_lookup_s_per_chunk"]
+        if a.baseline_src and n == max(sizes):
+            row["baseline"] = cpu_compare.compare(
+                a.baseline_src,
+                path,
+                big,
+                _baseline_dirs(out, n)[1],
+                a.growth_chunks,
+                a.baseline_rounds,
+            )
         rows.append(row)
         log(f"growth {n}: {row}")
         if not a.keep_big:
             shutil.rmtree(big)
     return rows
+
+
+def _baseline_dirs(out: Path, tracks: int) -> tuple[Path, Path]:
+    """The baseline engine's small data dir, and its copy with `tracks` synthetic tracks."""
+    return out / "throughput-data-baseline", out / f"throughput-data-{tracks // 1000}k-baseline"
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -413,6 +426,14 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the full scan of an index size whose projected peak exceeds this",
     )
     ap.add_argument("--keep-big", action="store_true", help="keep the big data dirs")
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another checkout's src: the 1-hour scan and the largest index's scan, CPU of "
+        "this engine against it in alternating rounds (bench.cpu_compare)",
+    )
+    ap.add_argument("--baseline-name", help="how the section names the baseline (its revision)")
+    ap.add_argument("--baseline-rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-md", action="store_true")
     ap.add_argument(
@@ -450,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         **stats,
     }
     log(f"ingest: {audio_s / ingest_s:.0f}x RT; {stats}")
+    sizes = [int(x) for x in a.sizes.split(",") if x.strip()]
+    if a.baseline_src:
+        log(f"the baseline's data dirs, by its own code ({a.baseline_src})")
+        cpu_compare.prepare_baseline(
+            a.baseline_src, *_baseline_dirs(out, max(sizes, default=0)), max(sizes, default=0)
+        )
 
     # 2. decode-only
     long = broadcast.build_long_mp3(corpus, out, hours=a.hours, seed=a.seed)
@@ -494,6 +521,17 @@ def main(argv: list[str] | None = None) -> int:
         "workers": os.cpu_count(),
     }
     log(f"scan: {dur / scan_s:.0f}x RT, /decode1 {scan_s / dec1:.2f}, /decode2 {scan_s / dec2:.2f}")
+    if a.baseline_src:
+        res["baseline"] = {"name": a.baseline_name or str(a.baseline_src)}
+        res["baseline"]["scan"] = cpu_compare.compare(
+            a.baseline_src,
+            long.path,
+            small,
+            _baseline_dirs(out, max(sizes, default=0))[0],
+            0,
+            a.baseline_rounds,
+        )
+        log(f"against the baseline: {res['baseline']['scan']}")
 
     # 4. peak RSS, 24 h
     if a.rss_hours:
@@ -516,8 +554,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"rss: {res['rss']}")
 
     # 5. index growth: one process, the first `growth_chunks` chunks (see growth())
-    sizes = [int(x) for x in a.sizes.split(",") if x.strip()]
     res["growth"] = growth(long.path, small, sizes, rate, a, out) if sizes else []
+    if a.baseline_src and not a.keep_big:
+        for d in _baseline_dirs(out, max(sizes, default=0)):
+            shutil.rmtree(d, ignore_errors=True)
     shutdown_pools()
 
     argv_s = " ".join(sys.argv[1:] if argv is None else argv)
@@ -537,6 +577,19 @@ def _runs(runs_s: list[float]) -> str:
     if len(runs_s) == 1:
         return f"{runs_s[0]:.2f} s"
     return f"best {min(runs_s):.2f} s of {' / '.join(f'{r:.2f}' for r in runs_s)} s"
+
+
+def _against_baseline(what: str, baseline: dict[str, Any], r: dict[str, Any]) -> str:
+    ratio = 100 * r["ratio_means"]
+    cpu = " / ".join(f"{x:.2f}" for x in r["this_cpu_s"])
+    base_cpu = " / ".join(f"{x:.2f}" for x in r["baseline_cpu_s"])
+    return (
+        f"| scan throughput of {what}, against {baseline['name']} (CPU, alternating rounds) | "
+        f"≥ 90 % | {ratio:.1f} % (means of {len(r['this_cpu_s'])} rounds; "
+        f"{100 * r['ratio_bests']:.1f} % bests): {cpu} s CPU against {base_cpu} s; matched "
+        f"{r['matched']['this']} and {r['matched']['baseline']} of {r['chunks']} chunks | "
+        f"{verdict(ratio, 90, True, ' points')} |"
+    )
 
 
 def render(res: dict[str, Any], command: str) -> str:
@@ -589,6 +642,9 @@ def render(res: dict[str, Any], command: str) -> str:
             f"processes; scan at {rss['x_rt']:.0f}× real time) | "
             f"{verdict(tree, 500, False, ' MB')} |"
         )
+    baseline = res.get("baseline")
+    if baseline:
+        lines.append(_against_baseline("the 1-hour file, 1 process", baseline, baseline["scan"]))
     growth_rows = res["growth"]
     base = next((g for g in growth_rows if g.get("tracks") == 0), None)
     if base:
@@ -628,6 +684,14 @@ def render(res: dict[str, Any], command: str) -> str:
                 + (judged if big else "—")
                 + " |"
             )
+            if baseline and "baseline" in g:
+                lines.append(
+                    _against_baseline(
+                        f"the {g['tracks']:,}-track-equivalent index, 1 process, same chunks",
+                        baseline,
+                        g["baseline"],
+                    )
+                )
         else:
             bound = g["lookup_bound_ratio"] * 100
             lines.append(
@@ -681,6 +745,15 @@ def render(res: dict[str, Any], command: str) -> str:
         "memory-mapped index that the scan read, which are page cache, not allocated memory). "
         "The index files stay in the page cache when RAM allows.",
     ]
+    if baseline:
+        lines.append(
+            f"- *against {baseline['name']}*: `bench.cpu_compare` in this run: the baseline's "
+            "own code builds its data dirs (the same reference tracks; the same synthetic "
+            "tracks, same seed, for the largest index), then each engine scans the same chunks "
+            "in a fresh process (`workers=1`, a warm-up scan, then a timed one), the two "
+            "alternating for `--baseline-rounds` rounds; CPU seconds (user + system) of the "
+            "timed scans, the ratio of the baseline's mean to this engine's."
+        )
     for g in res["growth"]:
         if g.get("tracks", 0) and "skipped" not in g:
             lines.append(

@@ -125,6 +125,12 @@ class MatchConfig:
     # min_aligned_hits). Uneven shifts, so that a beat or bar of repetition is not all of them.
     follow_min_ratio: float = 2.0
     follow_null_shifts_frames: tuple[int, ...] = (7, 13, 23, 37, 53)
+    # A neighbour's song going on at the very place the neighbour predicts (a crossfade's other
+    # song) needs this many aligned pair hits there, the line allowed to move this many frames.
+    continuation_min_hits: int = 5
+    continuation_slack_frames: int = 1
+    # ... counting only the hits within this many seconds of the neighbour's chunk
+    continuation_reach_s: float = 6.0
 
     @property
     def speeds(self) -> tuple[Speed, ...]:

@@ -124,23 +124,95 @@ def match_tracks(
     as each one is another chance for noise to line up)."""
     if len(peaks) < 2 or not leads:
         return []
-    mc, log_step = cfg.match, cfg.fingerprint.log_step
+    mc = cfg.match
     steps = (NOMINAL, *mc.speeds)
     nominees, nominee_steps = [], []
     for lead in leads:
-        key_lock = lead.pitch == 1.0 and lead.speed != 1.0
-        around = {
-            math.floor(_steps_of(lead.speed, log_step)),
-            math.ceil(_steps_of(lead.speed, log_step)),
-        }
-        wanted = {Speed(k, 0 if key_lock else k) for k in around}
-        near = np.array([0] + [i for i, s in enumerate(steps) if s in wanted and i > 0])
+        near = np.array([steps.index(s) for s in _lead_steps(lead, cfg)])
         nominees.append(np.full(near.shape[0], lead.track_id, dtype=np.int64))
         nominee_steps.append(near)
     return _verdict(
         _verify(peaks, steps, refs, np.concatenate(nominees), np.concatenate(nominee_steps), cfg),
         mc,
     )
+
+
+def continuation(
+    peaks: Peaks, refs: References, lead: Match, shift_frames: float, cfg: EngineConfig
+) -> Match | None:
+    """The song of `lead` (a neighbouring chunk's confident match) going on in this query, by
+    its pairs that land where the lead predicts: on the line of song position against query
+    frame that starts `shift_frames` (query frames) later than the lead's and advances at the
+    lead's speed (within `offset_tolerance_frames`, the line itself moved by up to
+    `continuation_slack_frames`: the lead's fitted speed is extrapolated over a chunk).
+
+    An open search takes the best of every track's every offset, so chance (shared drum loops,
+    motifs) must not reach `min_aligned_hits` there; here one track is asked about one place,
+    and chance rarely puts more than a hit or two on it. So `continuation_min_hits` suffice,
+    and `follow_min_ratio` times as many as on the same line moved by
+    `follow_null_shifts_frames` (what the song's own repetitions and chance give): a song that
+    fades out under the next one, or fades in under the last, is found while it plays."""
+    mc, fp = cfg.match, cfg.fingerprint
+    offset = lead.offset_frames + shift_frames * lead.speed
+    anchors, ends, deviation = [], [], []
+    for step in _lead_steps(lead, cfg):
+        found = hashes(peaks, fp, fp.query_fanout, step)
+        query_idx, postings = refs.pair_postings(
+            np.array([lead.track_id], dtype=np.int64), found.hashes, fp
+        )
+        _, ref_frames = unpack_postings(postings)
+        at = found.anchor_frames[query_idx]
+        anchors.append(at)
+        ends.append(found.end_frames[query_idx])
+        deviation.append(ref_frames - (offset + at * lead.speed))
+    anchor, end, dev = (np.concatenate(a) for a in (anchors, ends, deviation))
+    # only the query frames next to the lead's chunk: the song goes on from there (a lead
+    # from the next chunk, `shift_frames` < 0, begins where this query ends)
+    reach = mc.continuation_reach_s * fp.frames_per_s
+    side = anchor < reach if shift_frames > 0 else anchor > -shift_frames - reach
+    anchor, end, dev = anchor[side], end[side], dev[side]
+    slot = np.rint(anchor).astype(np.int64)
+    tol = mc.offset_tolerance_frames + 0.5  # as the offset histogram's rounded bins
+
+    def on_line(moved: float) -> tuple[int, np.ndarray]:
+        """The most distinct anchors on the line moved by `moved` (within the slack)."""
+        best = max(
+            (
+                np.abs(dev - moved - s) <= tol
+                for s in range(-mc.continuation_slack_frames, mc.continuation_slack_frames + 1)
+            ),
+            key=lambda near: np.unique(slot[near]).shape[0],
+        )
+        return np.unique(slot[best]).shape[0], best
+
+    hits, near = on_line(0.0)
+    if hits < mc.continuation_min_hits:
+        return None
+    chance = max(on_line(sign * d)[0] for d in mc.follow_null_shifts_frames for sign in (-1, 1))
+    if hits < mc.follow_min_ratio * max(chance, 1):
+        return None
+    return Match(
+        track_id=lead.track_id,
+        aligned_hits=hits,
+        speed=lead.speed,
+        offset_frames=round(offset),
+        start_frame=float(anchor[near].min()),
+        end_frame=float(end[near].max()),
+        pitch=lead.pitch,
+    )
+
+
+def _lead_steps(lead: Match, cfg: EngineConfig) -> list[Speed]:
+    """The grid steps on either side of a lead's speed, of its kind (key lock or pitch with
+    tempo), and the nominal one: where a song playing on at that speed hashes alike."""
+    log_step = cfg.fingerprint.log_step
+    key_lock = lead.pitch == 1.0 and lead.speed != 1.0
+    around = {
+        math.floor(_steps_of(lead.speed, log_step)),
+        math.ceil(_steps_of(lead.speed, log_step)),
+    }
+    wanted = {Speed(k, 0 if key_lock else k) for k in around}
+    return [NOMINAL, *(s for s in cfg.match.speeds if s in wanted)]
 
 
 def _steps_of(factor: float, log_step: float) -> float:

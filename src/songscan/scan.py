@@ -29,7 +29,15 @@ from .chunks import Chunk, ChunkPlan, PlanParams, chunk_plan
 from .config import DEFAULT, EngineConfig
 from .errors import DecodeFailed, FingerprintFailed
 from .fingerprint import Peaks, query_peaks
-from .matcher import Match, Placement, follow, match_peaks, match_samples, match_tracks
+from .matcher import (
+    Match,
+    Placement,
+    continuation,
+    follow,
+    match_peaks,
+    match_samples,
+    match_tracks,
+)
 from .media import Media, checked, checked_probe, sample_index
 from .workers import init_worker
 
@@ -400,10 +408,15 @@ def _add_neighbours_songs(
     catalog: Catalog,
     cfg: EngineConfig,
 ) -> list[list[Match]]:
-    """Each confidently matched chunk with the confident matches of the songs that a
-    neighbouring chunk plays confidently and this one does not list (checked by their pairs,
-    at the neighbour's speed), where the song goes on from the neighbour's position, all best
-    first: a song that fades out under the next one keeps being reported while it plays."""
+    """Each confidently matched chunk with the songs that a neighbouring chunk plays
+    confidently and this one does not list where the neighbour's match goes on, all best first:
+    a song that fades out under the next one (or in under the last) keeps being reported while
+    it plays. Each such song is checked by its pairs at the neighbour's speed: anywhere in the
+    song, kept where it goes on from the neighbour's position (`matcher.match_tracks`), failing
+    that at the very place the neighbour predicts, where less evidence suffices
+    (`matcher.continuation`). A song that this chunk lists below its best one, at a place that
+    does not go on from the neighbour's (a repeated passage), is moved to the neighbour's
+    place when the song is found there (its place becomes an alternative)."""
     frames_per_s = cfg.fingerprint.frames_per_s
     tolerance = cfg.match.continuity_tolerance_s * frames_per_s
     out = []
@@ -412,27 +425,49 @@ def _add_neighbours_songs(
         if not own or own[0].weak:
             out.append(own)
             continue
-        listed = {m.track_id for m in own}
-        # each lead with the song position (frames) it predicts at this chunk's start
+        # each lead with its shift (query frames) and the song position (frames) it predicts
+        # at this chunk's start
         leads = [
-            (m, m.offset_frames + (start - heard[j][0]) * frames_per_s * m.speed)
+            (lead, shift, lead.offset_frames + shift * lead.speed)
             for j in (i - 1, i + 1)
             if 0 <= j < len(heard) and matches[j] and not matches[j][0].weak
-            for m in matches[j]
-            if not m.weak and m.track_id not in listed
+            for lead in matches[j]
+            for shift in [(start - heard[j][0]) * frames_per_s]
+            if not lead.weak and lead.track_id != own[0].track_id
         ]
-        found = match_tracks(peaks, catalog, [m for m, _ in leads], cfg) if leads else []
-        more = [
-            m
-            for m in found
-            if not m.weak
-            and m.track_id not in listed
-            and any(
-                lead.track_id == m.track_id and abs(m.offset_frames - at) <= tolerance
-                for lead, at in leads
+        leads = [
+            (lead, shift, at)
+            for lead, shift, at in leads
+            if not any(
+                m.track_id == lead.track_id and abs(m.offset_frames - at) <= tolerance for m in own
             )
         ]
-        out.append(sorted([*own, *more], key=lambda m: -m.aligned_hits) if more else own)
+        if not leads:
+            out.append(own)
+            continue
+        more: dict[int, Match] = {
+            m.track_id: m
+            for m in match_tracks(peaks, catalog, [lead for lead, _, _ in leads], cfg)
+            if not m.weak
+            and any(
+                lead.track_id == m.track_id and abs(m.offset_frames - at) <= tolerance
+                for lead, _, at in leads
+            )
+        }
+        for lead, shift, _ in leads:
+            if lead.track_id not in more:
+                found = continuation(peaks, catalog, lead, shift, cfg)
+                if found:
+                    more[lead.track_id] = found
+        kept = []
+        for m in own:
+            if m.track_id in more:  # listed at another place: that becomes an alternative
+                moved = more[m.track_id]
+                place = Placement(m.offset_frames, m.aligned_hits, m.start_frame, m.end_frame)
+                more[m.track_id] = replace(moved, alternatives=(place, *m.alternatives))
+            else:
+                kept.append(m)
+        out.append(sorted([*kept, *more.values()], key=lambda m: -m.aligned_hits))
     return out
 
 

@@ -159,6 +159,37 @@ def test_crossfade_chunk_lists_both_songs(library: Library, tmp_path: Path) -> N
     assert [s.track.audio_id for s in by_start[36.0]] == [3]
 
 
+def test_a_faint_fading_song_is_listed_where_its_neighbour_predicts_it(
+    library: Library, tmp_path: Path
+) -> None:
+    """Song 1 plays on for 7 s into the second chunk, quiet and fading out, under song 2 and
+    noise: too little for the 12 aligned hits of a match anywhere, enough at the place that the
+    first chunk's match predicts (`matcher.continuation`). Where song 1 stops at the chunk's
+    start, it is not listed."""
+
+    def show(plays_on_s: float) -> Path:
+        first = excerpt(library.songs[1], 20.0, 12.0 + plays_on_s).copy()
+        fade = first[15 * RATE :]
+        fade *= np.linspace(1.0, 0.0, fade.shape[0], dtype=np.float32)
+        first[12 * RATE :] *= 0.7
+        audio = mix([(0.0, first), (12.0, excerpt(library.songs[2], 0.0, 36.0))], 48.0)
+        audio += np.random.default_rng(3).normal(0, 0.05, audio.shape[0]).astype(np.float32)
+        return write_audio(tmp_path / f"fade-{plays_on_s:g}.flac", audio)
+
+    def listed(path: Path, min_hits: int) -> list[tuple[int, int]]:
+        cfg = replace(SERIAL, match=replace(SERIAL.match, continuation_min_hits=min_hits))
+        second = scan_file(path, library.data, PlanParams(), cfg).chunks[1]
+        return [(s.track.audio_id, s.position_ms) for s in second.songs]
+
+    fading = show(7.0)
+    (best, _), (other, position_ms) = listed(fading, SERIAL.match.continuation_min_hits)
+    assert (best, other) == (2, 1)
+    assert abs(position_ms - 32_000) <= 100  # song 1 from its 20th second, 12 s on
+    # an open search's evidence is not there: only the predicted place finds it
+    assert [song for song, _ in listed(fading, SERIAL.match.min_aligned_hits)] == [2]
+    assert [song for song, _ in listed(show(0.0), SERIAL.match.continuation_min_hits)] == [2]
+
+
 def test_plan_parameters_reach_the_scan(library: Library, tmp_path: Path) -> None:
     path = write_audio(tmp_path / "long.flac", np.tile(library.songs[1], 2))
     result = scan_file(
