@@ -131,6 +131,7 @@ def scan_comparison(cluster: RedisCluster, hours: float, rounds: int) -> dict[st
     shutdown_pools()
     client.close()
     chunks = len(embedded.chunks)
+    hashes, lookups = looked_up(long.path, embedded_dir)
     best = per_round[int(np.argmin(cluster_runs))]
     return {
         "tracks": tracks,
@@ -144,7 +145,29 @@ def scan_comparison(cluster: RedisCluster, hours: float, rounds: int) -> dict[st
         "embedded_runs": embedded_runs,
         "cluster_runs": cluster_runs,
         "per_chunk": {k: v / chunks for k, v in best.items()},
+        "hashes_per_chunk": hashes / chunks,
+        "lookups_per_chunk": lookups / chunks,
     }
+
+
+def looked_up(path: Path, data_dir: Path) -> tuple[int, int]:
+    """The hashes and lookups of a scan (in this process, one worker)."""
+    counted = [0, 0]
+    lookup = SegmentIndex.lookup
+
+    def counting(
+        self: SegmentIndex, hashes: np.ndarray, max_postings: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        counted[0] += hashes.shape[0]
+        counted[1] += 1
+        return lookup(self, hashes, max_postings)
+
+    SegmentIndex.lookup = counting
+    try:
+        scan_file(path, data_dir, PlanParams(), DEFAULT.with_workers(1))
+    finally:
+        SegmentIndex.lookup = lookup
+    return counted[0], counted[1]
 
 
 def _found(result: ScanResult) -> list[list[tuple[Any, ...]]]:
@@ -213,14 +236,11 @@ def capacity(scan: dict[str, Any], synth: dict[str, Any]) -> dict[str, float]:
     """The deployment's needs, from the measured per-chunk and per-hash costs (see
     BENCHMARKS.md for the assumptions)."""
     chunks_per_s = MODEL_HOURS_A_DAY * 3600 / DEFAULT.scan.chunk_s / 86400
-    pc = scan["per_chunk"]
     worker_core_s = 2 * scan["embedded_s"] / scan["chunks"]  # 2 workers busy the whole scan
-    # Hashes a chunk looks up, from the small index's script time and the per-hash cost on an
-    # index where every queried hash reads its own bucket (as at 1M tracks).
-    hashes_per_chunk = pc["evalsha_us"] / max(synth["script_us_per_hash"], 1e-9)
+    hashes_per_chunk = scan["hashes_per_chunk"]  # at 1M tracks each reads its own bucket
     postings_per_track = scan["postings"] / scan["tracks"]
     budget = DEFAULT.match.max_postings_per_lookup
-    lookups_per_chunk = pc["evalsha"] / 3  # a call a master a lookup (3 masters)
+    lookups_per_chunk = scan["lookups_per_chunk"]
     return {
         "chunks_per_s": chunks_per_s,
         "worker_cores": chunks_per_s * worker_core_s,
