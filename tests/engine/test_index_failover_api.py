@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 
 from tests.audio import synth_song, write_audio
 from tests.servers import start_redis_cluster
-from tests.test_serve import start_server, stop_server
+from tests.test_serve import create_token, start_server, stop_server
 
 from .conftest import excerpt
 from .test_cli import run
@@ -56,14 +54,7 @@ def test_scans_fail_cleanly_while_a_master_is_down_and_work_after_failover(
         (data / "songscan.toml").write_text("[plans.enterprise]\nrate_limit_per_s = 1000\n")
         songs = [write_audio(tmp_path / f"t{s}.flac", synth_song(s, 40.0)) for s in (61, 62)]
         assert run("--data", data, "add", *songs, env=env).returncode == 0
-        made = subprocess.run(
-            [sys.executable, "-m", "songscan.cli", "--data", str(data), "accounts", "create"]
-            + ["--email", "ops@example.org", "--plan", "enterprise"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        token = made.stdout.strip().splitlines()[-1]
+        token = create_token(data, "--plan", "enterprise")  # ops@example.org
         show = write_audio(
             tmp_path / "show.flac",
             np.concatenate([excerpt(synth_song(s, 40.0), 3.0, 30.0) for s in (62, 61)]),
@@ -90,7 +81,8 @@ def test_scans_fail_cleanly_while_a_master_is_down_and_work_after_failover(
                 assert left_down == left_before  # nothing billed, no reservation kept
                 assert not any("error" in line for line in recent_before)
                 errors = [line for line in recent_down if "error" in line]
-                assert len(errors) == 3 and all(line.endswith("cost=0 error 100") for line in errors)
+                assert len(errors) == 3
+                assert all(line.endswith("cost=0 error 100") for line in errors)
 
                 cluster.wait_ok(timeout_s=60)  # the replica took over: the same server again
                 deadline = time.monotonic() + 60
