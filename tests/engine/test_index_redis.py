@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from redis.cluster import NodeCommands
+from redis.exceptions import ResponseError
 from scipy.signal import resample_poly
 
 from songscan.catalog import Catalog, FingerprintedTrack, TrackMetadata
@@ -22,7 +23,14 @@ from songscan.errors import ConfigError, IndexUnavailable, NotFound
 from songscan.fingerprint import Peaks, query_peaks
 from songscan.index import pack_postings, unpack_postings
 from songscan.index.backends import open_index, parse_redis_cluster_url
-from songscan.index.rediscluster import OVERFLOW_POSTINGS, RedisClusterIndex
+from songscan.index.rediscluster import (
+    _LOOKUP,
+    _SHA,
+    OVERFLOW_POSTINGS,
+    TAG_BITS,
+    RedisClusterIndex,
+    bucket_key,
+)
 from songscan.index.segments import HASH_BITS, SegmentIndex
 from songscan.matcher import match_peaks
 from tests.audio import RATE
@@ -89,6 +97,29 @@ def test_a_lookup_is_one_round_trip_per_cluster_node(
     qi, _ = index.lookup(np.concatenate([queries, [7]]), 70_000)
     assert qi.shape[0] == 4000 and sum(trips[-1].values()) == 4
     assert OVERFLOW_POSTINGS < 1000
+
+
+def test_a_lookup_sent_to_a_master_without_its_slots_fails_rather_than_finding_nothing(
+    index: RedisClusterIndex,
+) -> None:
+    """The lookup script builds its buckets' keys (they are not declared): a master asked for
+    buckets of slots it does not serve (a stale slot map after a resharding) raises."""
+    hashes, postings = random_postings(2000, 6)
+    index.add(hashes, postings)
+    generation = index._current()
+    assert generation is not None
+    hash_ = int(hashes[0])
+    bucket = hash_ >> generation.shift
+    owner = index.redis.get_node_from_key(bucket_key(index.prefix, generation, bucket))
+    other = next(n for n in index.redis.get_primaries() if n.name != owner.name)
+    query = np.array([hash_], dtype=">u4").tobytes()
+    tag_span = 1 << max(0, HASH_BITS - generation.shift - TAG_BITS)
+    args = [f"{index.prefix}:{generation.number}:", 1 << generation.shift, tag_span, 0, query]
+    sha = _SHA[_LOOKUP]
+    found = index.redis.execute_command("EVALSHA", sha, 0, *args, target_nodes=owner)
+    assert found[0] == [1]
+    with pytest.raises(ResponseError, match="non local key"):
+        index.redis.execute_command("EVALSHA", sha, 0, *args, target_nodes=other)
 
 
 def test_a_posting_costs_at_most_16_bytes_of_used_memory(

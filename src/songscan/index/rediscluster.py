@@ -6,21 +6,25 @@ Keys (PREFIX is `songscan` unless the URL names another; G a generation; S its b
                          bits (big-endian uint16) then the posting (little-endian uint64, see
                          pack_postings), sorted by the low bits (a hash's postings are a run).
                          The hash tag T (the hash's top TAG_BITS bits) puts 2^(28-S-10)
-                         buckets in one slot, so one script call serves all of them
+                         buckets in one slot (resharding moves whole tags)
     {PREFIX}:generation  "G:S", the generation readers use; changed atomically by a switch
     {PREFIX}:building    "G:S:token" while a rebuild or compaction writes generation G (a lease)
     {PREFIX}:postings:G  how many postings generation G holds
     {PREFIX}:next        the last generation number handed out
 
-Memory: 10 bytes a record plus a key per bucket (about 100 bytes, spread over ~1000 records:
-S is chosen for that by a rebuild or compaction, at most 16 so the low bits fit two bytes).
+Memory: 10 bytes a record plus a key per bucket (about 100 bytes, spread over ~BUCKET_RECORDS
+records: S is chosen for that by a rebuild or compaction, at most 16 so the low bits fit two
+bytes). Buckets are small because a script's GET of a bucket copies it (~2 ns a byte).
 
-A lookup is one pipeline, which ClusterPipeline sends each master in one round trip: a script
-call per hash tag the query touches (at most 1024; a read-only script that binary searches
-its buckets for the query's fields) and a GET of the generation key to notice a switch. The
-first round trip gives each hash's postings, or only their count when it has more than
-OVERFLOW_POSTINGS (the ones a posting budget leaves out); the few long runs the budget keeps
-cost a second round trip.
+A lookup is one pipeline, which ClusterPipeline sends each master in one round trip: one call
+of a read-only script carrying all the query's hashes that master serves as one packed binary
+argument (it builds their buckets' keys, reads each bucket once and binary searches it; the
+keys are not declared, `allow-cross-slot-keys`, and a key of a slot the node does not serve is
+an error), and a GET of the generation key to notice a switch. The reply is each hash's count
+(an integer array) and the records found, as one string parsed by numpy. The first round trip
+gives each hash's postings, or only their count when it has more than OVERFLOW_POSTINGS (the
+ones a posting budget leaves out); the few long runs the budget keeps cost a second round
+trip.
 
 Writes go through one script call per hash tag (`_ADD`): it inserts each record the bucket does
 not hold yet after its hash's run, so a write retried after a failure (by the caller, or by the
@@ -46,22 +50,23 @@ from typing import Any
 
 import numpy as np
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from ..errors import IndexUnavailable
 from ..fingerprint import TRIPLET_BITS
-from . import run_starts, unpack_postings
+from . import expand_runs, run_starts, unpack_postings
 from .segments import _rarest_within
 
 HASH_BITS = TRIPLET_BITS
 FIELD_BITS = 16  # the low bits a record keeps (two bytes): S <= 16
 RECORD = np.dtype([("field", ">u2"), ("posting", "<u8")])
 # A rebuild or compaction sizes buckets for about this many records each.
-BUCKET_RECORDS = 1024
+BUCKET_RECORDS = 128
 # A lookup's first round trip returns counts, not postings, for hashes with more than this.
 OVERFLOW_POSTINGS = 64
-# Buckets share a hash tag (a slot) by the hash's top TAG_BITS bits: a lookup or write is one
-# script call per tag it touches, at most 2^TAG_BITS (against one per bucket).
+# Buckets share a hash tag (a slot) by the hash's top TAG_BITS bits: a write is one script
+# call per tag it touches, at most 2^TAG_BITS (against one per bucket).
 TAG_BITS = 10
 # Reads and deletions send this many buckets, writes this many script calls, in one pipeline.
 PIPELINE_BUCKETS = 512
@@ -71,8 +76,9 @@ BUILD_LEASE_MS = 10 * 60 * 1000
 # Both scripts read a bucket as RECORD-byte records: the hash's low bits (big-endian uint16)
 # then its posting (little-endian uint64), sorted by the low bits; a hash's postings are a run.
 _RUNS = """
+local byte = string.byte
 local function field_at(blob, i)  -- the low bits of record i (0-based)
-  local a, b = string.byte(blob, i * 10 + 1, i * 10 + 2)
+  local a, b = byte(blob, i * 10 + 1, i * 10 + 2)
   return a * 256 + b
 end
 
@@ -88,35 +94,39 @@ end
 """
 
 _LOOKUP = (
-    "#!lua flags=no-writes\n"
+    "#!lua flags=no-writes,allow-cross-slot-keys\n"
     + _RUNS
     + """
--- KEYS: buckets (of one hash tag). ARGV: limit, then for each bucket the number of its fields
--- and those fields (ascending). For each field in turn, its postings, or their count when
--- there are more than `limit` (0: no limit).
-local limit = tonumber(ARGV[1])
-local found, a = {}, 2
-for key = 1, #KEYS do
-  local blob = redis.call('GET', KEYS[key]) or ''
-  local n, fields = #blob / 10, tonumber(ARGV[a])
-  local at = 0
-  for k = a + 1, a + fields do
-    local field = tonumber(ARGV[k])
-    local lo = bound(blob, at, n, field, false)
-    local hi = lo  -- runs are short but for the commonest hashes: walk to the run's end
-    while hi < n and field_at(blob, hi) == field do hi = hi + 1 end
-    if limit > 0 and hi - lo > limit then
-      found[#found + 1] = hi - lo
-    else
-      local postings = {}
-      for i = lo, hi - 1 do postings[#postings + 1] = string.sub(blob, i * 10 + 3, i * 10 + 10) end
-      found[#found + 1] = table.concat(postings)
-    end
-    at = lo
+-- One call per master for all of a query's hashes on it. ARGV: the generation's key stem
+-- (PREFIX:G:), 2^S, buckets a hash tag, limit, then the hashes (distinct, ascending, each a
+-- big-endian uint32). Its buckets' keys are not declared: the script builds them, and a
+-- bucket whose slot this node does not serve is an error, never an empty bucket. Returns
+-- each hash's count and, for those with at most `limit` (0: no limit), their records,
+-- concatenated.
+local stem, span, tag_span = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit, q = tonumber(ARGV[4]), ARGV[5]
+local counts, runs = {}, {}
+local bucket, blob, n, at = -1, '', 0, 0
+for i = 1, #q, 4 do
+  local a, b, c, d = byte(q, i, i + 3)
+  local h = ((a * 256 + b) * 256 + c) * 256 + d
+  local field = h % span
+  local this = (h - field) / span
+  if this ~= bucket then
+    local key = string.format('%s{%x}:%x', stem, math.floor(this / tag_span), this)
+    bucket, blob, at = this, redis.call('GET', key) or '', 0
+    n = #blob / 10
   end
-  a = a + 1 + fields
+  local lo = bound(blob, at, n, field, false)
+  local hi = lo  -- runs are short but for the commonest hashes: walk to the run's end
+  while hi < n and field_at(blob, hi) == field do hi = hi + 1 end
+  counts[#counts + 1] = hi - lo
+  if limit == 0 or hi - lo <= limit then
+    runs[#runs + 1] = string.sub(blob, lo * 10 + 1, hi * 10)
+  end
+  at = hi
 end
-return found
+return {counts, table.concat(runs)}
 """
 )
 
@@ -199,6 +209,8 @@ return 1
 """
 
 _SCRIPTS = (_LOOKUP, _ADD, _SWITCH, _LEASE)
+# The slot of each hash tag (a bucket key's `{T}`), whatever the prefix and generation.
+_TAG_SLOTS = [key_slot(f"{{{tag:x}}}".encode()) for tag in range(1 << TAG_BITS)]
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in _SCRIPTS}
 
 
@@ -258,6 +270,8 @@ class RedisClusterIndex:
         self, hashes: np.ndarray, max_postings: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         hashes = np.asarray(hashes, dtype=np.uint32)
+        if hashes.shape[0] == 0:
+            return _no_hits()
         try:
             try:
                 return self._lookup(hashes, max_postings)
@@ -270,74 +284,78 @@ class RedisClusterIndex:
     def _lookup(
         self, hashes: np.ndarray, max_postings: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        values, generation = self._first_trip(hashes)
+        distinct, query_of = np.unique(hashes, return_inverse=True)
+        first, generation = self._first_trip(distinct)
         if generation is None:
             return _no_hits()
-        # A long run comes back as its count (an int), a short one as its postings (bytes).
-        counts = np.array(
-            [v if isinstance(v, int) else len(v) >> 3 for v in values], dtype=np.int64
-        )
-        is_count = np.array([isinstance(v, int) for v in values], dtype=bool)
+        counts = first.counts[query_of]
         keep = counts > 0
         if max_postings is not None:
             keep &= _rarest_within(counts, max_postings)
-        long_runs = np.flatnonzero(keep & is_count)
+        # Runs longer than OVERFLOW_POSTINGS came back as their counts: read the kept ones.
+        long_runs = np.unique(query_of[keep & ~first.returned[query_of]])
+        starts, postings = first.starts, first.postings
         if long_runs.shape[0]:
-            every = self._runs(generation, hashes[long_runs], limit=0)
-            for at, value in zip(long_runs.tolist(), every, strict=True):
-                values[at] = value
-                counts[at] = len(value) // 8
+            more = self._runs(generation, distinct[long_runs], 0)
+            starts = starts.copy()
+            starts[long_runs] = more.starts + postings.shape[0]
+            postings = np.concatenate([postings, more.postings])
         kept = np.flatnonzero(keep)
-        postings = np.frombuffer(b"".join(values[i] for i in kept.tolist()), dtype="<u8")  # type: ignore[misc]
-        return np.repeat(kept, counts[kept]), postings.astype(np.uint64)
+        lo = starts[query_of[kept]]
+        return expand_runs(kept, lo, lo + counts[kept], postings)
 
-    def _first_trip(self, hashes: np.ndarray) -> tuple[list[bytes | int], Generation | None]:
-        """Every hash's postings (or count), read from the generation the last lookup used,
-        and in the same round trip the generation key: after a switch, read again."""
+    def _first_trip(self, distinct: np.ndarray) -> tuple[_Runs, Generation | None]:
+        """Every hash's postings (or only their count), read from the generation the last
+        lookup used, and in the same round trip the generation key: after a switch, read
+        again."""
         generation = self._seen or self._current()
         for _attempt in range(5):
             if generation is None:
-                values: list[bytes | int] = []
-                now = self._current()
+                runs, now = _Runs.none(distinct.shape[0]), self._current()
             else:
-                values, now = self._runs_and_generation(generation, hashes)
+                pipe = self.redis.pipeline()
+                pipe.get(self._keys.generation)
+                pending = self._queue_runs(pipe, generation, distinct, OVERFLOW_POSTINGS)
+                replies = pipe.execute()
+                now = Generation.decode(replies[0]) if replies[0] is not None else None
+                runs = pending.parsed(replies[1:])
             self._seen = now
             if now == generation:
-                return values, generation
+                return runs, generation
             generation = now  # the old generation is kept a while: nothing was half read
         raise IndexUnavailable("the index generation keeps changing")
 
-    def _runs_and_generation(
-        self, generation: Generation, hashes: np.ndarray
-    ) -> tuple[list[bytes | int], Generation | None]:
+    def _runs(self, generation: Generation, distinct: np.ndarray, limit: int) -> _Runs:
         pipe = self.redis.pipeline()
-        pipe.get(self._keys.generation)
-        groups = self._queue_runs(pipe, generation, hashes, OVERFLOW_POSTINGS)
-        replies = pipe.execute()
-        now = Generation.decode(replies[0]) if replies[0] is not None else None
-        return _in_query_order(hashes.shape[0], groups, replies[1:]), now
-
-    def _runs(self, generation: Generation, hashes: np.ndarray, limit: int) -> list[bytes]:
-        pipe = self.redis.pipeline()
-        groups = self._queue_runs(pipe, generation, hashes, limit)
-        return _in_query_order(hashes.shape[0], groups, pipe.execute())  # type: ignore[return-value]
+        runs = self._queue_runs(pipe, generation, distinct, limit)
+        return runs.parsed(pipe.execute())
 
     def _queue_runs(
-        self, pipe: object, generation: Generation, hashes: np.ndarray, limit: int
-    ) -> list[np.ndarray]:
-        """Queue one `_LOOKUP` call per hash tag of `hashes` on `pipe`; the positions in
-        `hashes` whose values each call returns, in its order."""
-        order = np.argsort(hashes, kind="stable")
-        sorted_hashes = hashes[order]
-        fields = (sorted_hashes & np.uint32((1 << generation.shift) - 1)).tolist()
-        positions = []
-        for lo, hi, buckets in _tag_groups(self.prefix, generation, sorted_hashes):
-            args: list[int] = [limit]
-            for _, start, end in buckets:
-                args += [end - start, *fields[start:end]]
-            self._queue_script(pipe, _LOOKUP, [key for key, _, _ in buckets], args)
-            positions.append(order[lo:hi])
-        return positions
+        self, pipe: Any, generation: Generation, distinct: np.ndarray, limit: int
+    ) -> _PendingRuns:
+        """Queue one `_LOOKUP` call per master on `pipe`, for the hashes (distinct, sorted) of
+        the hash tags it serves."""
+        tags = distinct >> np.uint32(HASH_BITS - TAG_BITS)
+        tag_values, tag_at = np.unique(tags, return_inverse=True)
+        slots = self.redis.nodes_manager.slots_cache
+        names, nodes = [], {}
+        for tag in tag_values.tolist():
+            served = slots.get(_TAG_SLOTS[tag])
+            if not served:
+                raise IndexUnavailable(f"hash slot {_TAG_SLOTS[tag]} is not served")
+            names.append(served[0].name)
+            nodes[served[0].name] = served[0]
+        node_names = sorted(nodes)
+        node_of = np.searchsorted(node_names, names)[tag_at]
+        order = np.argsort(node_of, kind="stable")  # by node, each node's hashes ascending
+        bounds = np.searchsorted(node_of[order], np.arange(len(node_names) + 1))
+        stem = f"{self.prefix}:{generation.number}:"
+        tag_span = 1 << max(0, HASH_BITS - generation.shift - TAG_BITS)
+        query = distinct[order].astype(">u4")
+        for name, lo, hi in zip(node_names, bounds[:-1], bounds[1:], strict=True):
+            args = [stem, 1 << generation.shift, tag_span, limit, query[lo:hi].tobytes()]
+            pipe.execute_command("EVALSHA", _SHA[_LOOKUP], 0, *args, target_nodes=nodes[name])
+        return _PendingRuns(order, limit)
 
     def _queue_script(
         self, pipe: object, script: str, keys: list[str], args: list[Any]
@@ -611,6 +629,49 @@ class _MetaKeys:
         return f"{{{self.prefix}}}:postings:{generation.number}"
 
 
+@dataclass(frozen=True)
+class _Runs:
+    """What a lookup read, for each of its distinct hashes (ascending): how many postings it
+    has, whether they came back, and where they start in `postings`."""
+
+    counts: np.ndarray
+    returned: np.ndarray
+    starts: np.ndarray
+    postings: np.ndarray
+
+    @staticmethod
+    def none(n: int) -> _Runs:
+        nothing = np.zeros(n, dtype=np.int64)
+        return _Runs(nothing, np.ones(n, dtype=bool), nothing, np.zeros(0, dtype=np.uint64))
+
+
+@dataclass(frozen=True)
+class _PendingRuns:
+    """`_LOOKUP` calls queued on a pipeline, one a master: `order` lists the distinct hashes
+    in the order the calls send them (by master, ascending within one)."""
+
+    order: np.ndarray
+    limit: int
+
+    def parsed(self, replies: list[tuple[list[int], bytes]]) -> _Runs:
+        """The calls' replies (each hash's count, and the records of those that came back) as
+        `_Runs` in hash order."""
+        counts = np.fromiter(
+            itertools.chain.from_iterable(c for c, _ in replies), np.int64, self.order.shape[0]
+        )
+        returned = counts <= self.limit if self.limit else np.ones(counts.shape[0], dtype=bool)
+        sizes = counts * returned
+        records = np.frombuffer(b"".join(r for _, r in replies), dtype=RECORD)
+        by_hash = np.empty_like(self.order)
+        by_hash[self.order] = np.arange(self.order.shape[0])
+        return _Runs(
+            counts[by_hash],
+            returned[by_hash],
+            (np.cumsum(sizes) - sizes)[by_hash],
+            records["posting"].astype(np.uint64),
+        )
+
+
 def bucket_key(prefix: str, generation: Generation, bucket: int) -> str:
     """`PREFIX:G:{T}:B`: the hash tag T is the hash's top TAG_BITS bits, so the buckets of a
     tag share a slot and one script call reads or writes all of a query's buckets in it."""
@@ -651,14 +712,6 @@ def _tag_groups(
         groups[-1][2].append((key, start, end))
         groups[-1] = (groups[-1][0], end, groups[-1][2])
     return groups
-
-
-def _in_query_order(n: int, positions: list[np.ndarray], replies: list) -> list[bytes | int]:
-    values: list[bytes | int] = [b""] * n
-    for at, reply in zip(positions, replies, strict=True):
-        for i, value in zip(at.tolist(), reply, strict=True):
-            values[i] = value
-    return values
 
 
 def _batched(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
