@@ -70,7 +70,7 @@ log = logging.getLogger("songscan.api")
 
 JOBS = "jobs"  # `request_api_method` of the job routes' errors
 POLL_S = 1.0  # how often an idle runner looks for jobs queued or abandoned by other processes
-HEARTBEAT_S = 10.0  # how often this node says it is alive (`JobStore.heartbeat`)
+HEARTBEAT_S = 10.0  # how often (at most) this node says it is alive (`JobStore.heartbeat`)
 PRUNE_EVERY_S = 3600.0
 MAX_ATTEMPTS = 5  # a job whose server stopped under it this often is not run again
 LIST_LIMIT = 100
@@ -99,6 +99,7 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._pruned_at = 0.0
         self._heard_at = 0.0
+        self._heartbeat_s = min(HEARTBEAT_S, self.store.node_timeout_s / 4)
 
     def start(self) -> None:
         self.store.remove_orphan_dirs()
@@ -135,8 +136,8 @@ class JobRunner:
                 self._stopping.wait(POLL_S)
 
     def _housekeeping(self) -> None:
-        """Say that this node is alive (every `HEARTBEAT_S`); prune old jobs (hourly)."""
-        if time.monotonic() - self._heard_at >= HEARTBEAT_S or not self._heard_at:
+        """Say that this node is alive (well within its timeout); prune old jobs (hourly)."""
+        if time.monotonic() - self._heard_at >= self._heartbeat_s or not self._heard_at:
             self.store.heartbeat()
             self._heard_at = time.monotonic()
         if time.monotonic() - self._pruned_at < PRUNE_EVERY_S and self._pruned_at:

@@ -75,10 +75,12 @@ class Store:
     # ---- connections ------------------------------------------------------------------------
     def _connection(self) -> Any:
         db = getattr(self._local, "db", None)
-        if db is not None and self.dialect == "postgresql" and (db.closed or db.broken):
+        if db is not None and self.dialect == "postgresql" and self._connection_lost():
             with self._all_lock:
                 if db in self._all:  # lost (the server restarted): connect anew
                     self._all.remove(db)
+            with contextlib.suppress(Exception):
+                db.close()
             db = None
         if db is None:
             db = self._connect()
@@ -126,14 +128,26 @@ class Store:
 
     # ---- queries ----------------------------------------------------------------------------
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self._reconnecting():
-            return list(self._connection().execute(self._sql(sql), tuple(params)).fetchall())
+        return list(self._read(sql, params).fetchall())
 
     def row(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        with self._reconnecting():
-            cursor = self._connection().execute(self._sql(sql), tuple(params))
-            found: Row | None = cursor.fetchone()
+        found: Row | None = self._read(sql, params).fetchone()
         return found
+
+    def _read(self, sql: str, params: Sequence[Any]) -> Any:
+        """A read's cursor. A connection found lost (the server restarted since its last use)
+        is replaced and the read tried once more: only a database still away fails it."""
+        with self._reconnecting():
+            try:
+                return self._connection().execute(self._sql(sql), tuple(params))
+            except self._lost:
+                if not self._connection_lost():
+                    raise
+            return self._connection().execute(self._sql(sql), tuple(params))
+
+    def _connection_lost(self) -> bool:
+        db = getattr(self._local, "db", None)
+        return db is not None and bool(db.broken or db.closed)
 
     def value(self, sql: str, params: Sequence[Any] = ()) -> Any:
         found = self.row(sql, params)
