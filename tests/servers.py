@@ -62,6 +62,7 @@ class PostgresServer:
     port: int
     directory: Path
     bindir: Path
+    max_connections: int = 300
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -78,6 +79,11 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
+        self.halt("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server (`pg_ctl stop -m MODE`), keeping its data for `restart`."""
         subprocess.run(
             _as_postgres_user(
                 [
@@ -86,14 +92,19 @@ class PostgresServer:
                     "-D",
                     str(self.directory / "data"),
                     "-m",
-                    "immediate",
+                    mode,
                     "-w",
                 ]
             ),
             check=False,
             capture_output=True,
         )
-        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Start a halted server again, on its port."""
+        started = _pg_ctl_start(self.bindir, self.directory, self.port, self.max_connections)
+        if started.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start again: {started.stderr!r}")
 
 
 def postgres_bindir() -> Path | None:
@@ -130,34 +141,40 @@ def start_postgres(max_connections: int = 300) -> PostgresServer:
     )
     for _attempt in range(5):
         port = free_port()
-        options = (
-            f"-h 127.0.0.1 -p {port} -k {directory} -F "
-            f"-c max_connections={max_connections} -c full_page_writes=off"
-        )
-        started = subprocess.run(
-            _as_postgres_user(
-                [
-                    str(bindir / "pg_ctl"),
-                    "start",
-                    "-D",
-                    str(data),
-                    "-w",
-                    "-t",
-                    "60",
-                    "-l",
-                    str(directory / "log"),
-                    "-o",
-                    options,
-                ]
-            ),
-            check=False,
-            capture_output=True,
-        )
+        started = _pg_ctl_start(bindir, directory, port, max_connections)
         if started.returncode == 0:
-            return PostgresServer(port, directory, bindir)
+            return PostgresServer(port, directory, bindir, max_connections)
     log = (directory / "log").read_text(errors="replace") if (directory / "log").exists() else ""
     shutil.rmtree(directory, ignore_errors=True)
     raise RuntimeError(f"PostgreSQL did not start: {log[-2000:]}")
+
+
+def _pg_ctl_start(
+    bindir: Path, directory: Path, port: int, max_connections: int
+) -> subprocess.CompletedProcess[bytes]:
+    options = (
+        f"-h 127.0.0.1 -p {port} -k {directory} -F "
+        f"-c max_connections={max_connections} -c full_page_writes=off"
+    )
+    return subprocess.run(
+        _as_postgres_user(
+            [
+                str(bindir / "pg_ctl"),
+                "start",
+                "-D",
+                str(directory / "data"),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(directory / "log"),
+                "-o",
+                options,
+            ]
+        ),
+        check=False,
+        capture_output=True,
+    )
 
 
 @dataclass

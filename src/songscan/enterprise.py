@@ -35,7 +35,7 @@ from songscan.scan import ScanResult, plan_for, scan_file
 if TYPE_CHECKING:
     from songscan.accounts.plans import Entitlements
     from songscan.accounts.service import Account, Accounts
-    from songscan.jobs import JobRecord, JobStore
+    from songscan.jobs import JobClaim, JobRecord, JobStore
     from songscan.sources import AllowList
 
 ENTERPRISE = "enterprise"  # the API method, and the ledger's name for what it bills
@@ -291,7 +291,7 @@ class EnterpriseScans:
 
     def run_job(
         self,
-        jobs: JobStore,
+        claim: JobClaim,
         record: JobRecord,
         account: Account,
         path: Path,
@@ -305,13 +305,13 @@ class EnterpriseScans:
         that once the outcome is recorded."""
         n_chunks = self.chunk_count(path, request)
         progress(0, n_chunks)  # also: stop here if cancelled meanwhile
-        reserved = self._job_reservation(jobs, record, account, n_chunks)
+        reserved = self._job_reservation(claim, record, account, n_chunks)
         result = self.scan(account, path, request, started=started, progress=progress)
         billed = min(result.billable_chunks, reserved)
         return Scanned(result, reply_body(result, request), billed)
 
     def _job_reservation(
-        self, jobs: JobStore, record: JobRecord, account: Account, n_chunks: int
+        self, claim: JobClaim, record: JobRecord, account: Account, n_chunks: int
     ) -> int:
         """The requests the job holds: the reservation made at submission, else (a `url` job,
         whose size is now known, or one whose reservation a crash sweep released because its
@@ -322,7 +322,7 @@ class EnterpriseScans:
         if not n_chunks:
             return record.reserved
         with self.accounts.reservation(account, n_chunks, ENTERPRISE) as held:
-            jobs.set_reservation(record.id, held.entry_id, n_chunks)
+            claim.store.set_reservation(claim, held.entry_id, n_chunks)
             held.hand_over(record.id)
         return n_chunks
 

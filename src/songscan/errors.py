@@ -125,3 +125,12 @@ class IndexUnavailable(SongscanError):
 
     code = 100
     default_message = "the fingerprint index is unavailable"
+
+
+class DatabaseUnavailable(SongscanError):
+    """The database (accounts, jobs, catalog) cannot be reached, or the connection broke
+    mid-statement (PostgreSQL restarting, say): the request fails cleanly, and the next one
+    reconnects once the database is back."""
+
+    code = 100
+    default_message = "the database is unavailable; try again shortly"

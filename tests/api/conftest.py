@@ -122,9 +122,11 @@ class Api:
             time.sleep(0.05)
 
 
-def build_catalog(data_dir: Path, files: Path) -> dict[int, np.ndarray]:
+def build_catalog(
+    data_dir: Path, files: Path, database_url: str | None = None
+) -> dict[int, np.ndarray]:
     songs = {audio_id: music(seed, SONG_S) for audio_id, seed in CATALOG_SEEDS.items()}
-    catalog = Catalog(data_dir)
+    catalog = Catalog(data_dir, database_url=database_url)
     items = [
         IngestItem(
             write_wav(files / f"song{audio_id}.wav", samples),

@@ -75,7 +75,7 @@ def test_a_job_holds_its_chunks_when_queued_and_is_billed_what_it_recognised(
     library: Library, tmp_path: Path, accounts: Accounts, account: Account
 ) -> None:
     upload = shutil.copy(_show(library, tmp_path), tmp_path / "upload.flac")
-    jobs = JobStore(tmp_path / "jobs-data")
+    jobs = JobStore(accounts.engine, tmp_path / "jobs-data")
     scans = EnterpriseScans(accounts, library.data, DEFAULT, UrlFetch())
     request = enterprise_request(
         {"response_type": "segments"}, True, accounts.entitlements(account)
@@ -89,8 +89,10 @@ def test_a_job_holds_its_chunks_when_queued_and_is_billed_what_it_recognised(
     assert not upload.exists()  # moved into the job's directory
     assert record.media_name is not None
     seen: list[tuple[int, int]] = []
+    claim = jobs.claim("runner")
+    assert claim is not None and claim.job_id == record.id
     scanned = scans.run_job(
-        jobs,
+        claim,
         record,
         account,
         jobs.job_dir(record.id) / record.media_name,

@@ -4,6 +4,10 @@ SQLite in the data directory unless an explicit URL names another, e.g.
 `postgresql+psycopg://user:pass@host/db` (the settings' `database_url`: `SONGSCAN_DATABASE_URL`
 or `[backends] database_url`, see `songscan.settings`). Migrations run at startup, under a lock, so
 several processes starting together do not race.
+
+A connection refused or lost (PostgreSQL restarting) fails the statement with
+`DatabaseUnavailable`, logged once per outage (`songscan.outage`); the pool's pre-ping
+replaces dead connections, so requests succeed again as soon as the database is back.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from songscan.errors import ConfigError
+from songscan.outage import Outage
 from songscan.settings import sqlite_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -56,6 +62,22 @@ def _prepare_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _report_outages(engine: Engine) -> None:
+    outage = Outage("accounts")
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # A failed pre-ping is the pool's to handle (it reconnects): only what reaches the
+        # caller counts. Raising here replaces SQLAlchemy's error (after its clean-up).
+        lost = context.is_disconnect or isinstance(context.sqlalchemy_exception, OperationalError)
+        if lost and not context.is_pre_ping:
+            raise outage.failed(context.original_exception) from None
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_connection: Any, _record: Any) -> None:
+        outage.connected()
+
+
 def make_engine(url: str) -> Engine:
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(
@@ -66,8 +88,12 @@ def make_engine(url: str) -> Engine:
             pool_timeout=120,
         )
         _prepare_sqlite(engine)
-        return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_timeout=120, pool_pre_ping=True)
+    else:
+        engine = create_engine(
+            url, pool_size=10, max_overflow=20, pool_timeout=120, pool_pre_ping=True
+        )
+        _report_outages(engine)
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

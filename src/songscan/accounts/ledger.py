@@ -333,17 +333,7 @@ class Ledger:
                 .values(balance=AccountRow.balance - n_requests)
             ).rowcount
             if taken == 1:
-                entry_id = write_ledger(
-                    conn,
-                    account.id,
-                    "usage",
-                    -n_requests,
-                    reserved=n_requests,
-                    method=method,
-                    status=PENDING,
-                    holder=self.instance_id,
-                )
-                return Reservation(entry_id, account.id, n_requests, method)
+                return self._record_reservation(conn, account, n_requests, method)
         if row.disabled:
             raise UnknownToken("the account of this api_token is disabled")
         raise QuotaExceeded(_quota_message(n_requests, max(0, int(row.balance))))
@@ -364,25 +354,42 @@ class Ledger:
                 .values(used=PublicTokenUsage.used + n_requests)
             ).rowcount
             if taken == 1:
-                entry_id = write_ledger(
-                    conn,
-                    account.id,
-                    "usage",
-                    -n_requests,
-                    reserved=n_requests,
-                    method=method,
-                    status=PENDING,
-                    note=f"{_PUBLIC_NOTE}{addr}"[:255],
-                    holder=self.instance_id,
+                reservation = self._record_reservation(
+                    conn, account, n_requests, method, today, addr
                 )
                 add_balance(conn, account.id, -n_requests)
-                return Reservation(entry_id, account.id, n_requests, method, today, addr)
+                return reservation
             left = self._public_left(conn, account)
         raise QuotaExceeded(
             f"the public test token allows {limit} requests a day per address; "
             + _quota_message(n_requests, left)
             + "; sign up for a token of your own"
         )
+
+    def _record_reservation(
+        self,
+        conn: Connection,
+        account: Account,
+        n_requests: int,
+        method: str,
+        public_day: date | None = None,
+        client_addr: str | None = None,
+    ) -> Reservation:
+        """The pending ledger entry of requests just taken (in the caller's transaction), held
+        by this server instance; a public-token one notes the client address."""
+        note = f"{_PUBLIC_NOTE}{client_addr}"[:255] if public_day is not None else None
+        entry_id = write_ledger(
+            conn,
+            account.id,
+            "usage",
+            -n_requests,
+            reserved=n_requests,
+            method=method,
+            status=PENDING,
+            note=note,
+            holder=self.instance_id,
+        )
+        return Reservation(entry_id, account.id, n_requests, method, public_day, client_addr)
 
     def settle(self, reservation: Reservation, used: int, status: str, chunks: int) -> None:
         """Bill `used` (0 ≤ used ≤ reserved) of the reservation and give back the rest.

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -102,6 +103,54 @@ class ServerLease(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobNode(Base):
+    """A node: a data directory whose servers run long jobs (`songscan.jobs`), and when one of
+    them was last alive. The jobs whose media it holds can run only there."""
+
+    __tablename__ = "job_nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch
+
+
+class JobRow(Base):
+    """A long job (`songscan.jobs`): its request, state, progress, reservation and response.
+
+    `node` is the data directory holding its media (NULL: none yet, a `url` job not started);
+    `runner` the server instance working on it, which may while its lease is alive.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_account_created", "account_id", "created_at"),
+        Index("ix_jobs_cleaned_created", "cleaned", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    fields: Mapped[str] = mapped_column(Text)  # the request's parameters (JSON), token masked
+    http_method: Mapped[str] = mapped_column(String(8))
+    media_name: Mapped[str | None] = mapped_column(Text)  # the upload's name; NULL: a url
+    chunks_total: Mapped[int | None] = mapped_column(Integer)  # NULL until known
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    reservation_id: Mapped[int | None] = mapped_column(Integer)  # the ledger entry it holds
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
+    billed: Mapped[int] = mapped_column(Integer, default=0)
+    chunks: Mapped[int] = mapped_column(Integer, default=0)  # chunks recognised (billable)
+    response: Mapped[str | None] = mapped_column(Text)  # the finished job's body
+    media_type: Mapped[str | None] = mapped_column(String(255))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    cleaned: Mapped[bool] = mapped_column(Boolean, default=False)  # settled, media deleted
+    node: Mapped[str | None] = mapped_column(String(64))
+    runner: Mapped[str | None] = mapped_column(String(64))
 
 
 class WebSession(Base):

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from songscan.accounts.service import Accounts
+from songscan.errors import DatabaseUnavailable
 from songscan.sources import remove_orphan_media
 
 log = logging.getLogger("songscan.api")
@@ -56,5 +57,7 @@ class Housekeeping:
             try:
                 self.accounts.ledger.renew_lease()
                 self.sweep()
-            except Exception:  # the database may be away for a while: try again next time
+            except DatabaseUnavailable:  # away for a while (logged once): try again next time
+                pass
+            except Exception:
                 log.exception("renewing the server lease failed; it carries on")

@@ -4,13 +4,19 @@
 enterprise use case (`songscan.enterprise`), with the synchronous call's checks, reservation
 and errors. Here, `JobRunner` runs queued jobs in this server process (`[api] concurrent_jobs`
 at a time, in threads started by the app's lifespan) through the same use case, and reports
-progress; the routes let a token list, poll and cancel its own jobs.
+progress; the routes let a token list, poll and cancel its own jobs on any API node: jobs are
+rows of the shared database (`songscan.jobs`), and a runner stops at its next progress report
+once its job was cancelled, wherever that was asked.
 
 Billing: a job's reservation is settled once, after the job's outcome is recorded (the
 ledger refuses a second settlement), so a job that is run again after a crash is billed once.
 The reservation is held by the job (`held.hand_over`), so no crash sweep releases it; one
 released before the hand-over (its submitter died in between) is reserved anew when it runs.
 A failed or cancelled job costs nothing, like a failed synchronous call.
+
+While the database is away (PostgreSQL restarting), the runners wait: a job whose progress
+could not be recorded stays `running` and is run again, by this process or another, once the
+database is back.
 """
 
 from __future__ import annotations
@@ -40,22 +46,42 @@ from songscan.api.recognition import (
     reply_for_error,
 )
 from songscan.enterprise import ENTERPRISE, EnterpriseRequest, Scanned, enterprise_request
-from songscan.errors import AlreadySettled, InvalidParameters, NotEntitled, SongscanError
+from songscan.errors import (
+    AlreadySettled,
+    DatabaseUnavailable,
+    InvalidParameters,
+    NotEntitled,
+    SongscanError,
+)
 from songscan.fields import int_param, text_param
-from songscan.jobs import ACTIVE, CANCELLED, DONE, FAILED, FINISHED, JobRecord, job_json
+from songscan.jobs import (
+    ACTIVE,
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINISHED,
+    JobClaim,
+    JobRecord,
+    job_json,
+)
 from songscan.results import to_json
 
 log = logging.getLogger("songscan.api")
 
 JOBS = "jobs"  # `request_api_method` of the job routes' errors
 POLL_S = 1.0  # how often an idle runner looks for jobs queued or abandoned by other processes
+HEARTBEAT_S = 10.0  # how often (at most) this node says it is alive (`JobStore.heartbeat`)
 PRUNE_EVERY_S = 3600.0
 MAX_ATTEMPTS = 5  # a job whose server stopped under it this often is not run again
 LIST_LIMIT = 100
+NODE_GONE = (
+    "the job's media was on a server that stopped and did not come back; nothing was billed: "
+    "submit the job again"
+)
 
 
 class _Cancelled(Exception):
-    """The job was cancelled while it ran."""
+    """The job was cancelled while it ran (or another server took it over)."""
 
 
 class _Stopping(Exception):
@@ -63,7 +89,8 @@ class _Stopping(Exception):
 
 
 class JobRunner:
-    """Runs the jobs of the data directory, `concurrent_jobs` at a time, in this process."""
+    """Runs this node's jobs (and those of nodes gone for good), `concurrent_jobs` at a time,
+    in this process."""
 
     def __init__(self, service: Recognition) -> None:
         self.service = service
@@ -71,6 +98,8 @@ class JobRunner:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pruned_at = 0.0
+        self._heard_at = 0.0
+        self._heartbeat_s = min(HEARTBEAT_S, self.store.node_timeout_s / 4)
 
     def start(self) -> None:
         self.store.remove_orphan_dirs()
@@ -91,19 +120,26 @@ class JobRunner:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                self._prune()
-                lock = self.store.claim()
-                if lock is None:
+                self._housekeeping()
+                runner = self.service.accounts.ledger.instance_id  # this process's lease
+                claim = self.store.claim(runner) if runner is not None else None
+                if claim is None:
                     self.store.changed.wait(POLL_S)
                     self.store.changed.clear()
                     continue
-                with lock:
-                    self._work(lock.job_id)
+                with claim:
+                    self._work(claim)
+            except DatabaseUnavailable:  # logged once per outage, where it was raised
+                self._stopping.wait(POLL_S)
             except Exception:
                 log.exception("the job runner failed; it carries on")
                 self._stopping.wait(POLL_S)
 
-    def _prune(self) -> None:
+    def _housekeeping(self) -> None:
+        """Say that this node is alive (well within its timeout); prune old jobs (hourly)."""
+        if time.monotonic() - self._heard_at >= self._heartbeat_s or not self._heard_at:
+            self.store.heartbeat()
+            self._heard_at = time.monotonic()
         if time.monotonic() - self._pruned_at < PRUNE_EVERY_S and self._pruned_at:
             return
         self._pruned_at = time.monotonic()
@@ -111,37 +147,40 @@ class JobRunner:
         if pruned:
             log.info("pruned %d finished jobs", pruned)
 
-    def _work(self, job_id: str) -> None:
-        record = self.store.require(job_id)
+    def _work(self, claim: JobClaim) -> None:
+        record = self.store.require(claim.job_id)
         if record.state in ACTIVE:
-            self._run(record)
-            record = self.store.require(job_id)
+            self._run(claim, record)
+            record = self.store.require(claim.job_id)
         if record.state in FINISHED:
-            self._clean_up(record)
+            self._clean_up(claim, record)
 
     # -- one run of a job -------------------------------------------------------------------
-    def _run(self, record: JobRecord) -> None:
-        if not self.store.start(record.id):
-            return  # cancelled meanwhile
+    def _run(self, claim: JobClaim, record: JobRecord) -> None:
         started = time.perf_counter()
+        if record.node not in (None, self.store.node) and record.media_name is not None:
+            self._fail(claim, record, SongscanError(NODE_GONE), started)  # (a url job reruns)
+            return
+        if not self.store.start(claim):
+            return  # cancelled meanwhile
         try:
             if record.attempts >= MAX_ATTEMPTS:
                 raise SongscanError(
                     f"the job was interrupted {record.attempts} times (its server stopped while "
                     "it ran); it is not run again"
                 )
-            scanned = self._scan(record, started)
-        except _Cancelled:
-            return
+            scanned = self._scan(claim, record, started)
+        except (_Cancelled, DatabaseUnavailable):
+            return  # cancelled; or the database is away: run again once it is back
         except Exception as exc:
             if self._stopping.is_set():
                 return  # the server is stopping: the job runs again at the next start
-            self._fail(record, exc, started)
+            self._fail(claim, record, exc, started)
             return
         reply, chunks = scanned.reply, scanned.result.billable_chunks
         body = reply.body if isinstance(reply.body, str) else to_json(reply.body)
         done = self.store.finish(
-            record.id,
+            claim,
             DONE,
             response=body,
             media_type=reply.media_type,
@@ -152,7 +191,7 @@ class JobRunner:
             self.service.metrics.chunks.inc(chunks)
             self.service.metrics.audio_seconds.inc(scanned.audio_s)
 
-    def _scan(self, record: JobRecord, started: float) -> Scanned:
+    def _scan(self, claim: JobClaim, record: JobRecord, started: float) -> Scanned:
         """The synchronous call's work (the enterprise use case) on the job's media."""
         accounts = self.service.accounts
         account = accounts.account(record.account_id)
@@ -160,12 +199,12 @@ class JobRunner:
         request = enterprise_request(record.fields, record.media_name is not None, entitlements)
         path = self._media(record, request, entitlements)
         return self.service.enterprise.run_job(
-            self.store,
+            claim,
             record,
             account,
             path,
             request,
-            progress=lambda done, total: self._progress(record.id, done, total),
+            progress=lambda done, total: self._progress(claim, done, total),
             started=started,
         )
 
@@ -181,13 +220,13 @@ class JobRunner:
         download_dir.mkdir(parents=True)
         return self.service.fetcher.fetch(request.url, download_dir, entitlements.max_file_bytes)
 
-    def _progress(self, job_id: str, done: int, total: int) -> None:
+    def _progress(self, claim: JobClaim, done: int, total: int) -> None:
         if self._stopping.is_set():
             raise _Stopping()
-        if not self.store.progress(job_id, done, total):
+        if not self.store.progress(claim, done, total):
             raise _Cancelled()
 
-    def _fail(self, record: JobRecord, exc: Exception, started: float) -> None:
+    def _fail(self, claim: JobClaim, record: JobRecord, exc: Exception, started: float) -> None:
         """Record the error body the synchronous call would have answered."""
         if not isinstance(exc, SongscanError):
             log.exception("job %s failed", record.id)
@@ -202,15 +241,16 @@ class JobRunner:
         ).body
         body["requested_params"]["api_token"] = record.fields.get("api_token", "")  # masked
         self.store.finish(
-            record.id,
+            claim,
             FAILED,
             response=to_json(body),
             media_type="application/json",
             error=(exc.code, exc.message),
         )
 
-    def _clean_up(self, record: JobRecord) -> None:
-        """Settle the job's reservation (bill a done job, refund the others), delete its media."""
+    def _clean_up(self, claim: JobClaim, record: JobRecord) -> None:
+        """Settle the job's reservation (bill a done job, refund the others), delete its media
+        (there is none here when it was on a node gone for good)."""
         if record.reservation_id is not None:
             used = record.billed if record.state == DONE else 0
             status = {DONE: "ok", CANCELLED: "cancelled"}.get(
@@ -225,7 +265,7 @@ class JobRunner:
             except AlreadySettled:
                 pass  # settled before this process went down: billed once
         self.store.remove_media(record.id)
-        self.store.mark_cleaned(record.id)
+        self.store.mark_cleaned(claim)
 
 
 # -- routes -------------------------------------------------------------------------------------

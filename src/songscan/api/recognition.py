@@ -100,6 +100,8 @@ class ApiSettings:
     concurrent_scans: int = 0  # requests worked on at once; 0: one per core
     concurrent_jobs: int = 1  # long jobs this server process runs at once
     job_retention_days: float = 7.0  # finished jobs (and their results) are kept this long
+    # A node (data directory) unheard of this long is gone: other nodes take its jobs over.
+    job_node_timeout_s: float = 3600.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], plans_max_bytes: int) -> ApiSettings:
@@ -114,6 +116,7 @@ class ApiSettings:
             "concurrent_scans": (int,),
             "concurrent_jobs": (int,),
             "job_retention_days": (int, float),
+            "job_node_timeout_s": (int, float),
         }
         for key, value in section.items():
             if key not in known:
@@ -140,6 +143,7 @@ class ApiSettings:
             concurrent_scans=int(section.get("concurrent_scans", 0)),
             concurrent_jobs=int(section.get("concurrent_jobs", 1)),
             job_retention_days=float(section.get("job_retention_days", 7.0)),
+            job_node_timeout_s=float(section.get("job_node_timeout_s", 3600.0)),
         )
 
 
@@ -244,7 +248,7 @@ class Recognition:
             database_url=engine_config.catalog_url,
             index_url=engine_config.index_url,
         )
-        self.jobs = JobStore(self.data_dir)
+        self.jobs = JobStore(accounts.engine, self.data_dir, self.settings.job_node_timeout_s)
         self.metrics = Metrics()
         self._limiter: anyio.CapacityLimiter | None = None
 

@@ -8,6 +8,9 @@ it up to date. Queries go through the DB-API driver itself (the standard library
 or psycopg), not through SQLAlchemy: a command that only reads the catalog (`songscan scan`)
 then starts without importing SQLAlchemy or Alembic (see the start-up benchmark).
 
+On PostgreSQL a lost connection (the server restarting) fails the statement with
+`DatabaseUnavailable`, logged once per outage; the thread's next statement connects anew.
+
 The SQL is written once, with `?` placeholders, in the common subset of both dialects
 (`INSERT ... RETURNING` included: SQLite has it since 3.35).
 """
@@ -22,7 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatabaseUnavailable
+from ..outage import Outage
 
 SQLITE_FILE = "catalog.sqlite"
 VERSION_TABLE = "catalog_alembic_version"
@@ -56,6 +60,12 @@ class Store:
                 "or postgresql+psycopg://"
             )
         self._lock_dir = lock_dir
+        self._outage = Outage("catalog")
+        self._lost: tuple[type[BaseException], ...] = ()  # a driver's "connection lost" errors
+        if self.dialect == "postgresql":
+            import psycopg
+
+            self._lost = (psycopg.OperationalError,)
         self._local = threading.local()
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
@@ -65,12 +75,28 @@ class Store:
     # ---- connections ------------------------------------------------------------------------
     def _connection(self) -> Any:
         db = getattr(self._local, "db", None)
+        if db is not None and self.dialect == "postgresql" and self._connection_lost():
+            with self._all_lock:
+                if db in self._all:  # lost (the server restarted): connect anew
+                    self._all.remove(db)
+            with contextlib.suppress(Exception):
+                db.close()
+            db = None
         if db is None:
             db = self._connect()
             self._local.db = db
             with self._all_lock:
                 self._all.append(db)
         return db
+
+    @contextlib.contextmanager
+    def _reconnecting(self) -> Iterator[None]:
+        """Statements on PostgreSQL: a lost connection becomes DatabaseUnavailable (the
+        connection, now broken, is replaced by the thread's next statement)."""
+        try:
+            yield
+        except self._lost as exc:
+            raise self._outage.failed(exc) from None
 
     def _connect(self) -> Any:
         if self.dialect == "sqlite":
@@ -84,10 +110,10 @@ class Store:
         import psycopg
         from psycopg.rows import dict_row
 
-        try:
-            return psycopg.connect(self._conninfo, autocommit=True, row_factory=dict_row)
-        except psycopg.OperationalError as exc:
-            raise ConfigError(f"cannot connect to the catalog database: {exc}") from None
+        with self._reconnecting():
+            connection = psycopg.connect(self._conninfo, autocommit=True, row_factory=dict_row)
+        self._outage.connected()
+        return connection
 
     def _sql(self, sql: str) -> str:
         return sql if self.dialect == "sqlite" else sql.replace("?", "%s")
@@ -102,11 +128,26 @@ class Store:
 
     # ---- queries ----------------------------------------------------------------------------
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(self._connection().execute(self._sql(sql), tuple(params)).fetchall())
+        return list(self._read(sql, params).fetchall())
 
     def row(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        found: Row | None = self._connection().execute(self._sql(sql), tuple(params)).fetchone()
+        found: Row | None = self._read(sql, params).fetchone()
         return found
+
+    def _read(self, sql: str, params: Sequence[Any]) -> Any:
+        """A read's cursor. A connection found lost (the server restarted since its last use)
+        is replaced and the read tried once more: only a database still away fails it."""
+        with self._reconnecting():
+            try:
+                return self._connection().execute(self._sql(sql), tuple(params))
+            except self._lost:
+                if not self._connection_lost():
+                    raise
+            return self._connection().execute(self._sql(sql), tuple(params))
+
+    def _connection_lost(self) -> bool:
+        db = getattr(self._local, "db", None)
+        return db is not None and bool(db.broken or db.closed)
 
     def value(self, sql: str, params: Sequence[Any] = ()) -> Any:
         found = self.row(sql, params)
@@ -118,7 +159,7 @@ class Store:
         SQLite's is IMMEDIATE (the write lock up front: it never fails half-way as busy)."""
         db = self._connection()
         if self.dialect == "postgresql":
-            with db.transaction():
+            with self._reconnecting(), db.transaction():
                 yield Transaction(self, db)
             return
         db.execute("BEGIN IMMEDIATE")
@@ -152,6 +193,8 @@ class Store:
     def _revision(self) -> str | None:
         try:
             return str(self.value(f"SELECT version_num FROM {VERSION_TABLE}"))
+        except DatabaseUnavailable:
+            raise
         except Exception:  # no version table yet (sqlite3 and psycopg raise their own kinds)
             return None  # (autocommit: a failed statement leaves no transaction to undo)
 
