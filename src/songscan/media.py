@@ -9,6 +9,7 @@ file can be split between processes with results identical to one pass.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import os
@@ -45,14 +46,25 @@ class MediaInfo:
     pcm_bit_rate_bps: int = 0  # PCM's exact rate (0 for compressed audio)
 
 
-def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
-    p = Path(path)
-    if not p.is_file():
-        raise DecodeFailed(f"not a file: {p.name}" if p.exists() else f"no such file: {p.name}")
-    if p.stat().st_size == 0:
-        raise DecodeFailed("the file is empty")
+# A seekable binary file object read in place of a path: a file served by another host
+# (`songscan.distributed.media_link`).
+Source = str | os.PathLike[str] | io.IOBase
+
+
+def _open(path: Source) -> av.container.InputContainer:
+    target: str | io.IOBase
+    if isinstance(path, str | os.PathLike):
+        p = Path(path)
+        if not p.is_file():
+            raise DecodeFailed(f"not a file: {p.name}" if p.exists() else f"no such file: {p.name}")
+        if p.stat().st_size == 0:
+            raise DecodeFailed("the file is empty")
+        target = str(p)
+    else:
+        path.seek(0)
+        target = path
     try:
-        container = av.open(str(p), mode="r", metadata_errors="ignore")
+        container = av.open(target, mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise DecodeFailed(f"not a media file FFmpeg can read ({_reason(exc)})") from None
     if not isinstance(container, av.container.InputContainer):  # pragma: no cover
@@ -123,7 +135,7 @@ class Media:
     more than one pass (a fresh open seeks by reading from the top in formats without an index,
     such as MP3)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: Source) -> None:
         self._path = path
         self._container = _open(path)
         self._fresh = True
