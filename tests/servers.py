@@ -310,17 +310,18 @@ class RedisServer:
         shutil.rmtree(self.node.directory, ignore_errors=True)
 
 
-def start_redis() -> RedisServer:
-    """One standalone redis-server on a free loopback port; `stop()` kills it."""
+def start_redis(port: int | None = None) -> RedisServer:
+    """One standalone redis-server on loopback (on `port`, else a free one); `stop()` kills
+    it."""
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server is not installed: run scripts/install-system-deps")
     directory = Path(tempfile.mkdtemp(prefix="songscan-broker-"))
-    for _attempt in range(5):
-        port = free_port()
+    for _attempt in range(1 if port else 5):
+        chosen = port or free_port()
         process = subprocess.Popen(
             [
                 "redis-server",
-                "--port", str(port),
+                "--port", str(chosen),
                 "--bind", "127.0.0.1",
                 "--dir", str(directory),
                 "--appendonly", "no",
@@ -330,8 +331,8 @@ def start_redis() -> RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        if _listening(process, port):
-            return RedisServer(RedisNode(port, directory, process))
+        if _listening(process, chosen):
+            return RedisServer(RedisNode(chosen, directory, process))
         process.kill()
         process.wait()
     raise RuntimeError(f"redis-server did not start; see {directory}")

@@ -92,8 +92,8 @@ class Deployment:
         assert process.proc.poll() is None, process.log.read_text()
         return ApiNode(process, base_url)
 
-    def worker(self, name: str) -> Process:
-        process = self.start(name, "worker", "--concurrency", "1")
+    def worker(self, name: str, env: dict[str, str] | None = None) -> Process:
+        process = self.start(name, "worker", "--concurrency", "1", env=env)
         wait_for(f"{name} is ready", lambda: " ready." in process.output() or _exited(process))
         assert process.proc.poll() is None, process.output()
         return process

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 
 from songscan.chunks import Chunk
 from songscan.errors import ConfigError, SongscanError
@@ -37,9 +38,21 @@ QUEUE = "songscan.scans"
 log = logging.getLogger("songscan.worker")
 
 
+class PolledRedisBackend(RedisBackend):
+    """Celery's Redis result backend, its results read by polling their keys
+    (`AsyncResult.ready`) instead of a subscription made when a run is sent: a subscription
+    whose connection fails gives up for good ("the Celery application must be restarted"),
+    which would leave an API node unable to scan after the broker's first outage; the
+    dispatcher takes a scan's results one at a time anyway."""
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        pass
+
+
 def celery_app(broker_url: str, visibility_timeout_s: float) -> Celery:
     """The Celery app of a broker, as the API nodes and the workers both configure it."""
-    app = Celery("songscan", broker=broker_url, backend=broker_url, set_as_current=False)
+    backend = f"{__name__}.{PolledRedisBackend.__name__}+{broker_url}"
+    app = Celery("songscan", broker=broker_url, backend=backend, set_as_current=False)
     # How often a worker looks for runs whose worker died (those unacknowledged for longer
     # than the visibility timeout): a few times per timeout, at most every 10 s.
     restore_every_s = max(1, min(10, int(visibility_timeout_s / 4)))
