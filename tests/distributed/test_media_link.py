@@ -96,9 +96,7 @@ def test_the_route_serves_ranges_of_the_signed_file_and_refuses_anything_else(
     assert good not in caplog.text and good.partition(".")[2] not in caplog.text
 
 
-def test_a_remote_file_reads_the_bytes_of_the_file_a_block_at_a_time(
-    node: str, song: Path
-) -> None:
+def test_a_remote_file_reads_the_bytes_of_the_file_a_block_at_a_time(node: str, song: Path) -> None:
     whole = song.read_bytes()
     media = link(node, SECRET, song, time.time() + 60)
     with RemoteFile(media) as remote:

@@ -42,7 +42,8 @@ def _show(path: Path, samples: dict[int, np.ndarray], repeats: int) -> Path:
     """The catalog's songs back to back, `repeats` times, with a little silence between."""
     gap = np.zeros(8000 * 3, dtype=np.float32)
     order = [samples[s] for s in (63, 61, 62)]
-    return write_audio(path, np.concatenate([part for song in order for part in (song, gap)] * repeats))
+    parts = [part for song in order for part in (song, gap)] * repeats
+    return write_audio(path, np.concatenate(parts))
 
 
 def _catalog(deployment: Deployment) -> None:
