@@ -152,6 +152,9 @@ def test_scans_on_two_workers_equal_the_embedded_scan(deployment: Deployment) ->
     assert all(runs) and sum(map(len, runs)) == 6, runs
     for w in workers:
         assert not any(p.suffix == ".flac" for p in w.data.rglob("*"))
+    metrics = httpx.get(f"{node.base_url}/metrics", timeout=10).text
+    assert 'songscan_worker_runs_total{outcome="ok"} 6.0' in metrics
+    assert "songscan_worker_run_seconds_count 6.0" in metrics
     total = submitted["result"]["progress"]["chunks_total"]
     assert total == 63
     assert sorted(_usage(deployment)) == [("ok", -total, total)] * 2

@@ -42,8 +42,9 @@ POLL_S = 0.02  # between looks at the run the scan waits for
 REGISTRY = CollectorRegistry(auto_describe=True)
 RUNS = Counter(
     "songscan_worker_runs",
-    "Runs of chunks sent to Celery workers, by outcome (ok, error: a songscan error such as "
-    "undecodable media, failed: the worker or broker failed, revoked: the scan ended first)",
+    "Runs of chunks sent to Celery workers, by outcome (ok; error: a songscan error such as "
+    "undecodable media; failed: the broker, a worker or the deadline failed the scan; "
+    "revoked: the scan ended first)",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -96,6 +97,7 @@ def run_remote_units(
             try:
                 sent.append((app.send_task(TASK, args=[payload], queue=QUEUE), time.monotonic()))
             except Exception as exc:
+                RUNS.labels("failed").inc()
                 raise _unavailable(f"cannot send the scan to the broker at {where}", exc) from None
         for result, published in sent:
             yield _outcome(result, published, deadline, where)
