@@ -29,11 +29,10 @@ from songscan import errors
 from songscan.chunks import Chunk
 from songscan.config import EngineConfig
 from songscan.errors import SongscanError
-from songscan.scan import Owners, UnitResult
 
+from .celery_app import QUEUE, TASK, broker_address, celery_app
 from .media_link import link
-from .tasks import QUEUE, TASK, broker_address, celery_app
-from .wire import VERSION, engine_to_wire, result_from_wire, to_wire
+from .wire import VERSION, RunResult, engine_to_wire, result_from_wire, to_wire
 
 log = logging.getLogger("songscan.dispatch")
 POLL_S = 0.02  # between looks at the run the scan waits for
@@ -73,8 +72,8 @@ def client_app(broker_url: str, visibility_timeout_s: float) -> Celery:
 
 
 def run_remote_units(
-    path: Path, units: Sequence[list[Chunk]], cfg: EngineConfig, owners: Owners
-) -> Iterator[UnitResult]:
+    path: Path, units: Sequence[list[Chunk]], cfg: EngineConfig, owners: tuple[str, ...] | None
+) -> Iterator[RunResult]:
     """Each unit's result, in order, computed by the Celery workers."""
     remote = cfg.remote
     assert remote is not None
@@ -109,7 +108,7 @@ def run_remote_units(
         _revoke(app, [r for r, _ in sent[taken:]])
 
 
-def _outcome(result: AsyncResult, published: float, deadline: float, where: str) -> UnitResult:
+def _outcome(result: AsyncResult, published: float, deadline: float, where: str) -> RunResult:
     """The result of one run, once it is back (WorkersUnavailable when it cannot be)."""
     try:
         while not result.ready():

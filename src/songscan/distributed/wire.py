@@ -20,9 +20,9 @@ import numpy as np
 from songscan.chunks import Chunk
 from songscan.config import EngineConfig, FingerprintConfig, MatchConfig, MediaLimits, ScanConfig
 from songscan.matcher import Match
-from songscan.scan import UnitResult
 
 T = TypeVar("T")
+RunResult = list[tuple[Chunk, list[Match]]]  # a run's matches by chunk (`scan.UnitResult`)
 VERSION = 1  # of the payloads below; a worker refuses another
 
 
@@ -96,11 +96,11 @@ def engine_from_wire(
 
 
 # -- a run's result -------------------------------------------------------------------------
-def result_to_wire(result: UnitResult) -> list[Any]:
+def result_to_wire(result: RunResult) -> list[Any]:
     return [[to_wire(chunk), to_wire(matches)] for chunk, matches in result]
 
 
-def result_from_wire(data: list[Any]) -> UnitResult:
+def result_from_wire(data: list[Any]) -> RunResult:
     return [
         (from_wire(Chunk, chunk), [from_wire(Match, m) for m in matches]) for chunk, matches in data
     ]
