@@ -217,8 +217,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data: Path, workers: int, log_path: Path) -> None:
-        """`workers` 0: none given, `songscan serve`'s default (one per core)."""
+    def __init__(
+        self, data: Path, workers: int, log_path: Path, floor_mode: str | None = None
+    ) -> None:
+        """`workers` 0: none given, `songscan serve`'s default (one per core). `floor_mode`:
+        instead of songscan, `bench.floor_app` in that mode on Uvicorn as `serve` runs it."""
         from songscan.api.serve import default_workers
 
         self.port = free_port()
@@ -227,10 +230,17 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        cmd = [songscan_cli(), "--data", str(data), "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port)] + (["--workers", str(workers)] if workers else [])
+        env = None
+        if floor_mode is None:
+            cmd = [songscan_cli(), "--data", str(data), "serve", "--host", "127.0.0.1"]
+            cmd += ["--port", str(self.port)] + (["--workers", str(workers)] if workers else [])
+        else:
+            cmd = [sys.executable, "-m", "bench.floor_app", str(self.port)]
+            env = {**os.environ, "FLOOR_MODE": floor_mode}
         self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Until /healthz answers and every worker process has finished its start-up."""
@@ -509,6 +519,43 @@ def run_level(
     return res
 
 
+# ---- floors ---------------------------------------------------------------------------------
+FLOOR_MODES = {
+    "bare": "a bare FastAPI endpoint: reads the body, answers a fixed JSON",
+    "decode": "the same, plus the clip written to a temp file and decoded as songscan does "
+    "(first 25 s, mono 8 kHz), in a worker thread (at most one per core at once per process, "
+    "as songscan's default `concurrent_scans`)",
+}
+
+
+def run_floor(
+    data: Path,
+    mode: str,
+    clips: list[Clip],
+    levels: list[int],
+    rates: list[float],
+    seconds: float,
+    max_requests: int,
+    seed: int,
+    out: Path,
+) -> dict[str, Any]:
+    """The same load on `bench.floor_app` in `mode` (Uvicorn as `songscan serve` runs it):
+    what a request costs at least, before songscan's own work."""
+    server = Server(data, 0, out / f"load-floor-{mode}.log", floor_mode=mode)
+    floor: dict[str, Any] = {"mode": mode, "server_cmd": " ".join(server.cmd)}
+    try:
+        server.wait_ready()
+        log(f"floor {mode!r} on {server.url}")
+        asyncio.run(warm_up(server.url, clips, 8, 4 * len(clips)))
+        floor["levels"] = [run_level(server, clips, n, seconds, max_requests) for n in levels]
+        floor["open_levels"] = [
+            run_level(server, clips, 0, seconds, max_requests, rate=r, seed=seed) for r in rates
+        ]
+    finally:
+        server.stop()
+    return floor
+
+
 # ---- enterprise scans -----------------------------------------------------------------------
 def cli_scan(data: Path, mp3: Path) -> dict[str, Any]:
     cmd = [songscan_cli(), "--data", str(data), "scan", str(mp3), "--format", "json"]
@@ -619,7 +666,7 @@ def profile_standard(
     from songscan import settings
     from songscan.api.app import create_app
     from songscan.api.recognition import RECOGNIZE, Call
-    from songscan.media import decode, probe
+    from songscan.media import decode
     from songscan.scan import recognize_clip
 
     app = create_app(data, settings.load_config(data))
@@ -642,7 +689,6 @@ def profile_standard(
             service.run(job(i))
         names = (
             "auth+rate",
-            "probe",
             "reserve",
             "recognize_clip",
             "settle",
@@ -656,8 +702,6 @@ def profile_standard(
             accounts.check_rate(acct)
             accounts.entitlements(acct)
             t1 = time.process_time()
-            probe(paths[i % len(paths)])
-            t2 = time.process_time()
             res = accounts.reserve(acct, 1, RECOGNIZE)
             t3 = time.process_time()
             recognize_clip(
@@ -672,7 +716,7 @@ def profile_standard(
             end_s = service.engine_config.scan.standard_max_s
             np.concatenate(list(decode(paths[i % len(paths)], rate, end_s=end_s)))
             t7 = time.process_time()
-            times = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)
+            times = (t1 - t0, t3 - t1, t4 - t3, t5 - t4, t6 - t5, t7 - t6)
             for k, v in zip(stages, times, strict=True):
                 stages[k].append(v * 1000)
         prof = cProfile.Profile()
@@ -746,6 +790,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-requests", type=int, default=20000, help="per level")
     ap.add_argument("--concurrent-scans", type=int, default=2, help="1-hour uploads at once")
     ap.add_argument("--no-enterprise", action="store_true")
+    ap.add_argument(
+        "--no-floors", action="store_true", help="skip the bare-app floors (bench.floor_app)"
+    )
     ap.add_argument("--profile", type=int, default=100, help="profiled requests (0: none)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--wait-max-s", type=float, default=2400.0, help="for other benchmarks")
@@ -820,6 +867,11 @@ def main(argv: list[str] | None = None) -> int:
         if server.leaked:
             log(f"  {len(server.leaked)} server processes outlived SIGTERM (ended by the bench)")
         res["runs"].append(run)
+    if not a.no_floors:
+        res["floors"] = [
+            run_floor(data, mode, clips, levels, rates, a.seconds, a.max_requests, a.seed, out)
+            for mode in FLOOR_MODES
+        ]
     if a.profile:
         res["profile_others"] = other_benchmarks()
         log(f"profile: {a.profile} standard requests in this process")
@@ -935,6 +987,7 @@ def render(res: dict[str, Any]) -> str:
                 f"{lv['client_cpu_ms_per_request']:.1f} ms | {lv['client_cores']:.2f} |"
             )
         lines.append("")
+    lines += render_floors(res.get("floors", []))
     ent_runs = [r for r in runs if "enterprise" in r]
     if ent_runs:
         e0 = ent_runs[0]["enterprise"]
@@ -1004,6 +1057,35 @@ def render(res: dict[str, Any]) -> str:
     lines.append("")
     lines += findings(res)
     return "\n".join(lines)
+
+
+def render_floors(floors: list[dict[str, Any]]) -> list[str]:
+    if not floors:
+        return []
+    lines = [
+        "### Floors: the same load on a bare app (`bench/floor_app.py`)",
+        "",
+        "Uvicorn as `songscan serve` runs it (its server config: uvloop, httptools, one worker "
+        "process per core, no access log), the same clips and load generator: "
+        + "; ".join(f"*{f['mode']}*: {FLOOR_MODES[f['mode']]}" for f in floors)
+        + ". No parameters, accounts, fingerprint or match: what a standard request costs "
+        "at least on this machine.",
+        "",
+        "| app | load | req/s | p50 | p99 | errors | server CPU / req | client CPU / req |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for f in floors:
+        rows = [(f"{lv['clients']} clients", lv) for lv in f["levels"]]
+        rows += [(f"open loop, {lv['arrival_rate']:g}/s", lv) for lv in f["open_levels"]]
+        for name, lv in rows:
+            lines.append(
+                f"| {f['mode']} | {name}{_dagger(lv)} | {lv['rps']:.1f} | {_f(lv['p50_ms'])} ms "
+                f"| {_f(lv['p99_ms'])} ms | {lv['errors']} | "
+                f"{lv['server_cpu_ms_per_request']:.1f} ms | "
+                f"{lv['client_cpu_ms_per_request']:.1f} ms |"
+            )
+    lines.append("")
+    return lines
 
 
 def findings(res: dict[str, Any]) -> list[str]:
@@ -1120,7 +1202,30 @@ def findings(res: dict[str, Any]) -> list[str]:
             "Uvicorn's HTTP parsing, the multipart body streamed to a temp dir, the event loop, "
             "thread hand-off, JSON response, logging. cProfile: `bench/out/load-profile.txt`."
         )
+    out += floor_findings(res.get("floors", []))
     return out
+
+
+def floor_findings(floors: list[dict[str, Any]]) -> list[str]:
+    """Each target against what the decode alone costs on a bare app."""
+    decode = next((f for f in floors if f["mode"] == "decode"), None)
+    if decode is None or not decode["levels"]:
+        return []
+    one = min(decode["levels"], key=lambda lv: lv["clients"])
+    top = max(decode["levels"], key=lambda lv: lv["clients"])
+    text = (
+        f"- The floor (a bare app that only decodes the clip): "
+        f"{one['server_cpu_ms_per_request']:.1f} ms of server CPU per request at "
+        f"{one['clients']} client (target ≤ {TARGET_CPU_MS:g} ms for all of songscan's work), "
+        f"{top['rps']:.1f}/s at {top['clients']} clients (target ≥ {TARGET_RPS:g}/s)"
+    )
+    for lv in decode["open_levels"]:
+        if lv["arrival_rate"] == TARGET_OPEN_RATE:
+            text += (
+                f", p99 {_f(lv['p99_ms'])} ms in the open loop at {TARGET_OPEN_RATE:g}/s "
+                f"(target ≤ {TARGET_OPEN_P99_MS:g} ms)"
+            )
+    return [text + ": a target the floor misses cannot be met with this decoder on this machine."]
 
 
 if __name__ == "__main__":

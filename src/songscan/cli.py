@@ -333,7 +333,7 @@ def scan(
         cfg = _engine(ctx).with_workers(workers)
         data = _data(ctx)
         tune_allocator()
-        start_pool_for(file, data, params, cfg)  # before the progress bar's thread
+        plan = start_pool_for(file, data, params, cfg)  # before the progress bar's thread
         with _progress() as bar:
             task = bar.add_task("scanning", total=None, rate="")
 
@@ -346,7 +346,9 @@ def scan(
                     rate=f"{done * cfg.scan.chunk_s / elapsed:.0f}x",
                 )
 
-            result = enterprise_scan(file, data, request, cfg, owners=owners, progress=progress)
+            result = enterprise_scan(
+                file, data, request, cfg, owners=owners, progress=progress, plan=plan
+            )
         reply = reply_body(result, request).body
         return reply if isinstance(reply, str) else to_json(reply) + "\n"
 

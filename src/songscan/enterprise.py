@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from songscan.chunks import PlanParams
+from songscan.chunks import ChunkPlan, PlanParams
 from songscan.config import EngineConfig
 from songscan.errors import InvalidParameters, MediaTooLarge, NoMedia, NotEntitled, QuotaExceeded
 from songscan.fields import bool_param, choice_param, float_param, int_param, text_param
@@ -116,10 +116,14 @@ def enterprise_scan(
     owners: tuple[str, ...],
     progress: Progress | None = None,
     started: float | None = None,
+    plan: ChunkPlan | None = None,
 ) -> ScanResult:
     """Recognise the planned chunks of `path` against the tracks of `owners`; with `started`
-    (a `time.perf_counter()`), the execution time counts from then (the request's arrival)."""
-    result = scan_file(path, data_dir, request.params, cfg, owners=owners, progress=progress)
+    (a `time.perf_counter()`), the execution time counts from then (the request's arrival).
+    `plan`: the file's plan, when the caller has made it (as `scan_file` takes it)."""
+    result = scan_file(
+        path, data_dir, request.params, cfg, owners=owners, progress=progress, plan=plan
+    )
     if started is None:
         return result
     return replace(result, execution_time_s=time.perf_counter() - started)

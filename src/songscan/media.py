@@ -92,31 +92,19 @@ def sample_index(seconds: float, sample_rate_hz: int) -> int:
 
 def probe(path: str | os.PathLike[str]) -> MediaInfo:
     """What the file holds, without decoding it. Raises DecodeFailed if it holds no audio."""
-    with _open(path) as container:
-        stream = container.streams.audio[0]
-        duration: float | None = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        codec = stream.codec_context.name
-        pcm = codec.startswith("pcm_")
-        return MediaInfo(
-            duration_s=duration,
-            sample_rate_hz=stream.codec_context.sample_rate or 0,
-            channels=stream.codec_context.channels or 0,
-            codec=codec,
-            container=container.format.name,
-            size_bytes=Path(path).stat().st_size,
-            pcm_bit_rate_bps=(stream.codec_context.bit_rate or 0) if pcm else 0,
-        )
+    with Media(path) as media:
+        return media.info()
 
 
 def checked_probe(path: str | os.PathLike[str], limits: MediaLimits) -> MediaInfo:
-    """`probe`, refusing a sample rate no recording has (before a resampler multiplies it up to
+    """`checked(probe(path), limits)`."""
+    return checked(probe(path), limits)
+
+
+def checked(info: MediaInfo, limits: MediaLimits) -> MediaInfo:
+    """`info`, refusing a sample rate no recording has (before a resampler multiplies it up to
     the engine's rate), with the duration cut to what the file's size can hold: a header may
     claim any duration, and the duration drives the work (and the bill) of a scan."""
-    info = probe(path)
     if info.sample_rate_hz < limits.min_sample_rate_hz:
         raise NotARecording(
             f"the audio's sample rate ({info.sample_rate_hz} Hz) is under "
@@ -148,6 +136,27 @@ class Media:
 
     def close(self) -> None:
         self._container.close()
+
+    def info(self) -> MediaInfo:
+        """What the file holds (from its headers: nothing is decoded)."""
+        container = self._container
+        stream = container.streams.audio[0]
+        duration: float | None = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        codec = stream.codec_context.name
+        pcm = codec.startswith("pcm_")
+        return MediaInfo(
+            duration_s=duration,
+            sample_rate_hz=stream.codec_context.sample_rate or 0,
+            channels=stream.codec_context.channels or 0,
+            codec=codec,
+            container=container.format.name,
+            size_bytes=Path(self._path).stat().st_size,
+            pcm_bit_rate_bps=(stream.codec_context.bit_rate or 0) if pcm else 0,
+        )
 
     def decode(
         self,

@@ -30,7 +30,7 @@ from .config import DEFAULT, EngineConfig
 from .errors import DecodeFailed, FingerprintFailed
 from .fingerprint import Peaks, query_peaks
 from .matcher import Match, Placement, follow, match_peaks, match_samples, match_tracks
-from .media import Media, checked_probe, decode, sample_index
+from .media import Media, checked, checked_probe, sample_index
 from .workers import init_worker
 
 
@@ -103,11 +103,14 @@ def scan_file(
     *,
     progress: ProgressFn | None = None,
     owners: tuple[str, ...] | None = None,
+    plan: ChunkPlan | None = None,
 ) -> ScanResult:
     """Recognise the planned chunks of a file against the catalog in `data_dir` (only the
-    tracks of `owners` when given: "" is the shared catalog, an account id its uploads)."""
+    tracks of `owners` when given: "" is the shared catalog, an account id its uploads).
+    `plan`: the file's `plan_for(path, params, cfg)`, when the caller has made it already."""
     started = time.perf_counter()
-    plan = plan_for(path, params, cfg)
+    if plan is None:
+        plan = plan_for(path, params, cfg)
     units = plan.runs(cfg.scan.max_chunks_per_unit)
     catalog = _catalog(Path(data_dir), cfg)
     results: list[ChunkResult] = []
@@ -125,19 +128,21 @@ def scan_file(
 
 
 def recognize_clip(
-    path: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Media,
     data_dir: str | os.PathLike[str],
     cfg: EngineConfig = DEFAULT,
     owners: tuple[str, ...] | None = None,
-    checked: bool = False,
 ) -> list[SongMatch]:
     """Standard recognition: the first `standard_max_s` seconds of a clip, best match first.
-    Error 300 for a clip of less than `min_clip_s` seconds. `checked`: the caller has made the
-    file's `checked_probe` already (the API has, to judge its length)."""
-    if not checked:
-        checked_probe(path, cfg.limits)  # a sample rate no recording has, before resampling
+    Error 300 for a clip of less than `min_clip_s` seconds. `source`: a file, or the clip
+    opened as a `Media` whose `checked` info the caller has judged (the API has, to judge its
+    length: one open of the file serves both)."""
+    if not isinstance(source, Media):
+        with Media(source) as media:
+            checked(media.info(), cfg.limits)  # a sample rate no recording has, before resampling
+            return recognize_clip(media, data_dir, cfg, owners)
     rate = cfg.fingerprint.sample_rate_hz
-    blocks = list(decode(path, rate, end_s=cfg.scan.standard_max_s))
+    blocks = list(source.decode(rate, end_s=cfg.scan.standard_max_s))
     samples = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
     if samples.shape[0] < cfg.scan.min_clip_s * rate:
         raise FingerprintFailed(
@@ -597,15 +602,17 @@ def start_pool_for(
     data_dir: str | os.PathLike[str],
     params: PlanParams,
     cfg: EngineConfig,
-) -> None:
+) -> ChunkPlan:
     """Start the pool that a scan of `path` will use, ahead of it, for a command that scans
-    one file and exits (`songscan scan`). Called while the process runs no other thread, the
-    pool's workers are forked from it: they inherit its imports instead of waiting for a
-    forkserver to import the engine again (0.3-0.6 s before the first chunk), and each opens
-    the catalog while the command sets up its output. Anywhere else, the forkserver pool."""
-    workers = _pool_size(len(plan_for(path, params, cfg).runs(cfg.scan.max_chunks_per_unit)), cfg)
+    one file and exits (`songscan scan`); returns the file's plan, for `scan_file`. Called
+    while the process runs no other thread, the pool's workers are forked from it: they
+    inherit its imports instead of waiting for a forkserver to import the engine again
+    (0.3-0.6 s before the first chunk), and each opens the catalog while the command sets up
+    its output. Anywhere else, the forkserver pool."""
+    plan = plan_for(path, params, cfg)
+    workers = _pool_size(len(plan.runs(cfg.scan.max_chunks_per_unit)), cfg)
     if workers <= 1:
-        return
+        return plan
     if workers not in _pools and threading.active_count() == 1:
         _pools[workers] = ProcessPoolExecutor(
             max_workers=workers,
@@ -614,6 +621,7 @@ def start_pool_for(
         )
     for _ in range(workers):
         _pools[workers].submit(_open_catalog, Path(data_dir), cfg)
+    return plan
 
 
 def _open_catalog(data_dir: Path, cfg: EngineConfig) -> None:

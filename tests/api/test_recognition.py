@@ -6,9 +6,11 @@ import base64
 import csv
 import io
 import re
+from pathlib import Path
 
 import pytest
 
+from songscan import media
 from songscan.results import CSV_COLUMNS
 from tests.api.conftest import Api, error_of, long_recording, song_metadata
 from tests.api.music import excerpt, music, wav_bytes
@@ -61,6 +63,26 @@ def test_standard_multipart_file(api: Api, clip: bytes) -> None:
     assert_song_2(body["result"])
     assert api.remaining(token) == before - 1
     assert api.leftover_media() == []
+
+
+def test_standard_request_opens_its_clip_once(
+    api: Api, clip: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its length is judged from the same open that is decoded (a probe was a second open).
+    opened: list[str] = []
+    real_open = media._open
+
+    def counting_open(p: Path) -> object:
+        opened.append(Path(p).name)
+        return real_open(p)
+
+    monkeypatch.setattr(media, "_open", counting_open)
+    with api.client() as client:
+        r = client.post(
+            "/", data={"api_token": api.tokens["trial"]}, files={"file": ("clip.wav", clip)}
+        )
+    assert_song_2(r.json()["result"])
+    assert len(opened) == 1
 
 
 def test_standard_base64_urlencoded(api: Api, clip: bytes) -> None:

@@ -219,6 +219,19 @@ def test_a_serial_scan_opens_the_file_once(
     assert len(opened) == 2  # the probe, and one decode for the four runs
 
 
+def test_a_scan_given_its_plan_does_not_probe_the_file_again(
+    library: Library, tmp_path: Path, opened: list[str]
+) -> None:
+    # `songscan scan` plans the file to size its pool (start_pool_for) and hands the plan on.
+    path = write_audio(tmp_path / "long.mp3", excerpt(library.songs[1], 0.0, 40.0))
+    params = PlanParams(limit=2)
+    plan = scan.start_pool_for(path, library.data, params, SERIAL)
+    assert len(plan) == 2 and len(opened) == 1
+    result = scan_file(path, library.data, params, SERIAL, plan=plan)
+    assert len(opened) == 2  # the decode alone
+    assert result.chunks == scan_file(path, library.data, params, SERIAL).chunks
+
+
 def test_a_pool_worker_keeps_a_scans_file_open_between_its_runs(
     library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[str]
 ) -> None:
@@ -247,12 +260,15 @@ def catalog_id(library: Library, audio_id: int) -> int:
     return Catalog(library.data).get(audio_id).id
 
 
-def test_standard_recognition_of_a_clip(library: Library, tmp_path: Path) -> None:
+def test_standard_recognition_of_a_clip(
+    library: Library, tmp_path: Path, opened: list[str]
+) -> None:
     path = write_audio(tmp_path / "clip.mp3", excerpt(library.songs[2], 31.0, 40.0))
     songs = recognize_clip(path, library.data)
     assert songs[0].track.audio_id == 2
     assert abs(songs[0].timecode_ms - 31_000) <= 100
     assert songs[0].track.metadata.title == "Song 2"
+    assert opened == [str(path)]  # one open is checked, then decoded
 
 
 def test_repeated_passages_follow_the_song_position(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ from songscan.errors import (
 from songscan.fields import int_param, text_param
 from songscan.ingest import IngestItem, check_reference, ingest
 from songscan.jobs import JobStore, job_json
-from songscan.media import checked_probe
+from songscan.media import Media, checked, checked_probe
 from songscan.results import standard_response
 from songscan.scan import recognize_clip
 from songscan.sources import AllowList, temporary_media
@@ -289,19 +289,19 @@ class Recognition:
     def _standard(self, call: Call, account: Account, entitlements: Entitlements) -> Reply:
         cfg = self.engine_config
         max_bytes = min(entitlements.max_file_bytes, self.settings.standard_max_bytes)
-        path = self._media(call, max_bytes)
-        info = checked_probe(path, cfg.limits)
-        limit_s = cfg.scan.standard_max_s
-        too_long = info.duration_s is not None and info.duration_s > limit_s + 0.5
-        if too_long and self.settings.standard_long_clips == "reject":
-            raise MediaTooLarge(
-                f"the standard method takes clips of up to {limit_s:g} s "
-                f"(this one is {info.duration_s:.0f} s); use /enterprise for longer files"
-            )
-        with self.accounts.reservation(account, 1, RECOGNIZE) as held:
-            owners = catalog_owners(account)
-            songs = recognize_clip(path, self.data_dir, cfg, owners=owners, checked=True)
-            call.billed, call.chunks = held.settle(1, "ok", 1), 1
+        with Media(self._media(call, max_bytes)) as media:  # one open: judged, then decoded
+            info = checked(media.info(), cfg.limits)
+            limit_s = cfg.scan.standard_max_s
+            too_long = info.duration_s is not None and info.duration_s > limit_s + 0.5
+            if too_long and self.settings.standard_long_clips == "reject":
+                raise MediaTooLarge(
+                    f"the standard method takes clips of up to {limit_s:g} s "
+                    f"(this one is {info.duration_s:.0f} s); use /enterprise for longer files"
+                )
+            with self.accounts.reservation(account, 1, RECOGNIZE) as held:
+                owners = catalog_owners(account)
+                songs = recognize_clip(media, self.data_dir, cfg, owners=owners)
+                call.billed, call.chunks = held.settle(1, "ok", 1), 1
         call.audio_s = min(info.duration_s or limit_s, limit_s)
         return Reply(standard_response(songs))
 
