@@ -80,6 +80,17 @@ def _open(path: Source) -> av.container.InputContainer:
     return container
 
 
+def _size(source: Source) -> int:
+    """The file's size in bytes (a file object's position is left where it was)."""
+    if isinstance(source, str | os.PathLike):
+        return Path(source).stat().st_size
+    position = source.tell()
+    try:
+        return source.seek(0, io.SEEK_END)
+    finally:
+        source.seek(position)
+
+
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     return text.split(":")[0].strip() or type(exc).__name__
@@ -154,7 +165,7 @@ class Media:
             channels=stream.codec_context.channels or 0,
             codec=codec,
             container=container.format.name,
-            size_bytes=Path(self._path).stat().st_size,
+            size_bytes=_size(self._path),
             pcm_bit_rate_bps=(stream.codec_context.bit_rate or 0) if pcm else 0,
         )
 

@@ -116,6 +116,7 @@ def test_pyav_decodes_through_range_requests_what_it_decodes_from_the_file(
 ) -> None:
     media = link(node, SECRET, song, time.time() + 60)
     with Media(song) as local, RemoteMedia(media) as remote:
+        assert remote.info() == local.info()  # its size from the node, its place kept
         for start, end in ((120.0, 150.0), (0.0, 20.0), (60.0, 72.0)):  # seeks back and on
             here = np.concatenate(list(local.decode(8000, start_s=start, end_s=end)))
             there = np.concatenate(list(remote.decode(8000, start_s=start, end_s=end)))
