@@ -313,6 +313,58 @@ def _start_redis_node(root: Path, node_timeout_ms: int) -> RedisNode:
     raise RuntimeError(f"redis-server did not start; see {root}")
 
 
+@dataclass
+class RedisServer:
+    node: RedisNode
+
+    @property
+    def url(self) -> str:
+        """The broker URL of database 0."""
+        return f"redis://127.0.0.1:{self.node.port}/0"
+
+    def stop(self) -> None:
+        self.node.stop()
+        shutil.rmtree(self.node.directory, ignore_errors=True)
+
+
+def start_redis(port: int | None = None) -> RedisServer:
+    """One standalone redis-server on loopback (on `port`, else a free one); `stop()` kills
+    it."""
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is not installed: run scripts/install-system-deps")
+    directory = Path(tempfile.mkdtemp(prefix="songscan-broker-"))
+    for _attempt in range(1 if port else 5):
+        chosen = port or free_port()
+        process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", str(chosen),
+                "--bind", "127.0.0.1",
+                "--dir", str(directory),
+                "--appendonly", "no",
+                "--save", "",
+                "--logfile", str(directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        if _listening(process, chosen):
+            return RedisServer(RedisNode(chosen, directory, process))
+        process.kill()
+        process.wait()
+    raise RuntimeError(f"redis-server did not start; see {directory}")
+
+
+def _listening(process: subprocess.Popen[bytes], port: int, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def _wait_replicas_linked(cluster: RedisCluster, timeout_s: float = 60.0) -> None:
     """Until every master has a replica in sync (so that WAIT 1 answers 1)."""
     deadline = time.monotonic() + timeout_s

@@ -98,26 +98,44 @@ def test_the_database_from_the_file_or_the_environment_which_wins(tmp_path: Path
     assert _settings(tmp_path, both).database_url == in_file
 
 
-@pytest.mark.parametrize(
-    ("key", "good_form", "reserved"),
-    [("broker_url", "redis://10.0.0.3:6379/0", "Celery workers")],
-)
-def test_reserved_backends_are_checked_then_refused(
-    tmp_path: Path, key: str, good_form: str, reserved: str
-) -> None:
-    variable = settings.BACKEND_KEYS[key]
-    with pytest.raises(ConfigError) as from_file:
-        _settings(tmp_path, f'[backends]\n{key} = "{good_form}"\n')
-    assert from_file.value.message.startswith(f"[backends].{key}: ")
-    assert reserved in from_file.value.message and "not available yet" in from_file.value.message
+def test_the_broker_url_names_a_redis_for_celery_workers(tmp_path: Path) -> None:
+    good = "redis://10.0.0.3:6379/0"
+    assert _settings(tmp_path, f'[backends]\nbroker_url = "{good}"\n').broker_url == good
     with pytest.raises(ConfigError) as from_env:  # the environment wins over the file
-        _settings(tmp_path, f'[backends]\n{key} = "{good_form}"\n', **{variable: "bogus://x"})
-    assert from_env.value.message.startswith(f"{variable}: unknown ")
+        _settings(tmp_path, f'[backends]\nbroker_url = "{good}"\n', SONGSCAN_BROKER_URL="bogus://x")
+    assert from_env.value.message.startswith("SONGSCAN_BROKER_URL: unknown ")
     assert "'bogus'" in from_env.value.message
-    scheme = good_form.partition("://")[0]
-    with pytest.raises(ConfigError, match="expected"):
-        _settings(tmp_path, **{variable: f"{scheme}://host-without-port"})
-    assert getattr(_settings(tmp_path, **{variable: "  "}), key) is None  # empty is unset
+    for bad in ("redis://host-without-port", "redis://h:6379", "redis://h:99999/0"):
+        with pytest.raises(ConfigError, match="expected redis://HOST:PORT/N"):
+            _settings(tmp_path, SONGSCAN_BROKER_URL=bad)
+    assert _settings(tmp_path, SONGSCAN_BROKER_URL="  ").broker_url is None  # empty is unset
+
+
+def test_an_api_node_with_a_broker_needs_its_url_and_a_media_secret(tmp_path: Path) -> None:
+    broker = {"SONGSCAN_BROKER_URL": "redis://10.0.0.3:6379/0"}
+    assert _settings(tmp_path).remote_scans() is None  # no broker: this host's pool
+    with pytest.raises(ConfigError) as missing:
+        _settings(tmp_path, **broker).remote_scans()
+    assert "SONGSCAN_NODE_URL" in missing.value.message
+    assert "SONGSCAN_MEDIA_SECRET" in missing.value.message
+    secret = "k" * 32
+    toml = (
+        f'[backends]\nnode_url = "http://10.0.0.5:8000/"\nmedia_secret = "{secret}"\n'
+        "[workers]\nvisibility_timeout_s = 120\nscan_timeout_s = 600\n"
+    )
+    remote = _settings(tmp_path, toml, **broker).remote_scans()
+    assert remote is not None
+    assert (remote.node_url, remote.media_secret) == ("http://10.0.0.5:8000", secret)
+    assert (remote.visibility_timeout_s, remote.scan_timeout_s) == (120.0, 600.0)
+    assert secret not in repr(remote)
+    with pytest.raises(ConfigError, match="at least 32 characters"):
+        _settings(tmp_path, SONGSCAN_MEDIA_SECRET="short")
+    for bad in ("10.0.0.5:8000", "ftp://h/", "http://h:8000/?x=1"):
+        with pytest.raises(ConfigError, match="base URL"):
+            _settings(tmp_path, SONGSCAN_NODE_URL=bad)
+    for section in ("[workers]\nscan_timeout_s = 0\n", "[workers]\nretries = 3\n"):
+        with pytest.raises(ConfigError, match=r"\[workers\]"):
+            _settings(tmp_path, section)
 
 
 def test_the_index_url_names_a_redis_cluster(tmp_path: Path) -> None:

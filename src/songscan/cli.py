@@ -375,6 +375,23 @@ def serve(
     guard(lambda: run_server(_settings(ctx), host, port, workers, enterprise_port))
 
 
+@app.command()
+def worker(
+    ctx: typer.Context,
+    concurrency: Annotated[
+        int, typer.Option(help="Runs of chunks at once, one process each (0: one per core).", min=0)
+    ] = 0,
+    loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "INFO",
+) -> None:
+    """Run scans for the API nodes: a Celery worker on the broker of SONGSCAN_BROKER_URL,
+    matching against the catalog and index of SONGSCAN_DATABASE_URL and SONGSCAN_INDEX_URL."""
+    from .allocator import tune_allocator
+    from .distributed.tasks import run_worker
+
+    tune_allocator()
+    guard(lambda: run_worker(_settings(ctx), concurrency or None, loglevel.upper()))
+
+
 @catalog_app.command("list")
 def catalog_list(
     ctx: typer.Context,

@@ -200,6 +200,22 @@ class MediaLimits:
 
 
 @dataclass(frozen=True)
+class RemoteScans:
+    """An API node's enterprise scans run on Celery workers (`songscan.distributed`): the
+    broker they share, where the workers fetch a scan's media from this node, and the secret
+    that signs those fetches."""
+
+    broker_url: str
+    node_url: str  # this node's base URL, as its workers reach it (http://HOST:PORT)
+    media_secret: str = field(repr=False)
+    # A run a worker took but did not acknowledge (the worker died) is delivered again after
+    # this long: longer than any run takes.
+    visibility_timeout_s: float = 900.0
+    # A scan whose runs are not all back by then fails (error 100); its media URLs expire then.
+    scan_timeout_s: float = 3600.0
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     fingerprint: FingerprintConfig = field(default_factory=FingerprintConfig)
     match: MatchConfig = field(default_factory=MatchConfig)
@@ -210,6 +226,8 @@ class EngineConfig:
     catalog_url: str | None = None
     # Its index: None is the segment files in the data directory, else a redis-cluster:// URL.
     index_url: str | None = None
+    # Where a scan's runs of chunks go: None is this host (one process or the pool).
+    remote: RemoteScans | None = None
 
     @classmethod
     def from_config(

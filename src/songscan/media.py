@@ -9,6 +9,7 @@ file can be split between processes with results identical to one pass.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import os
@@ -45,14 +46,25 @@ class MediaInfo:
     pcm_bit_rate_bps: int = 0  # PCM's exact rate (0 for compressed audio)
 
 
-def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
-    p = Path(path)
-    if not p.is_file():
-        raise DecodeFailed(f"not a file: {p.name}" if p.exists() else f"no such file: {p.name}")
-    if p.stat().st_size == 0:
-        raise DecodeFailed("the file is empty")
+# A seekable binary file object read in place of a path: a file served by another host
+# (`songscan.distributed.media_link`).
+Source = str | os.PathLike[str] | io.IOBase
+
+
+def _open(path: Source) -> av.container.InputContainer:
+    target: str | io.IOBase
+    if isinstance(path, str | os.PathLike):
+        p = Path(path)
+        if not p.is_file():
+            raise DecodeFailed(f"not a file: {p.name}" if p.exists() else f"no such file: {p.name}")
+        if p.stat().st_size == 0:
+            raise DecodeFailed("the file is empty")
+        target = str(p)
+    else:
+        path.seek(0)
+        target = path
     try:
-        container = av.open(str(p), mode="r", metadata_errors="ignore")
+        container = av.open(target, mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise DecodeFailed(f"not a media file FFmpeg can read ({_reason(exc)})") from None
     if not isinstance(container, av.container.InputContainer):  # pragma: no cover
@@ -66,6 +78,17 @@ def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
         container.close()
         raise DecodeFailed("the audio stream has no channels")
     return container
+
+
+def _size(source: Source) -> int:
+    """The file's size in bytes (a file object's position is left where it was)."""
+    if isinstance(source, str | os.PathLike):
+        return Path(source).stat().st_size
+    position = source.tell()
+    try:
+        return source.seek(0, io.SEEK_END)
+    finally:
+        source.seek(position)
 
 
 def _reason(exc: BaseException) -> str:
@@ -111,7 +134,7 @@ class Media:
     more than one pass (a fresh open seeks by reading from the top in formats without an index,
     such as MP3)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: Source) -> None:
         self._path = path
         self._container = _open(path)
         self._fresh = True
@@ -142,7 +165,7 @@ class Media:
             channels=stream.codec_context.channels or 0,
             codec=codec,
             container=container.format.name,
-            size_bytes=Path(self._path).stat().st_size,
+            size_bytes=_size(self._path),
             pcm_bit_rate_bps=(stream.codec_context.bit_rate or 0) if pcm else 0,
         )
 

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -547,18 +547,18 @@ class _WorkerMedia:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: OrderedDict[tuple[Path, str], Media] = OrderedDict()
+        self._open: OrderedDict[Hashable, Media] = OrderedDict()
         self._uses = 0  # units started: an idle timer closes only if none came since
         self._timer: threading.Timer | None = None
 
     @contextlib.contextmanager
-    def open(self, path: Path, scan_id: str) -> Iterator[Media]:
-        key = (path, scan_id)
+    def open(self, key: Hashable, open_media: Callable[[], Media]) -> Iterator[Media]:
+        """The media of `key` (a file and the scan reading it), opened by `open_media`."""
         with self._lock:
             self._uses += 1
             if self._timer is not None:
                 self._timer.cancel()
-            media = self._open.pop(key, None) or Media(path)
+            media = self._open.pop(key, None) or open_media()
             self._open[key] = media
             while len(self._open) > self.MAX_OPEN:
                 self._open.popitem(last=False)[1].close()
@@ -580,12 +580,12 @@ class _WorkerMedia:
                     self._open.popitem()[1].close()
 
 
-_worker_media = _WorkerMedia()
+worker_media = _WorkerMedia()  # also a Celery worker's (`songscan.distributed.tasks`)
 
 
 def _worker_unit(args: UnitArgs) -> UnitResult:
     path, data_dir, unit, cfg, owners, scan_id = args
-    with _worker_media.open(path, scan_id) as media:
+    with worker_media.open((path, scan_id), lambda: Media(path)) as media:
         return scan_unit(media, _catalog(data_dir, cfg), unit, cfg, owners)
 
 
@@ -596,7 +596,13 @@ def _pool_size(n_units: int, cfg: EngineConfig) -> int:
 def _run_units(
     path: Path, data_dir: Path, units: Sequence[list[Chunk]], cfg: EngineConfig, owners: Owners
 ) -> Iterator[UnitResult]:
-    """Each unit's result, in order: in this process through one open file, or on the pool."""
+    """Each unit's result, in order: in this process through one open file, on the pool, or
+    on Celery workers when the engine is configured with a broker (`cfg.remote`)."""
+    if cfg.remote is not None:
+        from .distributed.dispatch import run_remote_units
+
+        yield from run_remote_units(path, units, cfg, owners)
+        return
     workers = _pool_size(len(units), cfg)
     if workers <= 1:
         catalog = _catalog(data_dir, cfg)

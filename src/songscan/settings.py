@@ -15,10 +15,17 @@ The backends (README, "Settings"), each an environment variable or the same key 
   its older spelling, is still read after both.
 - `SONGSCAN_INDEX_URL` / `index_url`: the fingerprint index; unset, the segment files in the
   data directory. `redis-cluster://HOST:PORT,…` is reserved for the Redis Cluster index.
-- `SONGSCAN_BROKER_URL` / `broker_url`: where scans run; unset, this host's job runner and
-  process pool. `redis://HOST:PORT/N` is reserved for Celery workers.
+- `SONGSCAN_BROKER_URL` / `broker_url`: where enterprise scans run; unset, this host's
+  process pool; `redis://HOST:PORT/N` (a standalone Redis): Celery workers
+  (`songscan worker`, docs/scale-out.md "Workers").
+- `SONGSCAN_NODE_URL` / `node_url`: with a broker, this API node's base URL as its workers
+  reach it (they fetch a scan's media from it).
+- `SONGSCAN_MEDIA_SECRET` / `media_secret`: with a broker, the secret (at least 32
+  characters) that signs those fetches; the same on every process of one API node.
 
-The reserved forms are checked and then refused with a ConfigError until their backends exist.
+`[workers]` in songscan.toml: `visibility_timeout_s` (a run taken by a worker that died is
+delivered again after this long; 900) and `scan_timeout_s` (a scan whose runs are not all back
+by then fails; 3600).
 """
 
 from __future__ import annotations
@@ -28,12 +35,13 @@ import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
+from .config import RemoteScans
 from .errors import ConfigError, SongscanError
 
 DATA_ENV = "SONGSCAN_DATA"
@@ -45,7 +53,11 @@ BACKEND_KEYS = {
     "database_url": "SONGSCAN_DATABASE_URL",
     "index_url": "SONGSCAN_INDEX_URL",
     "broker_url": "SONGSCAN_BROKER_URL",
+    "node_url": "SONGSCAN_NODE_URL",
+    "media_secret": "SONGSCAN_MEDIA_SECRET",
 }
+WORKERS = "workers"  # the section of songscan.toml with the Celery knobs
+MIN_SECRET_CHARS = 32
 # Postings an ingest collects before it writes a segment (a knob for tests and benchmarks).
 INGEST_BATCH_ENV = "SONGSCAN_INGEST_BATCH_POSTINGS"
 INGEST_BATCH_POSTINGS = 2_000_000
@@ -66,8 +78,34 @@ class Settings:
     # The catalog's database: the database URL when the environment or [backends] names one
     # (None: catalog.sqlite in the data directory; an [accounts] URL moves the accounts alone).
     catalog_url: str | None = None
-    broker_url: str | None = None  # None: this host's job runner and process pool
+    broker_url: str | None = None  # None: this host's process pool
+    node_url: str | None = None  # with a broker: this API node's URL, as its workers reach it
+    media_secret: str | None = field(default=None, repr=False)
+    visibility_timeout_s: float = RemoteScans.visibility_timeout_s
+    scan_timeout_s: float = RemoteScans.scan_timeout_s
     ingest_batch_postings: int = INGEST_BATCH_POSTINGS
+
+    def remote_scans(self) -> RemoteScans | None:
+        """Where an API node runs its enterprise scans: None on this host; with a broker, on
+        Celery workers, which needs `node_url` and `media_secret` (ConfigError without)."""
+        if self.broker_url is None:
+            return None
+        needed = {"node_url": self.node_url, "media_secret": self.media_secret}
+        missing = [key for key, value in needed.items() if not value]
+        if missing:
+            names = " and ".join(f"{BACKEND_KEYS[key]} ([{BACKENDS}] {key})" for key in missing)
+            raise ConfigError(
+                f"a broker is set: an API node also needs {names}; its workers fetch each "
+                "scan's media from it"
+            )
+        assert self.node_url is not None and self.media_secret is not None
+        return RemoteScans(
+            self.broker_url,
+            self.node_url,
+            self.media_secret,
+            self.visibility_timeout_s,
+            self.scan_timeout_s,
+        )
 
 
 def load(
@@ -102,6 +140,9 @@ def from_config(
         index_url=_index_url(*chosen["index_url"]) if "index_url" in chosen else None,
         catalog_url=catalog_url,
         broker_url=_broker_url(*chosen["broker_url"]) if "broker_url" in chosen else None,
+        node_url=_node_url(*chosen["node_url"]) if "node_url" in chosen else None,
+        media_secret=_secret(*chosen["media_secret"]) if "media_secret" in chosen else None,
+        **_worker_knobs(config),
         ingest_batch_postings=_positive_int(env, INGEST_BATCH_ENV, INGEST_BATCH_POSTINGS),
     )
 
@@ -202,8 +243,8 @@ def _index_url(source: str, url: str) -> str:
 def _broker_url(source: str, url: str) -> str:
     if _scheme(url) not in ("redis", "rediss"):
         raise ConfigError(
-            f"{source}: unknown broker scheme {_scheme(url)!r}; leave it unset for this "
-            "host's job runner and process pool (redis://HOST:PORT/N is reserved)"
+            f"{source}: unknown broker scheme {_scheme(url)!r}; expected redis://HOST:PORT/N "
+            "(Celery workers), or leave it unset for this host's process pool"
         )
     parts = urllib.parse.urlsplit(url)
     database = parts.path.strip("/")
@@ -213,10 +254,44 @@ def _broker_url(source: str, url: str) -> str:
         valid = False
     if not valid:
         raise ConfigError(f"{source}: expected redis://HOST:PORT/N (N: the database number)")
-    raise ConfigError(
-        f"{source}: running scans on Celery workers is not available yet in this version of "
-        "songscan; leave it unset for this host's job runner and process pool"
-    )
+    return url
+
+
+def _node_url(source: str, url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        valid = False
+    if not valid or parts.query or parts.fragment:
+        raise ConfigError(f"{source}: expected this node's base URL, http(s)://HOST:PORT")
+    return url.rstrip("/")
+
+
+def _secret(source: str, secret: str) -> str:
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ConfigError(
+            f"{source}: expected at least {MIN_SECRET_CHARS} characters "
+            "(`openssl rand -hex 32` makes one)"
+        )
+    return secret
+
+
+def _worker_knobs(config: Mapping[str, Any]) -> dict[str, float]:
+    """`[workers]`'s timeouts (positive seconds), by their Settings field."""
+    section = config.get(WORKERS, {})
+    known = ("visibility_timeout_s", "scan_timeout_s")
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[{WORKERS}]: expected a table of {', '.join(known)}")
+    knobs: dict[str, float] = {}
+    for key, value in section.items():
+        if key not in known:
+            raise ConfigError(f"[{WORKERS}]: unknown key {key!r} (known: {', '.join(known)})")
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if not numeric or value <= 0:
+            raise ConfigError(f"[{WORKERS}].{key}: expected positive seconds, got {value!r}")
+        knobs[key] = float(value)
+    return knobs
 
 
 def _is_host_port(node: str) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,17 @@ def build_app(settings: Settings) -> FastAPI:
 def install_recognition(app: FastAPI, settings: Settings, accounts: Accounts) -> None:
     """The recognition API, the long jobs (routes, and the runner the lifespan starts) and the
     try-it pages, over one `Recognition` service."""
-    service = recognition.Recognition(
-        settings.data_dir,
-        settings.config,
-        accounts,
-        EngineConfig.from_config(settings.config, settings.catalog_url, settings.index_url),
-    )
+    engine = EngineConfig.from_config(settings.config, settings.catalog_url, settings.index_url)
+    remote = settings.remote_scans()
+    if remote is not None:  # enterprise scans on Celery workers
+        engine = replace(engine, remote=remote)
+    service = recognition.Recognition(settings.data_dir, settings.config, accounts, engine)
+    if remote is not None:
+        from songscan.api import worker_media
+        from songscan.distributed.dispatch import REGISTRY
+
+        worker_media.install(app, remote)
+        service.metrics.registry.register(REGISTRY)
     app.state.recognition = service
     app.state.job_runner = jobs.JobRunner(service)
     app.include_router(recognition.router)
