@@ -48,9 +48,29 @@ def silence(seconds: float) -> Piece:
     return Piece("silence", np.zeros(int(seconds * RATE), dtype=np.float32))
 
 
+def encoded(
+    samples: np.ndarray, fmt: str = "mp3", codec: str = "libmp3lame", bit_rate: int = 64_000
+) -> bytes:
+    """`samples` (mono, `RATE`) encoded whole into one file of format `fmt`."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=RATE, layout="mono")
+        stream.bit_rate = bit_rate
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples)[None, :], format="flt", layout="mono"
+        )
+        frame.sample_rate = RATE
+        frame.pts = 0
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()
+
+
 # -- Icecast ------------------------------------------------------------------------------------
 _ICECAST_XML = """<icecast>
-  <limits><clients>500</clients><sources>50</sources><queue-size>1048576</queue-size>
+  <limits><clients>{clients}</clients><sources>50</sources><queue-size>1048576</queue-size>
     <client-timeout>30</client-timeout><header-timeout>15</header-timeout>
     <source-timeout>5</source-timeout><burst-size>16384</burst-size></limits>
   <authentication><source-password>{password}</source-password>
@@ -67,8 +87,11 @@ _ICECAST_XML = """<icecast>
 
 
 class Icecast:
-    """Debian's icecast2 on 127.0.0.1 with a free port. Icecast refuses to run as root: as
-    root it runs as the package's `icecast2` user."""
+    """Debian's icecast2 on 127.0.0.1 with a free port, serving up to `clients` listeners.
+    Icecast refuses to run as root: as root it runs as the package's `icecast2` user."""
+
+    def __init__(self, clients: int = 500) -> None:
+        self.clients = clients
 
     def __enter__(self) -> Icecast:
         binary = shutil.which("icecast2")
@@ -79,7 +102,9 @@ class Icecast:
         self.port = free_port()
         config = self.dir / "icecast.xml"
         config.write_text(
-            _ICECAST_XML.format(password=SOURCE_PASSWORD, port=self.port, logdir=self.dir)
+            _ICECAST_XML.format(
+                password=SOURCE_PASSWORD, port=self.port, logdir=self.dir, clients=self.clients
+            )
         )
         os.chmod(config, 0o644)
         command = [binary, "-c", str(config)]
@@ -130,14 +155,34 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-class SourceClient:
-    """Plays a programme to an Icecast mount in real time, as MP3 (a thread). `started[i]` is
-    the wall-clock time piece i began to be sent; `play()` then `wait()`; `stop()` hangs up."""
+@dataclass(frozen=True)
+class Codec:
+    """How a source client encodes: FFmpeg's container and encoder, the stream's MIME type
+    and the encoder's sample rate (PyAV resamples to it)."""
 
-    def __init__(self, url: str, programme: list[Piece], bit_rate: int = 64_000) -> None:
+    fmt: str
+    encoder: str
+    content_type: str
+    rate: int = RATE
+
+
+MP3 = Codec("mp3", "libmp3lame", "audio/mpeg")
+AAC = Codec("adts", "aac", "audio/aac")
+OGG_OPUS = Codec("ogg", "libopus", "application/ogg", rate=48_000)
+
+
+class SourceClient:
+    """Plays a programme to an Icecast mount in real time, as MP3 unless `codec` says otherwise
+    (a thread). `started[i]` is the wall-clock time piece i began to be sent; `play()` then
+    `wait()`; `stop()` hangs up."""
+
+    def __init__(
+        self, url: str, programme: list[Piece], bit_rate: int = 64_000, codec: Codec = MP3
+    ) -> None:
         self.url = url
         self.programme = programme
         self.bit_rate = bit_rate
+        self.codec = codec
         self.started: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -162,8 +207,11 @@ class SourceClient:
 
     def _run(self) -> None:
         try:
-            out = av.open(self.url, mode="w", format="mp3")
-            stream = out.add_stream("libmp3lame", rate=RATE, layout="mono")
+            codec = self.codec
+            out = av.open(
+                self.url, mode="w", format=codec.fmt, options={"content_type": codec.content_type}
+            )
+            stream = out.add_stream(codec.encoder, rate=codec.rate, layout="mono")
             stream.bit_rate = self.bit_rate
             frame_n = int(FRAME_S * RATE)
             t0 = time.time()
@@ -192,24 +240,6 @@ class SourceClient:
 
 
 # -- HLS ----------------------------------------------------------------------------------------
-def ts_segment(samples: np.ndarray) -> bytes:
-    """`samples` as one MPEG-TS segment of AAC audio."""
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mpegts") as out:
-        stream = out.add_stream("aac", rate=RATE, layout="mono")
-        stream.bit_rate = 64_000
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples)[None, :], format="flt", layout="mono"
-        )
-        frame.sample_rate = RATE
-        frame.pts = 0
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buffer.getvalue()
-
-
 class LiveHls:
     """An HLS live stream on loopback: the programme cut into `segment_s` segments, segment k
     listed once its end has "played" (`start + (k+1) * segment_s`), a sliding window of the
@@ -218,7 +248,9 @@ class LiveHls:
     def __init__(self, programme: list[Piece], segment_s: float = 4.0, window: int = 4) -> None:
         audio = np.concatenate([p.samples for p in programme])
         n = int(segment_s * RATE)
-        self.segments = [ts_segment(audio[lo : lo + n]) for lo in range(0, audio.shape[0], n)]
+        self.segments = [
+            encoded(audio[lo : lo + n], "mpegts", "aac") for lo in range(0, audio.shape[0], n)
+        ]
         self.segment_s = segment_s
         self.window = window
         self.programme = programme

@@ -13,7 +13,7 @@ import pytest
 from songscan.accounts.service import Accounts
 from songscan.streams.store import StreamStore, longpoll_category
 from tests.servers import start_postgres
-from tests.streams.conftest import StreamsServer, serve_streams
+from tests.streams.conftest import StreamsServer, quiet_url, serve_streams
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -86,6 +86,23 @@ def test_two_servers_share_the_streams_and_take_over(tmp_path: Path) -> None:
             assert _eventually(lambda: stream_id in _listening(spare))
             spare.call("deleteStream", token, radio_id=4)
             assert _eventually(lambda: stream_id not in _listening(spare))
+
+
+def test_two_servers_split_the_streams_between_them(tmp_path: Path) -> None:
+    """Streams added through one server are not all taken by it: each live server instance
+    listens to its fair share (here 2 of 4), so two worker processes split the work."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with serve_streams(data, tmp_path, {}) as first:
+        url = first.accounts.database_url
+        with serve_streams(data, tmp_path, {}, database_url=url) as second:
+            token = first.new_token()
+            for radio_id in range(4):
+                added = first.call("addStream", token, url=quiet_url(first), radio_id=radio_id)
+                assert added["status"] == "success", added
+            assert _eventually(lambda: len(_listening(first) | _listening(second)) == 4)
+            assert len(_listening(first)) == len(_listening(second)) == 2
+            assert not _listening(first) & _listening(second)
 
 
 def _listening(server: StreamsServer) -> set[int]:
