@@ -26,13 +26,11 @@ MP3 in the listener's way (CPU ms per second of audio) and recognising one 12-s 
 from __future__ import annotations
 
 import argparse
-import base64
 import calendar
 import json
 import multiprocessing
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,7 +47,7 @@ import numpy as np
 from tests.api.conftest import build_catalog
 from tests.api.music import RATE, excerpt, music
 from tests.servers import free_port
-from tests.streams.radio import SOURCE_PASSWORD, CallbackReceiver, Icecast, Piece, encoded
+from tests.streams.radio import CallbackReceiver, Icecast, Piece, encoded, icecast_put
 
 OUT = Path(__file__).parent / "out"
 DELAY_LIMIT_S = 15.0
@@ -89,15 +87,7 @@ def feed(port: int, mount: str, path: str, bytes_per_s: float, started: Any) -> 
     """Send the file at `path` to Icecast's `mount` by HTTP PUT, `bytes_per_s` (the CBR rate),
     in slices of `SEND_EVERY_S`; `started.value` is set to the time the first byte went."""
     data = Path(path).read_bytes()
-    auth = base64.b64encode(f"source:{SOURCE_PASSWORD}".encode()).decode()
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(
-            f"PUT /{mount} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n"
-            "Content-Type: audio/mpeg\r\nExpect: 100-continue\r\n\r\n".encode()
-        )
-        answer = sock.recv(1024)
-        if b" 100 " not in answer.split(b"\r\n")[0] and b" 200 " not in answer:
-            raise RuntimeError(f"Icecast refused the source: {answer[:200]!r}")
+    with icecast_put(port, mount, "audio/mpeg") as sock:
         step = int(bytes_per_s * SEND_EVERY_S)
         t0 = time.time()
         started.value = t0

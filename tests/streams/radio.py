@@ -8,12 +8,14 @@ source client notes the wall-clock time each piece started to play.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -128,9 +130,6 @@ class Icecast:
     def url(self, mount: str) -> str:
         return f"http://127.0.0.1:{self.port}/{mount}"
 
-    def source_url(self, mount: str) -> str:
-        return f"icecast://source:{SOURCE_PASSWORD}@127.0.0.1:{self.port}/{mount}"
-
     def __exit__(self, *exc: object) -> None:
         # The whole process group: as root, `runuser` is the child and icecast2 its child.
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -155,6 +154,36 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def icecast_put(port: int, mount: str, content_type: str) -> socket.socket:
+    """A source connection to Icecast's `mount` (HTTP PUT, as Icecast 2.4 takes it), ready for
+    the stream's bytes."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    auth = base64.b64encode(f"source:{SOURCE_PASSWORD}".encode()).decode()
+    sock.sendall(
+        f"PUT /{mount} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n"
+        f"Content-Type: {content_type}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    answer = sock.recv(1024).split(b"\r\n")[0]
+    if b" 100 " not in answer and b" 200 " not in answer:
+        sock.close()
+        raise RuntimeError(f"Icecast refused the source: {answer[:200]!r}")
+    return sock
+
+
+class _SocketFile(io.RawIOBase):
+    """A socket as the non-seekable file PyAV writes a stream to."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sock.sendall(data)
+        return len(data)
+
+
 @dataclass(frozen=True)
 class Codec:
     """How a source client encodes: FFmpeg's container and encoder, the stream's MIME type
@@ -172,14 +201,20 @@ OGG_OPUS = Codec("ogg", "libopus", "application/ogg", rate=48_000)
 
 
 class SourceClient:
-    """Plays a programme to an Icecast mount in real time, as MP3 unless `codec` says otherwise
-    (a thread). `started[i]` is the wall-clock time piece i began to be sent; `play()` then
-    `wait()`; `stop()` hangs up."""
+    """Plays a programme to a mount of `icecast` in real time, as MP3 unless `codec` says
+    otherwise (a thread). `started[i]` is the wall-clock time piece i began to be sent;
+    `play()` then `wait()`; `stop()` hangs up."""
 
     def __init__(
-        self, url: str, programme: list[Piece], bit_rate: int = 64_000, codec: Codec = MP3
+        self,
+        icecast: Icecast,
+        mount: str,
+        programme: list[Piece],
+        bit_rate: int = 64_000,
+        codec: Codec = MP3,
     ) -> None:
-        self.url = url
+        self.icecast = icecast
+        self.mount = mount
         self.programme = programme
         self.bit_rate = bit_rate
         self.codec = codec
@@ -208,9 +243,8 @@ class SourceClient:
     def _run(self) -> None:
         try:
             codec = self.codec
-            out = av.open(
-                self.url, mode="w", format=codec.fmt, options={"content_type": codec.content_type}
-            )
+            sock = icecast_put(self.icecast.port, self.mount, codec.content_type)
+            out = av.open(_SocketFile(sock), mode="w", format=codec.fmt)
             stream = out.add_stream(codec.encoder, rate=codec.rate, layout="mono")
             stream.bit_rate = self.bit_rate
             frame_n = int(FRAME_S * RATE)
@@ -221,6 +255,7 @@ class SourceClient:
                 for lo in range(0, piece.samples.shape[0], frame_n):
                     if self._stop.is_set():
                         out.close()
+                        sock.close()
                         return
                     block = np.ascontiguousarray(piece.samples[lo : lo + frame_n])[None, :]
                     frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
@@ -235,6 +270,7 @@ class SourceClient:
                 out.mux(packet)
             time.sleep(1.0)  # let the last audio reach the listeners before hanging up
             out.close()
+            sock.close()
         except BaseException as exc:
             self.error = exc
 
