@@ -120,12 +120,12 @@ def scan_file(
     if plan is None:
         plan = plan_for(path, params, cfg)
     units = plan.runs(cfg.scan.max_chunks_per_unit)
-    catalog = _catalog(Path(data_dir), cfg)
+    catalog = catalog_for(Path(data_dir), cfg)
     results: list[ChunkResult] = []
     done = 0
     for unit_result in _run_units(Path(path), Path(data_dir), units, cfg, owners):
         for chunk, matches in unit_result:
-            results.append(ChunkResult(chunk, _songs(matches, chunk, catalog, cfg)))
+            results.append(ChunkResult(chunk, song_matches(matches, chunk, catalog, cfg)))
         done += len(unit_result)
         if progress:
             progress(done, len(plan))
@@ -157,14 +157,14 @@ def recognize_clip(
             f"the audio is too short to fingerprint ({samples.shape[0] / rate:.2f} s; a clip "
             f"needs {cfg.scan.min_clip_s:g} s)"
         )
-    catalog = _catalog(Path(data_dir), cfg)
+    catalog = catalog_for(Path(data_dir), cfg)
     matches = match_samples(samples, catalog, catalog.live_ids(owners), cfg)
     matches = [m for m in matches if not m.weak]  # a clip has no neighbour to confirm it
     clip = Chunk(0, 0.0, samples.shape[0] / rate)
-    return _songs(matches, clip, catalog, cfg)
+    return song_matches(matches, clip, catalog, cfg)
 
 
-def _songs(
+def song_matches(
     matches: list[Match], chunk: Chunk, catalog: Catalog, cfg: EngineConfig
 ) -> list[SongMatch]:
     out = []
@@ -521,7 +521,7 @@ def _recover_from_neighbours(
 _catalogs: dict[tuple[Path, str | None, str | None], Catalog] = {}
 
 
-def _catalog(data_dir: Path, cfg: EngineConfig) -> Catalog:
+def catalog_for(data_dir: Path, cfg: EngineConfig) -> Catalog:
     """One open catalog per data directory (and database, and index) per process (workers
     keep theirs between units)."""
     key = (data_dir, cfg.catalog_url, cfg.index_url)
@@ -586,7 +586,7 @@ worker_media = _WorkerMedia()  # also a Celery worker's (`songscan.distributed.t
 def _worker_unit(args: UnitArgs) -> UnitResult:
     path, data_dir, unit, cfg, owners, scan_id = args
     with worker_media.open((path, scan_id), lambda: Media(path)) as media:
-        return scan_unit(media, _catalog(data_dir, cfg), unit, cfg, owners)
+        return scan_unit(media, catalog_for(data_dir, cfg), unit, cfg, owners)
 
 
 def _pool_size(n_units: int, cfg: EngineConfig) -> int:
@@ -605,7 +605,7 @@ def _run_units(
         return
     workers = _pool_size(len(units), cfg)
     if workers <= 1:
-        catalog = _catalog(data_dir, cfg)
+        catalog = catalog_for(data_dir, cfg)
         with Media(path) as media:
             for unit in units:
                 yield scan_unit(media, catalog, unit, cfg, owners)
@@ -660,7 +660,7 @@ def start_pool_for(
 
 
 def _open_catalog(data_dir: Path, cfg: EngineConfig) -> None:
-    _catalog(data_dir, cfg)
+    catalog_for(data_dir, cfg)
 
 
 def _init_forked_worker() -> None:

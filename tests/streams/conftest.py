@@ -4,14 +4,12 @@ Icecast server."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import av
 import httpx
 import numpy as np
 import pytest
@@ -20,9 +18,9 @@ from fastapi import FastAPI
 from songscan.accounts.service import Accounts
 from songscan.api.app import create_app
 from tests.api.conftest import MediaServer, build_catalog
-from tests.api.music import RATE, music
+from tests.api.music import music
 from tests.servers import UvicornThread
-from tests.streams.radio import Icecast
+from tests.streams.radio import Icecast, encoded
 
 # Short timings, so that a drop, a retry and a reconnect happen within a test's minutes.
 STREAMS_CONFIG = {
@@ -37,19 +35,6 @@ STREAMS_CONFIG = {
     "callback_backoff_s": 0.5,
     "lease_s": 6.0,
 }
-
-
-def mp3_bytes(samples: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp3") as out:
-        stream = out.add_stream("libmp3lame", rate=RATE, layout="mono")
-        frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
-        frame.sample_rate = RATE
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buffer.getvalue()
 
 
 @dataclass
@@ -96,7 +81,7 @@ def serve_streams(
                 "/quiet.mp3": (
                     200,
                     {"Content-Type": "audio/mpeg"},
-                    mp3_bytes(music(4242, 20.0) * 0.001),
+                    encoded(music(4242, 20.0) * 0.001),
                 ),
                 "/page.html": (
                     200,

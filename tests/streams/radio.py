@@ -8,12 +8,14 @@ source client notes the wall-clock time each piece started to play.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -48,9 +50,29 @@ def silence(seconds: float) -> Piece:
     return Piece("silence", np.zeros(int(seconds * RATE), dtype=np.float32))
 
 
+def encoded(
+    samples: np.ndarray, fmt: str = "mp3", codec: str = "libmp3lame", bit_rate: int = 64_000
+) -> bytes:
+    """`samples` (mono, `RATE`) encoded whole into one file of format `fmt`."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=RATE, layout="mono")
+        stream.bit_rate = bit_rate
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples)[None, :], format="flt", layout="mono"
+        )
+        frame.sample_rate = RATE
+        frame.pts = 0
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()
+
+
 # -- Icecast ------------------------------------------------------------------------------------
 _ICECAST_XML = """<icecast>
-  <limits><clients>500</clients><sources>50</sources><queue-size>1048576</queue-size>
+  <limits><clients>{clients}</clients><sources>50</sources><queue-size>1048576</queue-size>
     <client-timeout>30</client-timeout><header-timeout>15</header-timeout>
     <source-timeout>5</source-timeout><burst-size>16384</burst-size></limits>
   <authentication><source-password>{password}</source-password>
@@ -67,8 +89,11 @@ _ICECAST_XML = """<icecast>
 
 
 class Icecast:
-    """Debian's icecast2 on 127.0.0.1 with a free port. Icecast refuses to run as root: as
-    root it runs as the package's `icecast2` user."""
+    """Debian's icecast2 on 127.0.0.1 with a free port, serving up to `clients` listeners.
+    Icecast refuses to run as root: as root it runs as the package's `icecast2` user."""
+
+    def __init__(self, clients: int = 500) -> None:
+        self.clients = clients
 
     def __enter__(self) -> Icecast:
         binary = shutil.which("icecast2")
@@ -79,7 +104,9 @@ class Icecast:
         self.port = free_port()
         config = self.dir / "icecast.xml"
         config.write_text(
-            _ICECAST_XML.format(password=SOURCE_PASSWORD, port=self.port, logdir=self.dir)
+            _ICECAST_XML.format(
+                password=SOURCE_PASSWORD, port=self.port, logdir=self.dir, clients=self.clients
+            )
         )
         os.chmod(config, 0o644)
         command = [binary, "-c", str(config)]
@@ -102,9 +129,6 @@ class Icecast:
 
     def url(self, mount: str) -> str:
         return f"http://127.0.0.1:{self.port}/{mount}"
-
-    def source_url(self, mount: str) -> str:
-        return f"icecast://source:{SOURCE_PASSWORD}@127.0.0.1:{self.port}/{mount}"
 
     def __exit__(self, *exc: object) -> None:
         # The whole process group: as root, `runuser` is the child and icecast2 its child.
@@ -130,14 +154,70 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-class SourceClient:
-    """Plays a programme to an Icecast mount in real time, as MP3 (a thread). `started[i]` is
-    the wall-clock time piece i began to be sent; `play()` then `wait()`; `stop()` hangs up."""
+def icecast_put(port: int, mount: str, content_type: str) -> socket.socket:
+    """A source connection to Icecast's `mount` (HTTP PUT, as Icecast 2.4 takes it), ready for
+    the stream's bytes."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    auth = base64.b64encode(f"source:{SOURCE_PASSWORD}".encode()).decode()
+    sock.sendall(
+        f"PUT /{mount} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n"
+        f"Content-Type: {content_type}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    answer = sock.recv(1024).split(b"\r\n")[0]
+    if b" 100 " not in answer and b" 200 " not in answer:
+        sock.close()
+        raise RuntimeError(f"Icecast refused the source: {answer[:200]!r}")
+    return sock
 
-    def __init__(self, url: str, programme: list[Piece], bit_rate: int = 64_000) -> None:
-        self.url = url
+
+class _SocketFile(io.RawIOBase):
+    """A socket as the non-seekable file PyAV writes a stream to."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sock.sendall(data)
+        return len(data)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How a source client encodes: FFmpeg's container and encoder, the stream's MIME type
+    and the encoder's sample rate (PyAV resamples to it)."""
+
+    fmt: str
+    encoder: str
+    content_type: str
+    rate: int = RATE
+
+
+MP3 = Codec("mp3", "libmp3lame", "audio/mpeg")
+AAC = Codec("adts", "aac", "audio/aac")
+OGG_OPUS = Codec("ogg", "libopus", "application/ogg", rate=48_000)
+
+
+class SourceClient:
+    """Plays a programme to a mount of `icecast` in real time, as MP3 unless `codec` says
+    otherwise (a thread). `started[i]` is the wall-clock time piece i began to be sent;
+    `play()` then `wait()`; `stop()` hangs up."""
+
+    def __init__(
+        self,
+        icecast: Icecast,
+        mount: str,
+        programme: list[Piece],
+        bit_rate: int = 64_000,
+        codec: Codec = MP3,
+    ) -> None:
+        self.icecast = icecast
+        self.mount = mount
         self.programme = programme
         self.bit_rate = bit_rate
+        self.codec = codec
         self.started: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -162,8 +242,10 @@ class SourceClient:
 
     def _run(self) -> None:
         try:
-            out = av.open(self.url, mode="w", format="mp3")
-            stream = out.add_stream("libmp3lame", rate=RATE, layout="mono")
+            codec = self.codec
+            sock = icecast_put(self.icecast.port, self.mount, codec.content_type)
+            out = av.open(_SocketFile(sock), mode="w", format=codec.fmt)
+            stream = out.add_stream(codec.encoder, rate=codec.rate, layout="mono")
             stream.bit_rate = self.bit_rate
             frame_n = int(FRAME_S * RATE)
             t0 = time.time()
@@ -173,6 +255,7 @@ class SourceClient:
                 for lo in range(0, piece.samples.shape[0], frame_n):
                     if self._stop.is_set():
                         out.close()
+                        sock.close()
                         return
                     block = np.ascontiguousarray(piece.samples[lo : lo + frame_n])[None, :]
                     frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
@@ -187,29 +270,12 @@ class SourceClient:
                 out.mux(packet)
             time.sleep(1.0)  # let the last audio reach the listeners before hanging up
             out.close()
+            sock.close()
         except BaseException as exc:
             self.error = exc
 
 
 # -- HLS ----------------------------------------------------------------------------------------
-def ts_segment(samples: np.ndarray) -> bytes:
-    """`samples` as one MPEG-TS segment of AAC audio."""
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mpegts") as out:
-        stream = out.add_stream("aac", rate=RATE, layout="mono")
-        stream.bit_rate = 64_000
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples)[None, :], format="flt", layout="mono"
-        )
-        frame.sample_rate = RATE
-        frame.pts = 0
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buffer.getvalue()
-
-
 class LiveHls:
     """An HLS live stream on loopback: the programme cut into `segment_s` segments, segment k
     listed once its end has "played" (`start + (k+1) * segment_s`), a sliding window of the
@@ -218,7 +284,9 @@ class LiveHls:
     def __init__(self, programme: list[Piece], segment_s: float = 4.0, window: int = 4) -> None:
         audio = np.concatenate([p.samples for p in programme])
         n = int(segment_s * RATE)
-        self.segments = [ts_segment(audio[lo : lo + n]) for lo in range(0, audio.shape[0], n)]
+        self.segments = [
+            encoded(audio[lo : lo + n], "mpegts", "aac") for lo in range(0, audio.shape[0], n)
+        ]
         self.segment_s = segment_s
         self.window = window
         self.programme = programme

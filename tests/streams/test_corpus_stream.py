@@ -51,7 +51,7 @@ def test_corpus_programme_on_icecast(
     song_titles = {"song-a": titles[first.name], "song-b": titles[second.name]}
     with serve_streams(data, root, {}) as server, CallbackReceiver() as receiver:
         token = server.new_token()
-        source = SourceClient(icecast.source_url("corpus.mp3"), programme, 128_000).play()
+        source = SourceClient(icecast, "corpus.mp3", programme, 128_000).play()
         server.call("setCallbackUrl", token, url=receiver.url())
         added = server.call("addStream", token, url=icecast.url("corpus.mp3"), radio_id=9)
         assert added["status"] == "success", added

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from songscan.accounts.service import Accounts
 from songscan.streams.store import StreamStore, longpoll_category
 from tests.servers import start_postgres
-from tests.streams.conftest import StreamsServer, serve_streams
+from tests.streams.conftest import StreamsServer, quiet_url, serve_streams
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -63,29 +64,49 @@ def test_a_stream_has_one_owner_until_its_lease_expires(
     assert {s.id for s in streams.take_leases("server-c", 30, 10)} == {first, second}
 
 
-def test_two_servers_share_the_streams_and_take_over(tmp_path: Path) -> None:
-    """Two servers on one database: a stream is listened to by one of them at a time; when
-    that one stops, the other takes it over."""
+@contextmanager
+def two_servers(tmp_path: Path) -> Iterator[tuple[StreamsServer, StreamsServer]]:
+    """Two servers over one data directory and one accounts database."""
     data = tmp_path / "data"
     data.mkdir()
     with serve_streams(data, tmp_path, {}) as first:
         url = first.accounts.database_url
         with serve_streams(data, tmp_path, {}, database_url=url) as second:
-            token = first.new_token()
-            stream_url = first.media.url("/quiet.mp3")
-            added = second.call("addStream", token, url=stream_url, radio_id=4)
+            yield first, second
+
+
+def test_two_servers_share_the_streams_and_take_over(tmp_path: Path) -> None:
+    """Two servers on one database: a stream is listened to by one of them at a time; when
+    that one stops, the other takes it over."""
+    with two_servers(tmp_path) as (first, second):
+        token = first.new_token()
+        stream_url = first.media.url("/quiet.mp3")
+        added = second.call("addStream", token, url=stream_url, radio_id=4)
+        assert added["status"] == "success", added
+        account = first.accounts.authenticate(token, "127.0.0.1")
+        stream_id = first.app.state.streams.store.of_account(account.id)[0].id
+        assert _eventually(lambda: _listeners(first, second, stream_id) == 1)
+        time.sleep(3)  # several ticks: still exactly one listener
+        assert _listeners(first, second, stream_id) == 1
+        holder, spare = (first, second) if stream_id in _listening(first) else (second, first)
+        holder.app.state.streams.supervisor.stop()  # as its lifespan's end does
+        assert stream_id not in _listening(holder)
+        assert _eventually(lambda: stream_id in _listening(spare))
+        spare.call("deleteStream", token, radio_id=4)
+        assert _eventually(lambda: stream_id not in _listening(spare))
+
+
+def test_two_servers_split_the_streams_between_them(tmp_path: Path) -> None:
+    """Streams added through one server are not all taken by it: each live server instance
+    listens to its fair share (here 2 of 4), so two worker processes split the work."""
+    with two_servers(tmp_path) as (first, second):
+        token = first.new_token()
+        for radio_id in range(4):
+            added = first.call("addStream", token, url=quiet_url(first), radio_id=radio_id)
             assert added["status"] == "success", added
-            account = first.accounts.authenticate(token, "127.0.0.1")
-            stream_id = first.app.state.streams.store.of_account(account.id)[0].id
-            assert _eventually(lambda: _listeners(first, second, stream_id) == 1)
-            time.sleep(3)  # several ticks: still exactly one listener
-            assert _listeners(first, second, stream_id) == 1
-            holder, spare = (first, second) if stream_id in _listening(first) else (second, first)
-            holder.app.state.streams.supervisor.stop()  # as its lifespan's end does
-            assert stream_id not in _listening(holder)
-            assert _eventually(lambda: stream_id in _listening(spare))
-            spare.call("deleteStream", token, radio_id=4)
-            assert _eventually(lambda: stream_id not in _listening(spare))
+        assert _eventually(lambda: len(_listening(first) | _listening(second)) == 4)
+        assert len(_listening(first)) == len(_listening(second)) == 2
+        assert not _listening(first) & _listening(second)
 
 
 def _listening(server: StreamsServer) -> set[int]:

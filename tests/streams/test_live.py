@@ -20,7 +20,11 @@ import pytest
 from tests.api.music import excerpt, music
 from tests.streams.conftest import StreamsServer
 from tests.streams.radio import (
+    AAC,
+    MP3,
+    OGG_OPUS,
     CallbackReceiver,
+    Codec,
     Icecast,
     LiveHls,
     Piece,
@@ -98,7 +102,7 @@ def test_icecast_plays_callbacks_longpoll_and_retries(
         httpx.Client(transport=ToServer(streams_server.base_url), timeout=120) as http,
         audd.AudD(token, httpx_client=http, max_retries=1) as sdk,
     ):
-        source = SourceClient(icecast.source_url("a.mp3"), programme).play()
+        source = SourceClient(icecast, "a.mp3", programme).play()
         sdk.streams.set_callback_url(receiver.url(), extra_parameters={"secret": SECRET})
         sdk.streams.add(icecast.url("a.mp3"), 1)
         streams_server.call("setCallbackUrl", hanging_token, url=hanging.url())
@@ -159,7 +163,7 @@ def test_icecast_drop_restore_and_callbacks_before(
     token = streams_server.new_token()
     mount = "b.mp3"
     with CallbackReceiver() as receiver:
-        source = SourceClient(icecast.source_url(mount), before_drop).play()
+        source = SourceClient(icecast, mount, before_drop).play()
         streams_server.call("setCallbackUrl", token, url=receiver.url())
         added = streams_server.call(
             "addStream", token, url=icecast.url(mount), radio_id=2, callbacks="before"
@@ -179,7 +183,7 @@ def test_icecast_drop_restore_and_callbacks_before(
             time.sleep(3)  # still down: no second 650
             assert len(receiver.notifications()) == 1
 
-            again = SourceClient(icecast.source_url(mount), after_drop).play()
+            again = SourceClient(icecast, mount, after_drop).play()
             again.wait()
             assert receiver.wait_for(lambda r: len(r.results()) >= 2, timeout_s=20)
             notes = [
@@ -214,3 +218,28 @@ def test_hls_live_playlist(streams_server: StreamsServer) -> None:
             check_plays(receiver.results(), programme, hls.started, lengths=True)
         finally:
             streams_server.call("deleteStream", token, radio_id=3)
+
+
+@pytest.mark.parametrize("codec", [AAC, OGG_OPUS], ids=["aac", "ogg-opus"])
+def test_icecast_aac_and_ogg(streams_server: StreamsServer, icecast: Icecast, codec: Codec) -> None:
+    """Icecast serves AAC (ADTS) and Ogg (Opus) as well as MP3: the same plays come."""
+    assert codec != MP3
+    songs = streams_server.songs
+    programme = [
+        Piece("unknown", music(941, 8.0)),
+        Piece("song1", excerpt(songs[1], 20.0, 44.0)),
+        Piece("unknown", music(942, 14.0)),
+    ]
+    token = streams_server.new_token()
+    mount = f"fmt.{codec.fmt}"
+    with CallbackReceiver() as receiver:
+        source = SourceClient(icecast, mount, programme, codec=codec).play()
+        streams_server.call("setCallbackUrl", token, url=receiver.url())
+        added = streams_server.call("addStream", token, url=icecast.url(mount), radio_id=5)
+        assert added["status"] == "success", added
+        try:
+            source.wait()
+            assert receiver.wait_for(lambda r: r.results(), timeout_s=20)
+            check_plays(receiver.results(), programme, source.started, lengths=True)
+        finally:
+            streams_server.call("deleteStream", token, radio_id=5)

@@ -1,4 +1,6 @@
 """The web side of accounts: sign-up, log-in, the dashboard, buying requests, Stripe's webhook.
+The dashboard also shows the account's live streams (their state, the last plays) and sets the
+streams' callback URL, under the rules of `setCallbackUrl`.
 
 Server-rendered pages (Jinja2), no inline script or style (the Content-Security-Policy of
 `security.py` forbids them): scripts and styles are files under `/static`. A log-in is a
@@ -32,7 +34,8 @@ from songscan.accounts.payments import Payments, PaymentsUnavailable, WebhookRej
 from songscan.accounts.service import Account, Accounts, LoginRefused, SignupRefused
 from songscan.api.charts import usage_chart
 from songscan.api.security import secure_cookies
-from songscan.errors import InvalidParameters
+from songscan.errors import InvalidParameters, SongscanError
+from songscan.sources import check_url
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +240,8 @@ def _dashboard_page(
 ) -> HTMLResponse:
     status = _accounts(request).ledger.status(account.id)
     payments = _payments(request)
+    streams = request.app.state.streams.store
+    callback = streams.callback(account.id)
     return _render(
         request,
         "dashboard.html",
@@ -247,6 +252,9 @@ def _dashboard_page(
         plans=[_accounts(request).plans[name] for name in payments.purchasable_plans()],
         currency=payments.config.currency.upper(),
         payments_enabled=payments.enabled,
+        streams=streams.of_account(account.id),
+        plays=streams.recent_plays(account.id),
+        callback_url=callback.url if callback else "",
         notice=notice,
         error=error,
     )
@@ -262,6 +270,28 @@ def rotate_token(request: Request, form: CheckedForm) -> Response:
     made = _accounts(request).identity.rotate_token(account.id)
     log.info("token rotated: account %s (%s)", account.id, made.account.token_hint)
     return _render(request, "token.html", token=made.token, new_account=False)
+
+
+@router.post("/dashboard/callback", response_model=None)
+def set_callback_url(request: Request, form: CheckedForm) -> Response:
+    """`setCallbackUrl` from the dashboard: the same check of the URL; a signing secret set
+    through the API is kept."""
+    if form is None:
+        return _csrf_failed(request)
+    account = _current(request)
+    if account is None:
+        return RedirectResponse("/login", status_code=303)
+    api = request.app.state.streams
+    url = form.get("url", "").strip()
+    try:
+        if not url:
+            raise InvalidParameters("give the URL that callbacks are sent to")
+        check_url(url, api.allow)
+    except SongscanError as exc:
+        return _dashboard_page(request, account, error=exc.message, status_code=400)
+    current = api.store.callback(account.id)
+    api.store.set_callback(account.id, url, current.secret if current else None)
+    return _dashboard_page(request, account, notice="Callback URL saved.")
 
 
 @router.post("/dashboard/buy", response_model=None)

@@ -26,7 +26,7 @@ from celery import Celery
 
 from songscan.chunks import Chunk
 from songscan.errors import ConfigError, SongscanError
-from songscan.scan import _catalog, scan_unit, worker_media
+from songscan.scan import catalog_for, scan_unit, worker_media
 from songscan.settings import Settings
 
 from .celery_app import QUEUE, TASK, broker_address, celery_app
@@ -62,7 +62,7 @@ def scan_run(payload: dict[str, Any]) -> dict[str, Any]:
     media = MediaLink(**payload["media"])
     try:
         with worker_media.open((media.url, payload["scan"]), lambda: RemoteMedia(media)) as m:
-            result = scan_unit(m, _catalog(_worker.data_dir, cfg), unit, cfg, owners)
+            result = scan_unit(m, catalog_for(_worker.data_dir, cfg), unit, cfg, owners)
     except SongscanError as exc:
         return {"error": {"type": type(exc).__name__, "code": exc.code, "message": exc.message}}
     return {"result": result_to_wire(result)}

@@ -31,11 +31,11 @@ from songscan.matcher import Match, match_peaks, match_tracks
 from songscan.scan import (
     ChunkResult,
     SongMatch,
-    _catalog,
-    _songs,
+    catalog_for,
     check_neighbours_songs,
     confirm_weak,
     continues,
+    song_matches,
 )
 
 SILENCE_RMS = 1e-3  # -60 dBFS: a window quieter than this is silence, not music
@@ -92,7 +92,7 @@ class WindowRecognizer:
         leads = self._leads(track_id)
         if not leads:
             return True
-        catalog = _catalog(self.data_dir, self.cfg)
+        catalog = catalog_for(self.data_dir, self.cfg)
         with self.limiter:
             return bool(match_tracks(tail, catalog, leads, self.cfg))
 
@@ -102,7 +102,7 @@ class WindowRecognizer:
         if not leads:  # no window before to follow it from: the whole window decides
             return True
         peaks = query_peaks(samples, self.cfg.fingerprint)
-        catalog = _catalog(self.data_dir, self.cfg)
+        catalog = catalog_for(self.data_dir, self.cfg)
         with self.limiter:
             found = match_tracks(peaks, catalog, leads, self.cfg)
         # A weak match is no proof here: checked at its lead's speed and the steps beside it,
@@ -118,7 +118,7 @@ class WindowRecognizer:
     def add(self, chunk: Chunk, samples: np.ndarray) -> tuple[Window | None, Window]:
         """(the previous window's revised verdict or None, this window's verdict)."""
         silent = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) < SILENCE_RMS
-        catalog = _catalog(self.data_dir, self.cfg)
+        catalog = catalog_for(self.data_dir, self.cfg)
         with self.limiter:  # recognitions at once, across this process's listeners
             live = catalog.live_ids(self.owners)
             peaks = query_peaks(samples, self.cfg.fingerprint)
@@ -131,7 +131,8 @@ class WindowRecognizer:
             for h, matches in zip(heard, checked, strict=True):
                 h.matches = matches
             results = [
-                ChunkResult(h.chunk, _songs(h.matches, h.chunk, catalog, self.cfg)) for h in heard
+                ChunkResult(h.chunk, song_matches(h.matches, h.chunk, catalog, self.cfg))
+                for h in heard
             ]
         results = confirm_weak(results, self.cfg.match.continuity_tolerance_s)
         self._prev = here

@@ -38,6 +38,12 @@ MAX_PLAYLIST_DEPTH = 3  # a playlist naming a playlist naming ...
 MAX_DECODE_ERRORS = 50  # damaged packets in a row before the connection is given up
 # Live-edge HLS: the newest segments at start (players start a few back; one is enough here).
 HLS_START_SEGMENTS = 1
+# A live server sends each listener a little at a time (Icecast: what its source sent, often a
+# tenth of a second of audio). A read that got less than this waits `READ_PAUSE_S` before the
+# next one, so that it finds more: fewer, larger reads cut the per-read work of hundreds of
+# listeners (bench/streams.py) and cost a fraction of a second of latency on 12-s windows.
+SMALL_READ_BYTES = 8192
+READ_PAUSE_S = 0.25
 _FOREVER_S = 10 * 365 * 86_400.0  # a stream has no end: only per-read timeouts apply
 
 
@@ -90,17 +96,30 @@ def open_stream(
     when the URL is not allowed, unreachable, or yields no audio."""
     client = guarded_client(options.allow, Deadline(_FOREVER_S))
     client.timeout = httpx.Timeout(options.read_timeout_s)
-    with client, _bytes_of(client, url, options, stop, depth=0) as (chunks, fmt):
-        try:
-            container = av.open(_Pipe(chunks), mode="r", format=fmt, metadata_errors="ignore")
-        except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-            raise NotAStream(f"the URL yields no audio FFmpeg can read ({exc})") from None
-        except httpx.HTTPError:
-            raise StreamEnded("the stream stopped before its audio could be read") from None
-        with container:
-            if not container.streams.audio:
-                raise NotAStream("the URL's stream has no audio")
-            yield _decoded(container, options.sample_rate_hz)
+    with (
+        client,
+        _bytes_of(client, url, options, stop, depth=0) as (chunks, fmt),
+        decoding(chunks, options.sample_rate_hz, fmt) as blocks,
+    ):
+        yield blocks
+
+
+@contextlib.contextmanager
+def decoding(
+    chunks: Iterator[bytes], rate: int, fmt: str | None = None
+) -> Iterator[Iterator[np.ndarray]]:
+    """The audio of a byte stream (its first audio track) as mono float32 blocks at `rate`;
+    the blocks end with StreamEnded. NotAStream when FFmpeg finds no audio in it."""
+    try:
+        container = av.open(_Pipe(chunks), mode="r", format=fmt, metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise NotAStream(f"the URL yields no audio FFmpeg can read ({exc})") from None
+    except httpx.HTTPError:
+        raise StreamEnded("the stream stopped before its audio could be read") from None
+    with container:
+        if not container.streams.audio:
+            raise NotAStream("the URL's stream has no audio")
+        yield _decoded(container, rate)
 
 
 def _decoded(container: av.container.InputContainer, rate: int) -> Iterator[np.ndarray]:
@@ -221,6 +240,8 @@ def _until_stopped(chunks: Iterator[bytes], stop: threading.Event) -> Iterator[b
         if stop.is_set():
             return
         yield chunk
+        if len(chunk) < SMALL_READ_BYTES and stop.wait(READ_PAUSE_S):
+            return
 
 
 # -- HLS -------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from songscan.accounts.db import READ_ONLY
 from songscan.accounts.models import (
     AccountRow,
     CallbackUrl,
+    ServerLease,
     StreamEvent,
     StreamLease,
     StreamRow,
@@ -278,6 +279,18 @@ class StreamStore:
 
     # -- the listeners' side ----------------------------------------------------------------
 
+    def fair_share(self) -> int:
+        """The streams each live server instance should listen to: all the streams over the
+        instances whose lease (`server_leases`) runs, rounded up; all of them when none runs."""
+        with self._read() as conn:
+            streams = conn.scalar(select(func.count()).select_from(StreamRow)) or 0
+            live = conn.scalar(
+                select(func.count())
+                .select_from(ServerLease)
+                .where(ServerLease.expires_at > utcnow())
+            )
+        return -(-streams // max(1, live or 0))
+
     def take_leases(self, owner: str, lease_s: float, limit: int) -> list[Stream]:
         """Streams nobody listens to (no lease, or an expired one), up to `limit`, now leased
         to `owner` for `lease_s` seconds."""
@@ -381,6 +394,19 @@ class StreamStore:
                 .limit(limit)
             ).all()
         return [Event(int(r.at_ms), r.kind, json.loads(r.body)) for r in rows]
+
+    def recent_plays(self, account_id: int, limit: int = 20) -> list[tuple[int, dict[str, Any]]]:
+        """The account's last results over all its streams, newest first: (radio_id, the
+        callback's `result`), for the dashboard."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(StreamRow.radio_id, StreamEvent.body)
+                .join(StreamRow, StreamRow.id == StreamEvent.stream_id)
+                .where(StreamRow.account_id == account_id, StreamEvent.kind == RESULT)
+                .order_by(StreamEvent.at_ms.desc())
+                .limit(limit)
+            ).all()
+        return [(int(r.radio_id), json.loads(r.body)["result"]) for r in rows]
 
     def prune_events(self, keep_s: float) -> int:
         """Forget events older than `keep_s` (longpoll serves recent ones only)."""

@@ -4,9 +4,13 @@ Every server process runs one supervisor (started and stopped by the app's lifes
 tick (a third of `[streams] lease_s`, or at once when the API changed a stream here) it renews
 the leases of its listeners, stops those whose stream is gone, whose URL changed or whose lease
 another process took, and takes the streams nobody holds (no lease, or an expired one) up to
-`max_streams`. A process that dies stops renewing: another one takes its streams over once the
-lease has expired. The lease's owner is the process's server lease id (`server_leases`), so
-the same row can later be taken by a scan worker instead.
+`max_streams` and up to its fair share: the streams over the live server instances, so that the
+worker processes of `songscan serve` (one per core) split the streams between them instead of
+the first one to look taking them all into one process (one GIL). A process keeps what it holds
+when another one starts later; streams move only when one stops or dies. A process that dies
+stops renewing: another one takes its streams over once the lease has expired. The lease's
+owner is the process's server lease id (`server_leases`), so the same row can later be taken by
+a scan worker instead.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ class StreamSupervisor:
                 del self.listeners[stream_id]
                 if current is not None:  # its URL changed, or it crashed: listen again
                     self._listen(current)
-        room = settings.max_streams - len(self.listeners)
+        room = min(settings.max_streams, self.store.fair_share()) - len(self.listeners)
         for stream in self.store.take_leases(self.owner, settings.lease_s, room):
             self._listen(stream)
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
