@@ -2,7 +2,9 @@
 
 A request's cost is reserved before the work (`reservation`, or `reserve`): the requests
 leave the balance at once, so concurrent requests can never overdraw it; `settle` bills what
-was used and gives the rest back. The ledger (`ledger_entries`) is the single record of every
+was used and gives the rest back. Work short enough to be billed once it is done (a standard
+recognition: some 15 ms) is instead `billed_after`: the account is checked before the work and
+charged after it, in one write transaction, with nothing pending meanwhile. The ledger (`ledger_entries`) is the single record of every
 credit and debit; `accounts.balance` caches its sum, changed in the same transaction.
 
 A pending reservation names its holder: the server instance that made it (a process that
@@ -103,6 +105,27 @@ class Held:
             return
         self._done = True
         self._ledger.hand_over(self._reservation, job_id)
+
+
+class Bill:
+    """Work billed once it is done (`Ledger.billed_after`): `charge` takes and records the
+    requests, once."""
+
+    def __init__(self, ledger: Ledger, account: Account, n_requests: int, method: str) -> None:
+        self._ledger = ledger
+        self._account = account
+        self._requests = n_requests
+        self._method = method
+        self.done = False  # charged, or refused when charged
+
+    def charge(self, chunks: int) -> int:
+        """Bill the requests (QuotaExceeded when they are no longer there); what was billed.
+        A second call changes nothing."""
+        if self.done:
+            return 0
+        self.done = True
+        self._ledger.charge(self._account, self._requests, self._method, chunks)
+        return self._requests
 
 
 def error_status(exc: BaseException) -> str:
@@ -317,54 +340,93 @@ class Ledger:
         """
         if n_requests < 1:
             raise InvalidParameters("a reservation needs at least 1 request")
-        if account.is_test:
-            return self._reserve_public(account, n_requests, method)
         with self.engine.begin() as conn:
-            self.roll_period(conn, account.id)
-            row = account_row(conn, account.id)
-            plan = self._plan_named(row.plan)
-            taken = conn.execute(
-                update(AccountRow)
-                .where(
-                    AccountRow.id == account.id,
-                    AccountRow.disabled.is_(False),
-                    AccountRow.balance - n_requests >= -plan.overage_limit,
-                )
-                .values(balance=AccountRow.balance - n_requests)
-            ).rowcount
-            if taken == 1:
-                return self._record_reservation(conn, account, n_requests, method)
+            self._take(conn, account, n_requests)
+            public_day = utcnow().date() if account.is_test else None
+            addr = (account.client_addr or "") if account.is_test else None
+            return self._record_reservation(conn, account, n_requests, method, public_day, addr)
+
+    def _take(self, conn: Connection, account: Account, n_requests: int) -> None:
+        """Take `n_requests` from what the account has left, in the caller's transaction:
+        QuotaExceeded (902) when they are not all there (beyond the plan's overage),
+        UnknownToken when the account is disabled. The public test token's come out of the
+        caller's address's daily allowance."""
+        if account.is_test:
+            self._take_public(conn, account, n_requests)
+            return
+        # Usually one statement: the account is in this month's period and on the plan it was
+        # authenticated with. Otherwise the month is rolled over first and the plan re-read.
+        plan = self._plan_named(account.plan)
+        if self._debit(conn, account.id, n_requests, plan, utcnow().strftime("%Y-%m")):
+            return
+        self.roll_period(conn, account.id)
+        row = account_row(conn, account.id)
+        if self._debit(conn, account.id, n_requests, self._plan_named(row.plan)):
+            return
         if row.disabled:
             raise UnknownToken("the account of this api_token is disabled")
         raise QuotaExceeded(_quota_message(n_requests, max(0, int(row.balance))))
 
-    def _reserve_public(self, account: Account, n_requests: int, method: str) -> Reservation:
+    @staticmethod
+    def _debit(
+        conn: Connection, account_id: int, n_requests: int, plan: Plan, period: str | None = None
+    ) -> bool:
+        """The conditional debit of an enabled account's balance, on `plan` (and in `period`
+        when given), within the plan's overage; whether it was made."""
+        where = [
+            AccountRow.id == account_id,
+            AccountRow.disabled.is_(False),
+            AccountRow.balance - n_requests >= -plan.overage_limit,
+        ]
+        if period is not None:
+            where += [AccountRow.plan == plan.name, AccountRow.period == period]
+        taken = conn.execute(
+            update(AccountRow).where(*where).values(balance=AccountRow.balance - n_requests)
+        ).rowcount
+        return bool(taken == 1)
+
+    def _take_public(self, conn: Connection, account: Account, n_requests: int) -> None:
         today = utcnow().date()
         addr = account.client_addr or ""
-        limit = self.config.test_daily_limit
-        with self.engine.begin() as conn:
-            insert_ignore(conn, PublicTokenUsage, {"day": today, "client_addr": addr, "used": 0})
-            taken = conn.execute(
-                update(PublicTokenUsage)
-                .where(
-                    PublicTokenUsage.day == today,
-                    PublicTokenUsage.client_addr == addr,
-                    PublicTokenUsage.used + n_requests <= limit,
-                )
-                .values(used=PublicTokenUsage.used + n_requests)
-            ).rowcount
-            if taken == 1:
-                reservation = self._record_reservation(
-                    conn, account, n_requests, method, today, addr
-                )
-                add_balance(conn, account.id, -n_requests)
-                return reservation
-            left = self._public_left(conn, account)
-        raise QuotaExceeded(
-            f"the public test token allows {limit} requests a day per address; "
-            + _quota_message(n_requests, left)
-            + "; sign up for a token of your own"
+        insert_ignore(conn, PublicTokenUsage, {"day": today, "client_addr": addr, "used": 0})
+        taken = conn.execute(
+            update(PublicTokenUsage)
+            .where(
+                PublicTokenUsage.day == today,
+                PublicTokenUsage.client_addr == addr,
+                PublicTokenUsage.used + n_requests <= self.config.test_daily_limit,
+            )
+            .values(used=PublicTokenUsage.used + n_requests)
+        ).rowcount
+        if taken != 1:
+            raise self._public_refusal(n_requests, self._public_left(conn, account))
+        add_balance(conn, account.id, -n_requests)
+
+    def _public_refusal(self, n_requests: int, left: int) -> QuotaExceeded:
+        return QuotaExceeded(
+            f"the public test token allows {self.config.test_daily_limit} requests a day per "
+            f"address; {_quota_message(n_requests, left)}; sign up for a token of your own"
         )
+
+    def check_available(self, account: Account, n_requests: int) -> None:
+        """Raise as `reserve` would when the account cannot pay `n_requests` now, taking
+        nothing: a read (the month is rolled over first when it has to be). Work billed once
+        it is done (`billed_after`) is so refused up front in all but a race."""
+        with read_only(self.engine) as conn:
+            if account.is_test:
+                left = self._public_left(conn, account)
+                if left < n_requests:
+                    raise self._public_refusal(n_requests, left)
+                return
+            row = account_row(conn, account.id)
+        if row.period != utcnow().strftime("%Y-%m"):
+            self.remaining(account)  # rolls the month over: a write, once a month
+            with read_only(self.engine) as conn:
+                row = account_row(conn, account.id)
+        if row.disabled:
+            raise UnknownToken("the account of this api_token is disabled")
+        if int(row.balance) - n_requests < -self._plan_named(row.plan).overage_limit:
+            raise QuotaExceeded(_quota_message(n_requests, max(0, int(row.balance))))
 
     def _record_reservation(
         self,
@@ -433,6 +495,58 @@ class Ledger:
             held.settle(0, error_status(exc), 0)
             raise
         held.settle(0, "unused", 0)  # a block that neither billed nor handed over: give back
+
+    @contextmanager
+    def billed_after(self, account: Account, n_requests: int, method: str) -> Iterator[Bill]:
+        """For work short enough to be billed once it is done (a standard recognition):
+        nothing is written before it. The account must have the requests at the start
+        (QuotaExceeded, as `reservation`, but nothing is taken); the block's
+        `bill.charge(chunks)` takes them and records the request in one transaction, so a
+        crash during the work leaves nothing to release and a reply is only sent for a request
+        that is billed. If concurrent requests took the last of them meanwhile, `charge` raises
+        QuotaExceeded (the work is not answered). If the block raises, nothing is billed and
+        the ledger says which error ended it."""
+        self.check_available(account, n_requests)
+        bill = Bill(self, account, n_requests, method)
+        try:
+            yield bill
+        except BaseException as exc:
+            if not bill.done:
+                self._record_failure(account, n_requests, method, error_status(exc))
+            raise
+
+    def charge(self, account: Account, n_requests: int, method: str, chunks: int) -> None:
+        """Take `n_requests` and record them as a request billed in full, in one transaction."""
+        with self.engine.begin() as conn:
+            self._take(conn, account, n_requests)
+            public = account.is_test
+            note = f"{_PUBLIC_NOTE}{account.client_addr or ''}"[:255] if public else None
+            write_ledger(
+                conn,
+                account.id,
+                "usage",
+                -n_requests,
+                reserved=n_requests,
+                method=method,
+                status="ok",
+                chunks=chunks,
+                note=note,
+            )
+
+    def _record_failure(self, account: Account, n_requests: int, method: str, status: str) -> None:
+        """The ledger line of work billed after that failed: nothing taken (as a reservation
+        settled with nothing used)."""
+        with self.engine.begin() as conn:
+            write_ledger(
+                conn,
+                account.id,
+                "usage",
+                0,
+                reserved=n_requests,
+                method=method,
+                status=status[:32],
+                chunks=0,
+            )
 
     def hand_over(self, reservation: Reservation, job_id: str) -> None:
         """Make a long job the holder of a pending reservation: no server sweep releases it;

@@ -12,7 +12,8 @@ PostgreSQL). It is made of three parts:
 
 The API and the job runner take one path per request, and that path is on `Accounts` itself:
 `authenticate` → `entitlements` / `check_rate` → `with reservation(...) as held:` the work,
-then `held.settle(...)` (`reserve` and `settle` are the steps beneath). Everything else is
+then `held.settle(...)` (`reserve` and `settle` are the steps beneath); or, for a standard
+recognition, `with billed_after(...) as bill:` the work, then `bill.charge(...)`. Everything else is
 asked of its part: `accounts.identity.login(...)`, `accounts.ledger.credit(...)`.
 """
 
@@ -40,6 +41,7 @@ from songscan.accounts.ledger import (
     PENDING,
     RELEASED,
     AccountStatus,
+    Bill,
     Held,
     Ledger,
     Reservation,
@@ -113,6 +115,12 @@ class Accounts:
     ) -> AbstractContextManager[Held]:
         """`with accounts.reservation(account, n, method) as held:` (`Ledger.reservation`)."""
         return self.ledger.reservation(account, n_requests, method)
+
+    def billed_after(
+        self, account: Account, n_requests: int, method: str
+    ) -> AbstractContextManager[Bill]:
+        """`with accounts.billed_after(account, n, method) as bill:` (`Ledger.billed_after`)."""
+        return self.ledger.billed_after(account, n_requests, method)
 
     def reserve(self, account: Account, n_requests: int, method: str) -> Reservation:
         return self.ledger.reserve(account, n_requests, method)

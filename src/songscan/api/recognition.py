@@ -2,7 +2,8 @@
 
 One request flows: read the parameters and stream any media to a private temp dir (async, in
 the event loop) → in a worker thread: authenticate, check entitlements and parameters, fetch a
-`url`, reserve the requests it will cost, recognise, settle what was used → an AudD JSON (or CSV)
+`url`, reserve the requests it will cost, recognise, settle what was used (a standard clip's
+request is checked before and billed once recognised, in one transaction) → an AudD JSON (or CSV)
 body. The temp dir is removed when the request ends, however it ends. Scans are CPU-bound and run
 in worker threads (bounded by `[api] concurrent_scans`) so the event loop keeps serving.
 
@@ -302,10 +303,11 @@ class Recognition:
                     f"the standard method takes clips of up to {limit_s:g} s "
                     f"(this one is {info.duration_s:.0f} s); use /enterprise for longer files"
                 )
-            with self.accounts.reservation(account, 1, RECOGNIZE) as held:
+            # Billed when recognised: one write to the ledger, nothing pending meanwhile.
+            with self.accounts.billed_after(account, 1, RECOGNIZE) as bill:
                 owners = catalog_owners(account)
                 songs = recognize_clip(media, self.data_dir, cfg, owners=owners)
-                call.billed, call.chunks = held.settle(1, "ok", 1), 1
+                call.billed, call.chunks = bill.charge(1), 1
         call.audio_s = min(info.duration_s or limit_s, limit_s)
         return Reply(standard_response(songs))
 
