@@ -4,8 +4,9 @@ A request's cost is reserved before the work (`reservation`, or `reserve`): the 
 leave the balance at once, so concurrent requests can never overdraw it; `settle` bills what
 was used and gives the rest back. Work short enough to be billed once it is done (a standard
 recognition: some 15 ms) is instead `billed_after`: the account is checked before the work and
-charged after it, in one write transaction, with nothing pending meanwhile. The ledger (`ledger_entries`) is the single record of every
-credit and debit; `accounts.balance` caches its sum, changed in the same transaction.
+charged after it, in one write transaction, with nothing pending meanwhile. The ledger
+(`ledger_entries`) is the single record of every credit and debit; `accounts.balance` caches
+its sum, changed in the same transaction.
 
 A pending reservation names its holder: the server instance that made it (a process that
 keeps a lease in `server_leases` while it runs: `start_lease` / `renew_lease` / `end_lease`)
