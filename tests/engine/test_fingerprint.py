@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from bench.broadcast import time_stretch
+from scipy.fft import rfft
 from scipy.ndimage import maximum_filter1d
 from scipy.signal import resample_poly
 
@@ -12,6 +13,7 @@ from songscan import fingerprint
 from songscan.config import DEFAULT, Speed, speed_factor
 from songscan.fingerprint import (
     HASH_BITS,
+    SPECTROGRAM_ROWS,
     STREAM_SEGMENT_BLOCKS,
     TRIPLET_BITS,
     Peaks,
@@ -40,6 +42,22 @@ def test_running_max_equals_scipy(shape: tuple[int, int], radius: int, axis: int
     np.testing.assert_array_equal(
         running_max(a, radius, axis), maximum_filter1d(a, 2 * radius + 1, axis=axis)
     )
+
+
+@pytest.mark.parametrize("frames", [1, SPECTROGRAM_ROWS, SPECTROGRAM_ROWS + 1, 309])
+def test_spectrogram_in_batches_is_the_whole_array_one(frames: int) -> None:
+    """The spectrogram is made a batch of frames at a time: bit for bit the STFT of all the
+    frames at once (309 frames: a 10-s clip, whose last batch is short)."""
+    song = resample_poly(synth_song(5, 12.0), 8000, 22050).astype(np.float32)
+    noisy = song + np.random.default_rng(3).normal(0, 0.05, song.shape).astype(np.float32)
+    samples = noisy[: (frames - 1) * CFG.hop + CFG.n_fft]
+    windowed = np.lib.stride_tricks.sliding_window_view(samples, CFG.n_fft)[:: CFG.hop]
+    window = np.hanning(CFG.n_fft + 2)[1:-1].astype(np.float32)
+    band = rfft(windowed * window, axis=1)[:, slice(*fingerprint._bin_range(CFG))]
+    whole = 0.5 * np.log(band.real**2 + band.imag**2 + np.float32(1e-14))
+    made = spectrogram(samples, CFG)
+    assert made.shape == whole.shape and made.shape[0] == frames and made.dtype == np.float32
+    np.testing.assert_array_equal(made, whole)
 
 
 def test_silence_has_no_peaks_and_no_hashes() -> None:
