@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from songscan.accounts import tokens
@@ -97,6 +97,8 @@ ACCOUNT_COLUMNS = (
     AccountRow.is_test,
     AccountRow.created_at,
 )
+# Built once: it runs on every request (`store.py`).
+_BY_TOKEN = select(*ACCOUNT_COLUMNS).where(AccountRow.token_hash == bindparam("token_hash"))
 
 
 class Identity:
@@ -198,9 +200,7 @@ class Identity:
         if len(token) > 256:
             raise UnknownToken()
         with read_only(self.engine) as conn:
-            row = conn.execute(
-                select(*ACCOUNT_COLUMNS).where(AccountRow.token_hash == tokens.hash_token(token))
-            ).first()
+            row = conn.execute(_BY_TOKEN, {"token_hash": tokens.hash_token(token)}).first()
         if row is None:
             raise UnknownToken()
         if row.disabled:

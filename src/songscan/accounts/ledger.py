@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 
 from songscan.accounts.config import AccountsConfig
 from songscan.accounts.identity import Account, account_of
@@ -61,6 +61,25 @@ PENDING = "pending"
 RELEASED = "released: server stopped"  # the status of a reservation its dead server held
 JOB_HOLDER = "job:"  # prefix of the holder of a reservation that pays for a long job
 _PUBLIC_NOTE = "test token from "  # the note of a public-token reservation, then the address
+
+# The statements of every request, built once (`store.py`).
+_DEBIT = (
+    update(AccountRow)
+    .where(
+        AccountRow.id == bindparam("account_id"),
+        AccountRow.disabled.is_(False),
+        AccountRow.balance - bindparam("n") >= bindparam("least"),
+    )
+    .values(balance=AccountRow.balance - bindparam("n"))
+)
+_DEBIT_IN_PERIOD = _DEBIT.where(
+    AccountRow.plan == bindparam("plan_name"), AccountRow.period == bindparam("period_now")
+)
+_SETTLE = (
+    update(LedgerEntry)
+    .where(LedgerEntry.id == bindparam("entry_id"), LedgerEntry.status == PENDING)
+    .values(delta=bindparam("used"), status=bindparam("final"), chunks=bindparam("n_chunks"))
+)
 
 
 @dataclass(frozen=True)
@@ -374,17 +393,15 @@ class Ledger:
     ) -> bool:
         """The conditional debit of an enabled account's balance, on `plan` (and in `period`
         when given), within the plan's overage; whether it was made."""
-        where = [
-            AccountRow.id == account_id,
-            AccountRow.disabled.is_(False),
-            AccountRow.balance - n_requests >= -plan.overage_limit,
-        ]
-        if period is not None:
-            where += [AccountRow.plan == plan.name, AccountRow.period == period]
-        taken = conn.execute(
-            update(AccountRow).where(*where).values(balance=AccountRow.balance - n_requests)
-        ).rowcount
-        return bool(taken == 1)
+        params: dict[str, int | str] = {
+            "account_id": account_id,
+            "n": n_requests,
+            "least": -plan.overage_limit,
+        }
+        if period is None:
+            return bool(conn.execute(_DEBIT, params).rowcount == 1)
+        params |= {"plan_name": plan.name, "period_now": period}
+        return bool(conn.execute(_DEBIT_IN_PERIOD, params).rowcount == 1)
 
     def _take_public(self, conn: Connection, account: Account, n_requests: int) -> None:
         today = utcnow().date()
@@ -465,9 +482,13 @@ class Ledger:
         refund = reservation.requests - used
         with self.engine.begin() as conn:
             done = conn.execute(
-                update(LedgerEntry)
-                .where(LedgerEntry.id == reservation.entry_id, LedgerEntry.status == PENDING)
-                .values(delta=-used, status=status[:32], chunks=chunks)
+                _SETTLE,
+                {
+                    "entry_id": reservation.entry_id,
+                    "used": -used,
+                    "final": status[:32],
+                    "n_chunks": chunks,
+                },
             ).rowcount
             if done != 1:
                 raise AlreadySettled(f"reservation {reservation.entry_id} is already settled")
