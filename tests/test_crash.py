@@ -294,3 +294,57 @@ def test_a_request_whose_reservation_was_released_under_it_is_answered(tmp_path:
         assert [r.status for r in accounts.ledger.status(account.id).recent] == [RELEASED]
     finally:
         sibling.close()
+
+
+def test_a_server_killed_under_standard_requests_owes_nothing_and_bills_every_answer(
+    tmp_path: Path,
+) -> None:
+    """Standard recognitions are billed once recognised (one write, before the answer): a
+    `kill -9` among a stream of them leaves no pending reservation, even before any restart,
+    and every request that was answered is billed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "songscan.toml").write_text("[plans.enterprise]\nrate_limit_per_s = 100000\n")
+    accounts = Accounts.open(data, {"plans": {"enterprise": {"rate_limit_per_s": 100000}}})
+    token = accounts.identity.create_account(plan="enterprise").token
+    account = accounts.authenticate(token, "127.0.0.1")
+    before = accounts.remaining(account)
+    clip = wav_8k(music(3, 10.0))
+    answered: list[int] = []
+    stop = threading.Event()
+    server, port = start_server(data, "--workers", "1")
+
+    def client() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S) as http:
+            while not stop.is_set():
+                try:
+                    reply = http.post("/", data={"api_token": token}, files={"file": clip})
+                except httpx.TransportError:
+                    return  # the server is gone
+                assert reply.json()["status"] == "success", reply.text
+                answered.append(1)
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    try:
+        for thread in clients:
+            thread.start()
+        wait_until("requests are answered", lambda: len(answered) >= 20)
+        os.killpg(server.pid, signal.SIGKILL)  # the worker too: none stops gracefully
+        server.wait(timeout=30)
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=WAIT_S)
+        assert _pending(accounts) == []  # nothing to release, with no server running
+        recent = accounts.ledger.status(account.id, recent=100_000).recent
+        billed = [r for r in recent if r.method == "recognize" and r.status == "ok"]
+        # every answer was billed first; at most the 4 in flight were billed unanswered
+        assert len(answered) <= len(billed) <= len(answered) + len(clients)
+        assert accounts.remaining(account) == before - len(billed)
+        total, balance = accounts.ledger.sum_and_balance(account.id)
+        assert total == balance
+    finally:
+        stop.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        accounts.close()

@@ -70,3 +70,35 @@ def test_concurrent_scans_with_failures_never_overdraw(accounts: Accounts) -> No
     assert accounts.remaining(made.account) == 50 - billed >= 0
     total, balance = accounts.ledger.sum_and_balance(made.account.id)
     assert total == balance == 50 - billed
+
+
+@pytest.mark.slow
+def test_200_concurrent_requests_billed_after_against_50_left_bill_exactly_50(
+    accounts: Accounts,
+) -> None:
+    """Standard recognitions are checked first and charged after their work: all 200 may pass
+    the check, yet exactly 50 are billed and the others refused."""
+    made = accounts.identity.create_account("after@example.org", PASSWORD)
+    accounts.settle(accounts.reserve(made.account, 250, "enterprise"), 250, "success", 250)
+    start = threading.Barrier(200)
+
+    def one_request(_: int) -> str:
+        authenticated = accounts.authenticate(made.token, "127.0.0.1")
+        try:
+            with accounts.billed_after(authenticated, 1, "recognize") as bill:
+                start.wait()  # every one has passed the check before any is charged
+                bill.charge(1)
+        except QuotaExceeded:
+            return "refused"
+        return "served"
+
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        outcomes = list(pool.map(one_request, range(200)))
+
+    assert outcomes.count("served") == 50
+    assert outcomes.count("refused") == 150
+    assert accounts.remaining(made.account) == 0  # nothing overdrawn
+    total, balance = accounts.ledger.sum_and_balance(made.account.id)
+    assert total == balance == 0
+    billed = [r.cost for r in accounts.ledger.status(made.account.id, recent=500).recent]
+    assert billed == [1] * 50 + [250]  # one ledger row per served request, none for refusals

@@ -178,6 +178,89 @@ def test_a_reservation_block_bills_what_its_work_used_and_nothing_when_it_fails(
     )
 
 
+def test_work_billed_after_is_checked_first_charged_once_and_pends_nothing(
+    accounts: Accounts,
+) -> None:
+    made = accounts.identity.create_account("after@example.org", PASSWORD)
+    account = made.account
+    lines = select(func.count()).where(LedgerEntry.account_id == account.id)
+    with accounts.engine.connect() as conn:
+        before = conn.scalar(lines)
+    with accounts.billed_after(account, 1, "recognize") as bill:
+        assert accounts.remaining(account) == 300  # nothing is held while the work runs
+        with accounts.engine.connect() as conn:
+            assert conn.scalar(lines) == before  # nor written
+        assert bill.charge(1) == 1
+        assert bill.charge(1) == 0  # once
+    assert accounts.remaining(account) == 299
+    with pytest.raises(InvalidParameters), accounts.billed_after(account, 1, "recognize"):
+        raise InvalidParameters("the work failed")
+    with accounts.billed_after(account, 1, "recognize"):
+        pass  # never charged: costs nothing, and is not recorded
+    assert accounts.remaining(account) == 299
+    recent = accounts.ledger.status(account.id).recent
+    assert [(r.method, r.cost, r.chunks, r.status) for r in recent] == [
+        ("recognize", 0, 0, "error 50"),
+        ("recognize", 1, 1, "ok"),
+    ]
+    # What is left is checked before the work: an account with nothing left does none.
+    accounts.settle(accounts.reserve(account, 299, "enterprise"), 299, "ok", 299)
+    with pytest.raises(QuotaExceeded, match="used up"), accounts.billed_after(
+        account, 1, "recognize"
+    ):
+        raise AssertionError("the work ran")
+    total, balance = accounts.ledger.sum_and_balance(account.id)
+    assert total == balance == 0
+
+
+def test_work_billed_after_that_lost_a_race_for_the_last_request_is_refused(
+    accounts: Accounts,
+) -> None:
+    made = accounts.identity.create_account("race@example.org", PASSWORD)
+    account = made.account
+    accounts.settle(accounts.reserve(account, 299, "enterprise"), 299, "ok", 299)
+    with accounts.billed_after(account, 1, "recognize") as first:
+        with pytest.raises(QuotaExceeded), accounts.billed_after(
+            account, 1, "recognize"
+        ) as second:
+            first.charge(1)  # the other request takes the last one while this one works
+            second.charge(1)
+    assert accounts.remaining(account) == 0  # never overdrawn
+    assert [(r.cost, r.status) for r in accounts.ledger.status(account.id).recent[:1]] == [
+        (1, "ok")
+    ]  # the refused one left no line
+    total, balance = accounts.ledger.sum_and_balance(account.id)
+    assert total == balance == 0
+
+
+def test_work_billed_after_rolls_the_month_over_and_follows_a_plan_change(
+    accounts: Accounts,
+) -> None:
+    made = accounts.identity.create_account("month-after@example.org", PASSWORD)
+    account = made.account
+    accounts.ledger.set_plan(account.id, "startup")
+    with accounts.engine.begin() as conn:  # pretend the month changed
+        conn.execute(update(AccountRow).where(AccountRow.id == account.id).values(period="2000-01"))
+    with accounts.billed_after(account, 1, "recognize") as bill:  # `account` says "trial"
+        bill.charge(1)
+    assert accounts.remaining(account) == 300 + 10_000 - 1  # this month's grant, then billed
+    total, balance = accounts.ledger.sum_and_balance(account.id)
+    assert total == balance
+
+
+def test_the_public_token_billed_after_counts_against_its_address(accounts: Accounts) -> None:
+    one = accounts.authenticate("test", "10.0.0.1")
+    for _ in range(10):
+        with accounts.billed_after(one, 1, "recognize") as bill:
+            bill.charge(1)
+    with pytest.raises(QuotaExceeded, match="10 requests a day per address"):
+        with accounts.billed_after(one, 1, "recognize"):
+            raise AssertionError("the work ran")
+    assert accounts.remaining(accounts.authenticate("test", "10.0.0.2")) == 10
+    total, balance = accounts.ledger.sum_and_balance(one.id)
+    assert total == balance
+
+
 def test_reserve_and_settle_bill_exactly_what_was_used(accounts: Accounts) -> None:
     made = accounts.identity.create_account("meter@example.org", PASSWORD)
     account = made.account
