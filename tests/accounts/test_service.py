@@ -205,8 +205,9 @@ def test_work_billed_after_is_checked_first_charged_once_and_pends_nothing(
     ]
     # What is left is checked before the work: an account with nothing left does none.
     accounts.settle(accounts.reserve(account, 299, "enterprise"), 299, "ok", 299)
-    with pytest.raises(QuotaExceeded, match="used up"), accounts.billed_after(
-        account, 1, "recognize"
+    with (
+        pytest.raises(QuotaExceeded, match="used up"),
+        accounts.billed_after(account, 1, "recognize"),
     ):
         raise AssertionError("the work ran")
     total, balance = accounts.ledger.sum_and_balance(account.id)
@@ -219,12 +220,13 @@ def test_work_billed_after_that_lost_a_race_for_the_last_request_is_refused(
     made = accounts.identity.create_account("race@example.org", PASSWORD)
     account = made.account
     accounts.settle(accounts.reserve(account, 299, "enterprise"), 299, "ok", 299)
-    with accounts.billed_after(account, 1, "recognize") as first:
-        with pytest.raises(QuotaExceeded), accounts.billed_after(
-            account, 1, "recognize"
-        ) as second:
-            first.charge(1)  # the other request takes the last one while this one works
-            second.charge(1)
+    with (
+        accounts.billed_after(account, 1, "recognize") as first,
+        pytest.raises(QuotaExceeded),
+        accounts.billed_after(account, 1, "recognize") as second,
+    ):
+        first.charge(1)  # the other request takes the last one while this one works
+        second.charge(1)
     assert accounts.remaining(account) == 0  # never overdrawn
     assert [(r.cost, r.status) for r in accounts.ledger.status(account.id).recent[:1]] == [
         (1, "ok")
@@ -253,9 +255,11 @@ def test_the_public_token_billed_after_counts_against_its_address(accounts: Acco
     for _ in range(10):
         with accounts.billed_after(one, 1, "recognize") as bill:
             bill.charge(1)
-    with pytest.raises(QuotaExceeded, match="10 requests a day per address"):
-        with accounts.billed_after(one, 1, "recognize"):
-            raise AssertionError("the work ran")
+    with (
+        pytest.raises(QuotaExceeded, match="10 requests a day per address"),
+        accounts.billed_after(one, 1, "recognize"),
+    ):
+        raise AssertionError("the work ran")
     assert accounts.remaining(accounts.authenticate("test", "10.0.0.2")) == 10
     total, balance = accounts.ledger.sum_and_balance(one.id)
     assert total == balance
