@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import audd
+import audd.custom_catalog
 import httpx
 import pytest
 from audd.errors import (
