@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 
 from songscan.accounts.tokens import mask_token
+from songscan.api import serve
 
 
 def free_port() -> int:
@@ -323,3 +325,28 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+class _DiesBeforeAnswering(serve._Worker):
+    """A worker that dies in its start-up without ever answering the supervisor's ping (what a
+    SIGTERM to the process group does to a worker still starting)."""
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:
+        time.sleep(0.5)
+        os._exit(1)
+
+
+def test_a_worker_dying_while_its_ping_is_unanswered_is_seen_at_once() -> None:
+    """Uvicorn's own check would wait out its timeout for the answer (the supervisor holds both
+    ends of the pipe, so the worker's death does not close it), deaf to SIGTERM meanwhile: a
+    `songscan serve` stopped while a worker started took up to 60 s to exit."""
+    config = uvicorn.Config("songscan.api.serve:app_factory", factory=True, log_config=None)
+    worker = _DiesBeforeAnswering(config, sockets=[])
+    worker.start()
+    began = time.monotonic()
+    try:
+        assert worker.is_alive(timeout=30) is False
+        assert time.monotonic() - began < 20  # not the 30-s timeout
+    finally:
+        worker.kill()
+        worker.join()

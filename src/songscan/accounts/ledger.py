@@ -362,9 +362,7 @@ class Ledger:
             raise InvalidParameters("a reservation needs at least 1 request")
         with self.engine.begin() as conn:
             self._take(conn, account, n_requests)
-            public_day = utcnow().date() if account.is_test else None
-            addr = (account.client_addr or "") if account.is_test else None
-            return self._record_reservation(conn, account, n_requests, method, public_day, addr)
+            return self._record_reservation(conn, account, n_requests, method)
 
     def _take(self, conn: Connection, account: Account, n_requests: int) -> None:
         """Take `n_requests` from what the account has left, in the caller's transaction:
@@ -452,12 +450,11 @@ class Ledger:
         account: Account,
         n_requests: int,
         method: str,
-        public_day: date | None = None,
-        client_addr: str | None = None,
     ) -> Reservation:
         """The pending ledger entry of requests just taken (in the caller's transaction), held
         by this server instance; a public-token one notes the client address."""
-        note = f"{_PUBLIC_NOTE}{client_addr}"[:255] if public_day is not None else None
+        public_day = utcnow().date() if account.is_test else None
+        client_addr = (account.client_addr or "") if account.is_test else None
         entry_id = write_ledger(
             conn,
             account.id,
@@ -466,7 +463,7 @@ class Ledger:
             reserved=n_requests,
             method=method,
             status=PENDING,
-            note=note,
+            note=_public_note(account),
             holder=self.instance_id,
         )
         return Reservation(entry_id, account.id, n_requests, method, public_day, client_addr)
@@ -541,8 +538,6 @@ class Ledger:
         """Take `n_requests` and record them as a request billed in full, in one transaction."""
         with self.engine.begin() as conn:
             self._take(conn, account, n_requests)
-            public = account.is_test
-            note = f"{_PUBLIC_NOTE}{account.client_addr or ''}"[:255] if public else None
             write_ledger(
                 conn,
                 account.id,
@@ -552,7 +547,7 @@ class Ledger:
                 method=method,
                 status="ok",
                 chunks=chunks,
-                note=note,
+                note=_public_note(account),
             )
 
     def _record_failure(self, account: Account, n_requests: int, method: str, status: str) -> None:
@@ -750,3 +745,9 @@ def _quota_message(needed: int, left: int) -> str:
     if needed > 1:
         return f"this scan needs {needed} requests (12-second chunks); {left} are left"
     return f"the request quota of this account is used up ({left} left)"
+
+
+def _public_note(account: Account) -> str | None:
+    """The note of a public-token ledger line: the client address whose daily allowance paid
+    (`release_stale` reads it back)."""
+    return f"{_PUBLIC_NOTE}{account.client_addr or ''}"[:255] if account.is_test else None

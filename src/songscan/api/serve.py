@@ -9,11 +9,13 @@ Logging is set up by `logs.log_config`, in the supervisor and again in each work
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+import time
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors import Multiprocess, multiprocess
 
 from .. import settings
 from ..settings import Settings
@@ -74,6 +76,31 @@ class _TcpConfig(uvicorn.Config):
         if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
             sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
         return sock
+
+
+class _Worker(multiprocess.Process):
+    """Uvicorn's worker process, whose health check gives up as soon as the process is gone.
+
+    The supervisor holds both ends of the ping pipe, so a worker that dies while a ping is
+    unanswered (a SIGTERM or Ctrl-C to the process group reaching it in its start-up, before
+    Uvicorn handles signals) never closes it: Uvicorn's check would wait out the whole
+    `timeout_worker_healthcheck` (60 s here), with the supervisor deaf to the signal meanwhile."""
+
+    def _healthcheck(self, timeout: float) -> bool | None:
+        deadline = time.monotonic() + timeout
+        try:
+            self.parent_conn.send(b"ping")
+            while not self.parent_conn.poll(0.1):
+                if not self.process.is_alive() or time.monotonic() > deadline:
+                    return None
+            started: bool = self.parent_conn.recv()
+            return started
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return None
+
+
+# `Multiprocess` makes its workers from this module attribute (at start, and to replace one).
+multiprocess.Process = _Worker  # type: ignore[misc]
 
 
 def default_workers() -> int:
