@@ -808,7 +808,11 @@ def other_benchmarks() -> list[str]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
                 cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{entry}/stat") as fh:
+                stopped = fh.read().rpartition(")")[2].split()[0] == "T"  # SIGSTOPped: no CPU
         except OSError:
+            continue
+        if stopped:
             continue
         if any(f"bench.{m}" in cmd for m in ("throughput", "accuracy")) and "bench.load" not in cmd:
             found.append(cmd)
