@@ -22,7 +22,10 @@
    - enterprise scans of the 1-hour MP3 (`bench/broadcast.py`'s `build_long_mp3`): one upload
      alone, then `--concurrent-scans` uploads at once, against `songscan scan` of the same file
      (a CLI subprocess, process start included) timed in the same run before and after;
-4. with `--profile`: cProfile of the standard request's work (`Recognition.run`, what a server
+4. with `--baseline REV`: the same standard levels, before the primary run, on a server
+   running REV's `src/` (`git archive`, its own PYTHONPATH, the same interpreter, data dir and
+   clips), and a table of this revision against it: ratios from one run;
+5. with `--profile`: cProfile of the standard request's work (`Recognition.run`, what a server
    worker thread does) in this process, and a time breakdown of its stages.
 
 Results go to stdout, `bench/out/load.json` and the "Load" section of BENCHMARKS.md.
@@ -218,10 +221,16 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, data: Path, workers: int, log_path: Path, floor_mode: str | None = None
+        self,
+        data: Path,
+        workers: int,
+        log_path: Path,
+        floor_mode: str | None = None,
+        src: Path | None = None,
     ) -> None:
         """`workers` 0: none given, `songscan serve`'s default (one per core). `floor_mode`:
-        instead of songscan, `bench.floor_app` in that mode on Uvicorn as `serve` runs it."""
+        instead of songscan, `bench.floor_app` in that mode on Uvicorn as `serve` runs it.
+        `src`: songscan's code from that `src/` directory (a baseline revision's)."""
         from songscan.api.serve import default_workers
 
         self.port = free_port()
@@ -232,7 +241,11 @@ class Server:
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         env = None
         if floor_mode is None:
-            cmd = [songscan_cli(), "--data", str(data), "serve", "--host", "127.0.0.1"]
+            cli = [songscan_cli()]
+            if src is not None:
+                cli = [sys.executable, "-m", "songscan.cli"]
+                env = {**os.environ, "PYTHONPATH": str(src)}
+            cmd = [*cli, "--data", str(data), "serve", "--host", "127.0.0.1"]
             cmd += ["--port", str(self.port)] + (["--workers", str(workers)] if workers else [])
         else:
             cmd = [sys.executable, "-m", "bench.floor_app", str(self.port)]
@@ -519,6 +532,50 @@ def run_level(
     return res
 
 
+def standard_levels(
+    server: Server,
+    clips: list[Clip],
+    levels: list[int],
+    rates: list[float],
+    a: argparse.Namespace,
+) -> dict[str, list[dict[str, Any]]]:
+    """The closed-loop `levels`, then the open-loop `rates`."""
+    return {
+        "levels": [run_level(server, clips, n, a.seconds, a.max_requests) for n in levels],
+        "open_levels": [
+            run_level(server, clips, 0, a.seconds, a.max_requests, rate=r, seed=a.seed)
+            for r in rates
+        ],
+    }
+
+
+def run_baseline(
+    rev: str,
+    data: Path,
+    workers: int,
+    clips: list[Clip],
+    levels: list[int],
+    rates: list[float],
+    a: argparse.Namespace,
+    out: Path,
+) -> dict[str, Any]:
+    """The standard levels on a server running revision `rev`'s code."""
+    from .startup import export
+
+    with tempfile.TemporaryDirectory(prefix="songscan-baseline-") as tmp:
+        src = export(rev, Path(tmp))
+        server = Server(data, workers, out / f"load-baseline-w{workers}.log", src=src)
+        base: dict[str, Any] = {"rev": rev, "workers": workers}
+        try:
+            server.wait_ready()
+            log(f"baseline {rev} on {server.url}")
+            asyncio.run(warm_up(server.url, clips, 8, 8 * len(clips)))
+            base.update(standard_levels(server, clips, levels, rates, a))
+        finally:
+            server.stop()
+    return base
+
+
 # ---- floors ---------------------------------------------------------------------------------
 FLOOR_MODES = {
     "bare": "a bare FastAPI endpoint: reads the body, answers a fixed JSON",
@@ -797,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-floors", action="store_true", help="skip the bare-app floors (bench.floor_app)"
     )
+    ap.add_argument("--baseline", help="revision whose server runs the same standard levels first")
     ap.add_argument("--profile", type=int, default=100, help="profiled requests (0: none)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--wait-max-s", type=float, default=2400.0, help="for other benchmarks")
@@ -839,6 +897,10 @@ def main(argv: list[str] | None = None) -> int:
     res["machine_measure_start"] = machine()
     levels = [int(x) for x in a.levels.split(",") if x.strip()]
     rates = [float(x) for x in a.rates.split(",") if x.strip()]
+    if a.baseline:
+        res["baseline"] = run_baseline(
+            a.baseline, data, int(a.workers.split(",")[0]), clips, levels, rates, a, out
+        )
     res["runs"] = []
     for workers in [int(x) for x in a.workers.split(",") if x.strip()]:
         if workers != int(a.workers.split(",")[0]):
@@ -855,11 +917,7 @@ def main(argv: list[str] | None = None) -> int:
             run["warm_up"] = summarise(warm, 1.0)
             if run["warm_up"]["errors"] or run["warm_up"]["wrong_or_no_match"]:
                 log(f"  warm-up: {run['warm_up']}")
-            run["levels"] = [run_level(server, clips, n, a.seconds, a.max_requests) for n in levels]
-            run["open_levels"] = [
-                run_level(server, clips, 0, a.seconds, a.max_requests, rate=r, seed=a.seed)
-                for r in rates
-            ]
+            run.update(standard_levels(server, clips, levels, rates, a))
             if not a.no_enterprise:
                 run["enterprise"] = run_enterprise(
                     server, data, token, mp3, duration_s, a.concurrent_scans
@@ -991,6 +1049,7 @@ def render(res: dict[str, Any]) -> str:
                 f"{lv['client_cpu_ms_per_request']:.1f} ms | {lv['client_cores']:.2f} |"
             )
         lines.append("")
+    lines += render_baseline(res.get("baseline"), primary)
     lines += render_floors(res.get("floors", []))
     ent_runs = [r for r in runs if "enterprise" in r]
     if ent_runs:
@@ -1061,6 +1120,33 @@ def render(res: dict[str, Any]) -> str:
     lines.append("")
     lines += findings(res)
     return "\n".join(lines)
+
+
+def render_baseline(base: dict[str, Any] | None, primary: dict[str, Any]) -> list[str]:
+    if not base:
+        return []
+    lines = [
+        f"### Against `{base['rev']}` in the same run",
+        "",
+        f"The same levels, just before, on a server running `{base['rev']}`'s `src/` (same "
+        "interpreter, data dir, clips and load generator).",
+        "",
+        "| load | req/s (baseline → this) | p99 | server CPU / req | CPU ÷ baseline |",
+        "|---|---|---|---|---|",
+    ]
+
+    def rows(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        out = [(f"{lv['clients']} clients", lv) for lv in run["levels"]]
+        return out + [(f"open loop, {lv['arrival_rate']:g}/s", lv) for lv in run["open_levels"]]
+
+    for (name, old), (_, new) in zip(rows(base), rows(primary), strict=True):
+        was, now = old["server_cpu_ms_per_request"], new["server_cpu_ms_per_request"]
+        lines.append(
+            f"| {name} | {old['rps']:.1f} → {new['rps']:.1f} | {_f(old['p99_ms'])} → "
+            f"{_f(new['p99_ms'])} ms | {was:.1f} → {now:.1f} ms | {now / was:.2f} |"
+        )
+    lines.append("")
+    return lines
 
 
 def render_floors(floors: list[dict[str, Any]]) -> list[str]:

@@ -180,8 +180,8 @@ def render(
         "the same rounds by the same interpreter. Figures taken while other work shares the "
         "2 cores are noisy (the ratios less so): compare the load average. CPU: user + "
         "system time of the command and the processes it waited for, "
-        "best of the rounds (this revision's scan pool is forked from the command and its "
-        "CPU counts; the baseline's workers are children of a forkserver, whose CPU does not).",
+        "best of the rounds (a scan pool forked from the command counts; the workers of a "
+        "forkserver, as in older revisions, do not).",
         "",
         "| command | baseline | this revision | CPU baseline → this revision | target |",
         "|---|---|---|---|---|",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -57,7 +58,8 @@ def test_batched_resampling_gives_the_samples_of_frame_by_frame_resampling(
     song_files: dict[str, Path], suffix: str
 ) -> None:
     # decode() hands the resampler a quarter second of frames at a time; the resampler is a
-    # stream filter, so the output is that of resampling every decoded frame on its own.
+    # stream filter, so the output is that of resampling every decoded frame on its own (by
+    # PyAV's own resampler: the same libswresample filter).
     resampler = av.AudioResampler(format="flt", layout="mono", rate=8000)
     with av.open(str(song_files[suffix])) as container:
         frames = [f for f in container.decode(audio=0)] + [None]
@@ -104,3 +106,37 @@ def test_header_only_file_fails_cleanly(song_files: dict[str, Path], tmp_path: P
     stub.write_bytes(song_files[".flac"].read_bytes()[:200])
     with pytest.raises(DecodeFailed):
         media.decode_all(stub, 8000)
+
+
+def _tone_level_db(tmp_path: Path, freq_hz: float) -> float:
+    """The level (dB, against the input's) of a 44.1-kHz tone after decoding to 8 kHz."""
+    t = np.arange(44100 * 3) / 44100
+    tone = write_audio(
+        tmp_path / f"tone{freq_hz:.0f}.flac", 0.5 * np.sin(2 * np.pi * freq_hz * t), 44100
+    )
+    out = media.decode_all(tone, 8000)[8000:-8000]
+    return float(20 * np.log10(np.sqrt(np.mean(out**2)) / (0.5 / np.sqrt(2))))
+
+
+def test_the_resampler_keeps_the_fingerprint_band_and_stops_what_would_fold_into_it(
+    tmp_path: Path,
+) -> None:
+    # Flat where the fingerprint looks (up to 3 kHz within 0.5 dB, 3.5 kHz within 3 dB) and what
+    # lies far enough above 4 kHz to fold back into the band at 8 kHz (5 kHz folds to 3 kHz) at
+    # least 40 dB down. A cheaper resampling filter fails this (libswresample's filter_size 8:
+    # 5 kHz at -19 dB), and it cost recall (BENCHMARKS.md, the decode notes).
+    for freq_hz in (440.0, 1000.0, 3000.0):
+        assert _tone_level_db(tmp_path, freq_hz) > -0.5
+    assert _tone_level_db(tmp_path, 3500.0) > -3.0
+    assert _tone_level_db(tmp_path, 5000.0) < -40.0
+
+
+def test_decoding_starts_no_threads(song_files: dict[str, Path]) -> None:
+    # PyAV's AudioResampler runs its filter graph with a thread per core, started and joined on
+    # every decode; songscan's graph has one thread, the caller's.
+    before = len(os.listdir("/proc/self/task"))
+    blocks = media.decode(song_files[".mp3"], 8000)
+    next(blocks)
+    during = len(os.listdir("/proc/self/task"))
+    blocks.close()
+    assert during == before
