@@ -431,43 +431,37 @@ def _add_neighbours_songs(
         if not own or own[0].weak:
             out.append(own)
             continue
-        # each lead with its chunk, shift (query frames) and the song positions (frames) that
-        # its place and its repeats predict at this chunk's start
+        # each lead with its chunk, shift (query frames) and the song position (frames) it
+        # predicts at this chunk's start
         leads = [
-            (lead, j, shift, [(None, lead.offset_frames + shift * lead.speed), *repeats])
+            (lead, j, shift, lead.offset_frames + shift * lead.speed)
             for j in (i - 1, i + 1)
             if 0 <= j < len(heard) and matches[j] and not matches[j][0].weak
             for lead in matches[j]
             for shift in [(start - heard[j][0]) * frames_per_s]
             if not lead.weak and lead.track_id != own[0].track_id
-            for repeats in [[(p, p.offset_frames + shift * lead.speed) for p in lead.alternatives]]
         ]
         leads = [
-            lead
-            for lead in leads
+            (lead, j, shift, at)
+            for lead, j, shift, at in leads
             if not any(
-                m.track_id == lead[0].track_id and abs(m.offset_frames - at) <= tolerance
-                for m in own
-                for _, at in lead[3]
+                m.track_id == lead.track_id and abs(m.offset_frames - at) <= tolerance for m in own
             )
         ]
         if not leads:
             out.append(own)
             continue
-        more: dict[int, Match] = {}
-        for m in match_tracks(peaks, catalog, [lead for lead, _, _, _ in leads], cfg):
-            goes_on = [
-                (j, place)
-                for lead, j, _, places in leads
-                if lead.track_id == m.track_id
-                for place, at in places
-                if abs(m.offset_frames - at) <= tolerance
-            ]
-            if not m.weak and goes_on:
-                more[m.track_id] = m
-                j, place = min(goes_on, key=lambda g: g[1] is not None)  # its own place first
-                if place is not None:
-                    moves.append((j, m.track_id, place))
+        more: dict[int, Match] = {
+            m.track_id: m
+            for m in match_tracks(peaks, catalog, [lead for lead, _, _, _ in leads], cfg)
+            if not m.weak
+            and any(
+                lead.track_id == m.track_id and abs(m.offset_frames - at) <= tolerance
+                for lead, _, _, at in leads
+            )
+        }
+        # the lead's repeats only where its place does not go on (`continuation` asks them
+        # after it): where it does, that is the song's timeline
         for lead, j, shift, _ in leads:
             if lead.track_id not in more:
                 found = continuation(peaks, catalog, lead, shift, cfg)
