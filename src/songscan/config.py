@@ -113,7 +113,8 @@ class MatchConfig:
     # A second song in the same chunk must reach this share of the best song's hits.
     secondary_min_share: float = 0.25
     # Another position of the same song (a repeated passage) is kept as an alternative when it
-    # reaches this share of the best position's hits; continuity across chunks decides.
+    # reaches this share of the best position's hits (and weak_aligned_hits); continuity
+    # across chunks decides.
     repeat_min_share: float = 0.5
     max_alternatives: int = 6
     # Positions with at least this share of the best evidence count as the same audio.

@@ -139,7 +139,7 @@ def match_tracks(
 
 def continuation(
     peaks: Peaks, refs: References, lead: Match, shift_frames: float, cfg: EngineConfig
-) -> Match | None:
+) -> tuple[Match, Placement | None] | None:
     """The song of `lead` (a neighbouring chunk's confident match) going on in this query, by
     its pairs that land where the lead predicts: on the line of song position against query
     frame that starts `shift_frames` (query frames) later than the lead's and advances at the
@@ -151,7 +151,12 @@ def continuation(
     and chance rarely puts more than a hit or two on it. So `continuation_min_hits` suffice,
     and `follow_min_ratio` times as many as on the same line moved by
     `follow_null_shifts_frames` (what the song's own repetitions and chance give): a song that
-    fades out under the next one, or fades in under the last, is found while it plays."""
+    fades out under the next one, or fades in under the last, is found while it plays.
+
+    Where the lead's place does not go on here, the places of its repeats (`alternatives`,
+    best first) are asked in turn: a looped song's best place in the lead's chunk may be a
+    repeat of its true one, and only the true one goes on. Returns the match and the repeat
+    it goes on from (None: the lead's own place)."""
     mc, fp = cfg.match, cfg.fingerprint
     offset = lead.offset_frames + shift_frames * lead.speed
     anchors, ends, deviation = [], [], []
@@ -185,21 +190,27 @@ def continuation(
         )
         return np.unique(slot[best]).shape[0], best
 
-    hits, near = on_line(0.0)
-    if hits < mc.continuation_min_hits:
-        return None
-    chance = max(on_line(sign * d)[0] for d in mc.follow_null_shifts_frames for sign in (-1, 1))
-    if hits < mc.follow_min_ratio * max(chance, 1):
-        return None
-    return Match(
-        track_id=lead.track_id,
-        aligned_hits=hits,
-        speed=lead.speed,
-        offset_frames=round(offset),
-        start_frame=float(anchor[near].min()),
-        end_frame=float(end[near].max()),
-        pitch=lead.pitch,
-    )
+    for place in (None, *lead.alternatives):
+        moved = 0.0 if place is None else float(place.offset_frames - lead.offset_frames)
+        hits, near = on_line(moved)
+        if hits < mc.continuation_min_hits:
+            continue
+        chance = max(
+            on_line(moved + sign * d)[0] for d in mc.follow_null_shifts_frames for sign in (-1, 1)
+        )
+        if hits < mc.follow_min_ratio * max(chance, 1):
+            continue
+        match = Match(
+            track_id=lead.track_id,
+            aligned_hits=hits,
+            speed=lead.speed,
+            offset_frames=round(offset + moved),
+            start_frame=float(anchor[near].min()),
+            end_frame=float(end[near].max()),
+            pitch=lead.pitch,
+        )
+        return match, place
+    return None
 
 
 def _lead_steps(lead: Match, cfg: EngineConfig) -> list[Speed]:
@@ -412,6 +423,8 @@ def _verify(
         grid = speed_factor(speed.tempo_steps, fp.log_step)
         mine = group == g
         fitted, offset = _fitted_speed(anchors[mine], offsets[mine], chosen.offset_frames, cfg)
+        # a repeat plays at the same speed: its offset at query frame 0 moves with the best's
+        refit = offset - chosen.offset_frames
         # pitch and tempo changed together: the pitch moved by the fitted factor too (at
         # nominal speed the fitted drift says nothing about the pitch)
         together = speed.pitch_steps == speed.tempo_steps != 0
@@ -424,7 +437,9 @@ def _verify(
                 offset_frames=offset,
                 start_frame=chosen.start_frame,
                 end_frame=chosen.end_frame,
-                alternatives=tuple(placement(o, h) for o, h in others),
+                alternatives=tuple(
+                    replace(placement(o, h), offset_frames=o + refit) for o, h in others
+                ),
                 pitch=pitch,
             )
         )
@@ -618,9 +633,11 @@ def _alternatives(
     hits: int,
     mc: MatchConfig,
 ) -> list[tuple[int, int]]:
-    """Other (offset, hits) of group `g` with at least `repeat_min_share` of the best's hits,
+    """Other (offset, hits) of group `g` with at least `repeat_min_share` of the best's hits
+    and `weak_aligned_hits` (less than a match needs alone: a place that only continuity with
+    the neighbouring chunks can choose, such as a looped song's true place where it fades in),
     each a separate peak (more than 2 * tol frames from every one taken before)."""
-    floor = max(mc.min_aligned_hits, mc.repeat_min_share * hits)
+    floor = max(mc.weak_aligned_hits, mc.repeat_min_share * hits)
     mine = np.nonzero((group_u == g) & (aligned >= floor))[0]
     mine = mine[np.argsort(-aligned[mine], kind="stable")]
     taken = [int(key_u[best] % span)]

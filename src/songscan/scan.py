@@ -416,19 +416,25 @@ def _add_neighbours_songs(
     that at the very place the neighbour predicts, where less evidence suffices
     (`matcher.continuation`). A song that this chunk lists below its best one, at a place that
     does not go on from the neighbour's (a repeated passage), is moved to the neighbour's
-    place when the song is found there (its place becomes an alternative)."""
+    place when the song is found there (its place becomes an alternative).
+
+    The neighbour's place may itself be a repeat (a looped song, its best place in a chunk
+    where it fades in or out): where the song goes on from one of the neighbour's repeats
+    instead, it is listed here where that repeat predicts, and the neighbour's listing moves to
+    that repeat (its timeline is the one that goes on)."""
     frames_per_s = cfg.fingerprint.frames_per_s
     tolerance = cfg.match.continuity_tolerance_s * frames_per_s
     out = []
+    moves: list[tuple[int, int, Placement]] = []  # (chunk, track, the repeat it moves to)
     for i, (start, peaks, _) in enumerate(heard):
         own = matches[i]
         if not own or own[0].weak:
             out.append(own)
             continue
-        # each lead with its shift (query frames) and the song position (frames) it predicts
-        # at this chunk's start
+        # each lead with its chunk, shift (query frames) and the song position (frames) it
+        # predicts at this chunk's start
         leads = [
-            (lead, shift, lead.offset_frames + shift * lead.speed)
+            (lead, j, shift, lead.offset_frames + shift * lead.speed)
             for j in (i - 1, i + 1)
             if 0 <= j < len(heard) and matches[j] and not matches[j][0].weak
             for lead in matches[j]
@@ -436,8 +442,8 @@ def _add_neighbours_songs(
             if not lead.weak and lead.track_id != own[0].track_id
         ]
         leads = [
-            (lead, shift, at)
-            for lead, shift, at in leads
+            (lead, j, shift, at)
+            for lead, j, shift, at in leads
             if not any(
                 m.track_id == lead.track_id and abs(m.offset_frames - at) <= tolerance for m in own
             )
@@ -447,28 +453,56 @@ def _add_neighbours_songs(
             continue
         more: dict[int, Match] = {
             m.track_id: m
-            for m in match_tracks(peaks, catalog, [lead for lead, _, _ in leads], cfg)
+            for m in match_tracks(peaks, catalog, [lead for lead, _, _, _ in leads], cfg)
             if not m.weak
             and any(
                 lead.track_id == m.track_id and abs(m.offset_frames - at) <= tolerance
-                for lead, _, at in leads
+                for lead, _, _, at in leads
             )
         }
-        for lead, shift, _ in leads:
+        # the lead's repeats only where its place does not go on (`continuation` asks them
+        # after it): where it does, that is the song's timeline
+        for lead, j, shift, _ in leads:
             if lead.track_id not in more:
                 found = continuation(peaks, catalog, lead, shift, cfg)
                 if found:
-                    more[lead.track_id] = found
+                    more[lead.track_id], place = found
+                    if place is not None:
+                        moves.append((j, lead.track_id, place))
         kept = []
         for m in own:
             if m.track_id in more:  # listed at another place: that becomes an alternative
                 moved = more[m.track_id]
-                place = Placement(m.offset_frames, m.aligned_hits, m.start_frame, m.end_frame)
-                more[m.track_id] = replace(moved, alternatives=(place, *m.alternatives))
+                more[m.track_id] = replace(moved, alternatives=(_placement(m), *m.alternatives))
             else:
                 kept.append(m)
         out.append(sorted([*kept, *more.values()], key=lambda m: -m.aligned_hits))
+    for j, track_id, place in moves:
+        out[j] = sorted(
+            (_moved(m, place) if m.track_id == track_id else m for m in out[j]),
+            key=lambda m: -m.aligned_hits,
+        )
     return out
+
+
+def _placement(m: Match) -> Placement:
+    return Placement(m.offset_frames, m.aligned_hits, m.start_frame, m.end_frame)
+
+
+def _moved(m: Match, place: Placement) -> Match:
+    """`m` at its repeat `place` (its own place becomes a repeat); `m` as it is when `place`
+    is not one of its repeats (any more)."""
+    if place not in m.alternatives:
+        return m
+    rest = tuple(p for p in m.alternatives if p != place)
+    return replace(
+        m,
+        offset_frames=place.offset_frames,
+        aligned_hits=place.aligned_hits,
+        start_frame=place.start_frame,
+        end_frame=place.end_frame,
+        alternatives=(_placement(m), *rest),
+    )
 
 
 def _recover_from_neighbours(

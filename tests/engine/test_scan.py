@@ -19,7 +19,7 @@ from songscan.chunks import Chunk, PlanParams
 from songscan.config import DEFAULT
 from songscan.fingerprint import Peaks, query_peaks, triplets
 from songscan.index import pack_postings
-from songscan.matcher import follow, match_peaks, match_tracks
+from songscan.matcher import Placement, follow, match_peaks, match_tracks
 from songscan.media import decode_all
 from songscan.scan import (
     ChunkResult,
@@ -458,3 +458,60 @@ def test_evidence_below_the_threshold_alone_is_no_match(library: Library, tmp_pa
     result = scan_file(path, library.data, PlanParams(), strict)
     assert result.billable_chunks == 3 and result.matched == []  # all weak, none confirmed
     assert recognize_clip(path, library.data, strict) == []
+
+
+def test_a_looped_song_listed_at_a_repeat_is_followed_from_its_true_place(
+    tmp_path: Path,
+) -> None:
+    """A short looped song (four 3-s bars) comes in 7 s into chunk 0 and plays on, fading
+    under another song and noise, for 7 s of chunk 1. In chunk 0 every bar lines up about as
+    well; listed there at the repeat two bars on, the song would end 1 s into chunk 1, so
+    nothing goes on from that place, but it goes on from its true place, one of the listing's
+    repeats: chunk 1 lists it there, and chunk 0's listing moves to that place."""
+    from songscan.ingest import IngestItem, ingest
+
+    fp = SERIAL.fingerprint
+    first, other = synth_song(401, 40.0), synth_song(403, 40.0)
+    loop = np.tile(synth_song(402, 3.0), 4)
+    data = tmp_path / "data"
+    items = [
+        IngestItem(write_audio(tmp_path / f"{name}.flac", song), TrackMetadata(title=name), k)
+        for k, (name, song) in enumerate((("first", first), ("loop", loop), ("other", other)))
+    ]
+    assert all(o.error is None for o in ingest(Catalog(data), items, SERIAL, workers=1))
+    fading = loop.copy()
+    fading[5 * RATE :] *= np.linspace(0.8, 0.0, fading.shape[0] - 5 * RATE, dtype=np.float32)
+    audio = mix([(0.0, first[: 7 * RATE]), (7.0, fading), (12.0, other[: 12 * RATE])], 24.0)
+    audio += np.random.default_rng(5).normal(0, 0.05, audio.shape[0]).astype(np.float32)
+    samples = resample_poly(audio, RATE_8K, RATE).astype(np.float32)
+    catalog = Catalog(data)
+    track = next(t.id for t in catalog.tracks() if t.metadata.title == "loop")
+    peaks = [query_peaks(samples[k * 12 * RATE_8K : (k + 1) * 12 * RATE_8K], fp) for k in (0, 1)]
+    found = [match_peaks(p, catalog, catalog.live_ids(), SERIAL) for p in peaks]
+    assert track not in [m.track_id for m in found[1] if not m.weak]  # too faint on its own
+    true_offset = -7 * fp.frames_per_s
+    (listed,) = [m for m in found[0] if m.track_id == track]
+    places = [
+        Placement(listed.offset_frames, listed.aligned_hits, listed.start_frame, listed.end_frame)
+    ]
+    places += listed.alternatives
+    true = min(places, key=lambda p: abs(p.offset_frames - true_offset))
+    assert abs(true.offset_frames - true_offset) <= 2
+    repeat = min(places, key=lambda p: abs(p.offset_frames - true_offset - 6 * fp.frames_per_s))
+    assert abs(repeat.offset_frames - true_offset - 6 * fp.frames_per_s) <= 2
+    at_repeat = replace(
+        listed,
+        offset_frames=repeat.offset_frames,
+        aligned_hits=repeat.aligned_hits,
+        alternatives=tuple(p for p in places if p != repeat),
+    )
+    chunk0 = [at_repeat if m.track_id == track else m for m in found[0]]
+
+    matches = check_neighbours_songs(
+        [(0.0, peaks[0], chunk0), (12.0, peaks[1], found[1])], catalog, SERIAL
+    )
+    (moved,) = [m for m in matches[0] if m.track_id == track]
+    assert moved.offset_frames == true.offset_frames
+    (goes_on,) = [m for m in matches[1] if m.track_id == track]
+    assert abs(goes_on.offset_frames - (true.offset_frames + 12 * fp.frames_per_s)) <= 2
+    assert matches[1][0].track_id != track  # the song of chunk 1 stays first
