@@ -8,8 +8,8 @@ Redis Cluster on loopback (tests/servers.py), then:
    H-hour programme (bench/broadcast.py) scanned through each with 2 local pool workers, in
    alternating rounds (the best of each counts; the results must be equal): scan speed through
    the cluster ÷ embedded, the Redis nodes' CPU, network bytes and script calls per chunk.
-   (Scans on Celery workers, `SONGSCAN_BROKER_URL`, go through the same `scan_file`: run this
-   with a broker set to take the figure for them.)
+   (Scans on Celery workers are measured by `bench/workers.py`: their pool ÷ workers ratio
+   over the same shared catalog and index.)
 2. one synthetic index (random 28-bit hashes, N tracks of P postings each): ingest throughput
    by `add` (one track a call) for the first 200 tracks and by `rebuild` for the rest; Redis
    bytes per posting (growth of the masters' `used_memory` over the rebuild); lookup time per
