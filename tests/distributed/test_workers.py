@@ -238,6 +238,48 @@ def test_a_worker_killed_mid_run_has_its_run_delivered_again_and_the_job_is_bill
     assert _usage(deployment) == [("ok", -total, total)]  # billed once
 
 
+def test_a_job_on_the_workers_cancelled_through_another_node_stops_and_costs_nothing(
+    deployment: Deployment,
+) -> None:
+    """A job submitted to node A runs on the workers; cancelled through node B, A stops taking
+    its results, revokes its runs still out and refunds it."""
+    _catalog(deployment)
+    token = _token(deployment)
+    _, samples = _songs(deployment.root)
+    audio = _show(deployment.root / "day.flac", samples, repeats=16)  # 50 min: 12 runs
+    node_a, node_b = deployment.api_node("api-a"), deployment.api_node("api-b")
+    deployment.worker("worker")
+    job_id = _post(node_a.base_url, token, audio, {"async": "true"})["result"]["job_id"]
+
+    def job(base_url: str) -> dict[str, Any]:
+        reply = httpx.get(
+            f"{base_url}/enterprise/jobs/{job_id}", params={"api_token": token}, timeout=30
+        )
+        return dict(reply.json()["result"])
+
+    wait_for("the first runs are back", lambda: job(node_b.base_url)["progress"]["chunks_done"])
+    cancelled = httpx.post(
+        f"{node_b.base_url}/enterprise/jobs/{job_id}/cancel",
+        data={"api_token": token},
+        timeout=30,
+    ).json()["result"]
+    assert cancelled["state"] == "cancelled"
+    total = cancelled["progress"]["chunks_total"]
+    assert cancelled["progress"]["chunks_done"] < total
+
+    def revoked() -> float:
+        metrics = httpx.get(f"{node_a.base_url}/metrics", timeout=10).text
+        found = re.search(r'^songscan_worker_runs_total\{outcome="revoked"\} (\S+)$', metrics, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    wait_for("node A revokes the runs still out", revoked, timeout_s=60)
+    wait_for(
+        "the refund", lambda: [delta for _, delta, _ in _usage(deployment)] == [0], timeout_s=60
+    )
+    assert job(node_a.base_url)["state"] == "cancelled"
+    assert job(node_a.base_url)["progress"]["chunks_done"] < total
+
+
 def test_a_broker_that_is_down_fails_scans_cleanly_until_it_is_back(
     deployment: Deployment,
 ) -> None:
