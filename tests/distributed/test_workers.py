@@ -280,6 +280,31 @@ def test_a_job_on_the_workers_cancelled_through_another_node_stops_and_costs_not
     assert job(node_a.base_url)["progress"]["chunks_done"] < total
 
 
+def test_a_scan_whose_runs_are_not_back_by_its_deadline_fails_cleanly(
+    deployment: Deployment,
+) -> None:
+    """No worker on the broker: the scan fails at `scan_timeout_s` with error 100 naming the
+    cause, nothing billed, its runs revoked (no worker started later runs them)."""
+    _catalog(deployment)
+    token = _token(deployment)
+    _, samples = _songs(deployment.root)
+    audio = _show(deployment.root / "show.flac", samples, repeats=1)
+    config = deployment.root / "short.toml"
+    config.write_text("[workers]\nvisibility_timeout_s = 6\nscan_timeout_s = 3\n")
+    node = deployment.api_node("api", env={"SONGSCAN_CONFIG": str(config)})
+    reply = _post(node.base_url, token, audio, {})
+    assert reply["status"] == "error" and "result" not in reply, reply
+    assert reply["error"]["error_code"] == 100
+    assert "did not finish the scan in time" in reply["error"]["error_message"]
+    assert {delta for _, delta, _ in _usage(deployment)} == {0}
+    metrics = httpx.get(f"{node.base_url}/metrics", timeout=10).text
+    assert 'songscan_worker_runs_total{outcome="failed"} 1.0' in metrics
+    assert 'songscan_worker_runs_total{outcome="revoked"}' in metrics
+    late = deployment.worker("late")  # the revocation did not reach it: the expiry does
+    wait_for("the late worker drops the run", lambda: "Discarding revoked" in late.output())
+    assert "succeeded" not in late.output()
+
+
 def test_a_broker_that_is_down_fails_scans_cleanly_until_it_is_back(
     deployment: Deployment,
 ) -> None:
