@@ -305,6 +305,25 @@ def test_a_scan_whose_runs_are_not_back_by_its_deadline_fails_cleanly(
     assert "succeeded" not in late.output()
 
 
+def test_a_node_the_workers_cannot_reach_fails_its_scans_cleanly(deployment: Deployment) -> None:
+    """A node whose SONGSCAN_NODE_URL the workers cannot reach: each run reports the songscan
+    error (the media is unreachable) and the node answers it, code 100, nothing billed."""
+    _catalog(deployment)
+    token = _token(deployment)
+    _, samples = _songs(deployment.root)
+    audio = _show(deployment.root / "show.flac", samples, repeats=1)
+    nowhere = {"SONGSCAN_NODE_URL": f"http://127.0.0.1:{free_port()}"}
+    node = deployment.api_node("api", env=nowhere)
+    deployment.worker("worker")
+    reply = _post(node.base_url, token, audio, {})
+    assert reply["status"] == "error" and "result" not in reply, reply
+    assert reply["error"]["error_code"] == 100
+    assert "cannot reach the API node for the media" in reply["error"]["error_message"]
+    metrics = httpx.get(f"{node.base_url}/metrics", timeout=10).text
+    assert 'songscan_worker_runs_total{outcome="error"} 1.0' in metrics
+    assert {delta for _, delta, _ in _usage(deployment)} == {0}
+
+
 def test_a_broker_that_is_down_fails_scans_cleanly_until_it_is_back(
     deployment: Deployment,
 ) -> None:
