@@ -125,7 +125,9 @@ def scan_comparison(cluster: RedisCluster, hours: float, rounds: int) -> dict[st
         before = server_counters(client)
         cluster_s, through = scan(cluster_dir, on_cluster)
         per_round.append(delta(server_counters(client), before))
-        assert _found(through) == _found(embedded), "the cluster's scan differs from embedded"
+        assert found_songs(through) == found_songs(embedded), (
+            "the cluster's scan differs from embedded"
+        )
         embedded_runs.append(embedded_s)
         cluster_runs.append(cluster_s)
     shutdown_pools()
@@ -170,7 +172,7 @@ def looked_up(path: Path, data_dir: Path) -> tuple[int, int]:
     return counted[0], counted[1]
 
 
-def _found(result: ScanResult) -> list[list[tuple[Any, ...]]]:
+def found_songs(result: ScanResult) -> list[list[tuple[Any, ...]]]:
     """Each chunk's songs, by their metadata (track ids follow the order ingests finish)."""
     return [
         [(s.track.metadata, s.score, s.timecode_ms, s.speed, s.weak) for s in c.songs]
