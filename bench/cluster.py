@@ -8,8 +8,8 @@ Redis Cluster on loopback (tests/servers.py), then:
    H-hour programme (bench/broadcast.py) scanned through each with 2 local pool workers, in
    alternating rounds (the best of each counts; the results must be equal): scan speed through
    the cluster ÷ embedded, the Redis nodes' CPU, network bytes and script calls per chunk.
-   (Scans on Celery workers, `SONGSCAN_BROKER_URL`, go through the same `scan_file`: run this
-   with a broker set to take the figure for them.)
+   (Scans on Celery workers are measured by `bench/workers.py`: their pool ÷ workers ratio
+   over the same shared catalog and index.)
 2. one synthetic index (random 28-bit hashes, N tracks of P postings each): ingest throughput
    by `add` (one track a call) for the first 200 tracks and by `rebuild` for the rest; Redis
    bytes per posting (growth of the masters' `used_memory` over the rebuild); lookup time per
@@ -125,7 +125,9 @@ def scan_comparison(cluster: RedisCluster, hours: float, rounds: int) -> dict[st
         before = server_counters(client)
         cluster_s, through = scan(cluster_dir, on_cluster)
         per_round.append(delta(server_counters(client), before))
-        assert _found(through) == _found(embedded), "the cluster's scan differs from embedded"
+        assert found_songs(through) == found_songs(embedded), (
+            "the cluster's scan differs from embedded"
+        )
         embedded_runs.append(embedded_s)
         cluster_runs.append(cluster_s)
     shutdown_pools()
@@ -170,7 +172,7 @@ def looked_up(path: Path, data_dir: Path) -> tuple[int, int]:
     return counted[0], counted[1]
 
 
-def _found(result: ScanResult) -> list[list[tuple[Any, ...]]]:
+def found_songs(result: ScanResult) -> list[list[tuple[Any, ...]]]:
     """Each chunk's songs, by their metadata (track ids follow the order ingests finish)."""
     return [
         [(s.track.metadata, s.score, s.timecode_ms, s.speed, s.weak) for s in c.songs]

@@ -32,6 +32,23 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
+@pytest.fixture
+def page(browser: Browser, site_url: str) -> Iterator[Page]:
+    """A page of its own (a fresh browser context) on `site_url`, the server a test module
+    drives (each such module defines that fixture); it may use the clipboard."""
+    context = browser.new_context(base_url=site_url)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site_url)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def problems(page: Page) -> PageProblems:
+    return PageProblems(page)
+
+
 # Collects what the page's Content-Security-Policy refused (the event fires in every frame
 # before the console message, so nothing is missed between navigations).
 _RECORD_CSP_VIOLATIONS = """

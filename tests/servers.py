@@ -238,8 +238,6 @@ class RedisCluster:
 def start_redis_cluster(masters: int = 3, node_timeout_ms: int = 2000) -> RedisCluster:
     """Start `2 * masters` redis-server nodes on free loopback ports (each with its own dir)
     and join them into a cluster with one replica per master; `stop()` kills them all."""
-    if shutil.which("redis-server") is None:
-        raise RuntimeError("redis-server is not installed: run scripts/install-system-deps")
     directory = Path(tempfile.mkdtemp(prefix="songscan-redis-"))
     cluster = RedisCluster([], directory)
     try:
@@ -286,30 +284,15 @@ def _start_redis_node(root: Path, node_timeout_ms: int) -> RedisNode:
         port = _cluster_port()
         directory = root / str(port)
         directory.mkdir()
-        process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--dir", str(directory),
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(node_timeout_ms),
-                "--appendonly", "no",
-                "--save", "",
-                "--logfile", str(directory / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        process = _redis_process(
+            directory,
+            port,
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms),
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while process.poll() is None and time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return RedisNode(port, directory, process)
-            time.sleep(0.05)
-        process.kill()
-        process.wait()
+        if process is not None:
+            return RedisNode(port, directory, process)
     raise RuntimeError(f"redis-server did not start; see {root}")
 
 
@@ -330,39 +313,43 @@ class RedisServer:
 def start_redis(port: int | None = None) -> RedisServer:
     """One standalone redis-server on loopback (on `port`, else a free one); `stop()` kills
     it."""
-    if shutil.which("redis-server") is None:
-        raise RuntimeError("redis-server is not installed: run scripts/install-system-deps")
     directory = Path(tempfile.mkdtemp(prefix="songscan-broker-"))
     for _attempt in range(1 if port else 5):
         chosen = port or free_port()
-        process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port", str(chosen),
-                "--bind", "127.0.0.1",
-                "--dir", str(directory),
-                "--appendonly", "no",
-                "--save", "",
-                "--logfile", str(directory / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        if _listening(process, chosen):
+        process = _redis_process(directory, chosen)
+        if process is not None:
             return RedisServer(RedisNode(chosen, directory, process))
-        process.kill()
-        process.wait()
     raise RuntimeError(f"redis-server did not start; see {directory}")
 
 
-def _listening(process: subprocess.Popen[bytes], port: int, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
+def _redis_process(directory: Path, port: int, *options: str) -> subprocess.Popen[bytes] | None:
+    """redis-server on 127.0.0.1:`port` without persistence, its files in `directory`, once it
+    listens; None when it did not start (its port was taken meanwhile, say)."""
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is not installed: run scripts/install-system-deps")
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(directory),
+            *options,
+            "--appendonly", "no",
+            "--save", "",
+            "--logfile", str(directory / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
     while process.poll() is None and time.monotonic() < deadline:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return True
+                return process
         time.sleep(0.05)
-    return False
+    process.kill()
+    process.wait()
+    return None
 
 
 def _wait_replicas_linked(cluster: RedisCluster, timeout_s: float = 60.0) -> None:

@@ -20,14 +20,18 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import select
 
-from songscan.accounts.service import Accounts
+from songscan.accounts.models import JobRow, ServerLease
+from songscan.accounts.service import Account, Accounts
 from tests.api.conftest import build_catalog, long_recording
 from tests.api.music import excerpt, music, wav_8k
 from tests.servers import PostgresServer, start_postgres
@@ -65,14 +69,19 @@ def _servers(*nodes: Path, output: Path | None = None) -> Iterator[list[tuple[An
             proc.wait(timeout=30)
 
 
-def _submit(base: str, token: str, audio: Path) -> dict[str, Any]:
+def _enterprise(base: str, token: str, audio: Path, **fields: str) -> dict[str, Any]:
     with audio.open("rb") as fh:
-        body = httpx.post(
+        reply = httpx.post(
             f"{base}/enterprise",
-            data={"api_token": token, "async": "true"},
+            data={"api_token": token, **fields},
             files={"file": (audio.name, fh)},
             timeout=120,
-        ).json()
+        )
+    return dict(reply.json())
+
+
+def _submit(base: str, token: str, audio: Path) -> dict[str, Any]:
+    body = _enterprise(base, token, audio, **{"async": "true"})
     assert body["status"] == "success", body
     return dict(body["result"])
 
@@ -98,6 +107,33 @@ def _wav(path: Path, samples: np.ndarray) -> Path:
     return path
 
 
+@dataclass
+class Customer:
+    """An enterprise account on the nodes' database, and its requests left at the start."""
+
+    accounts: Accounts
+    token: str
+    account: Account
+    before: int
+
+    def remaining(self) -> int:
+        return self.accounts.remaining(self.account)
+
+
+def _catalog_and_customer(
+    tmp_path: Path, data: Path, database: str
+) -> tuple[dict[int, np.ndarray], Customer]:
+    """The songs of `build_catalog`, added through the node `data`, and an enterprise customer
+    (close its `accounts` at the end)."""
+    files = tmp_path / "files"
+    files.mkdir()
+    songs = build_catalog(data, files, database)
+    accounts = Accounts(database, {})
+    token = accounts.identity.create_account(plan="enterprise").token
+    account = accounts.authenticate(token, "127.0.0.1")
+    return songs, Customer(accounts, token, account, accounts.remaining(account))
+
+
 @pytest.fixture
 def database(postgres_server: PostgresServer) -> str:
     return postgres_server.create_database()
@@ -107,13 +143,8 @@ def test_a_job_submitted_on_one_node_is_polled_fetched_and_cancelled_on_another(
     tmp_path: Path, database: str
 ) -> None:
     node_a, node_b = _node(tmp_path, "a", database), _node(tmp_path, "b", database)
-    files = tmp_path / "files"
-    files.mkdir()
-    songs = build_catalog(node_a, files, database)
-    accounts = Accounts(database, {})
-    token = accounts.identity.create_account(plan="enterprise").token
-    account = accounts.authenticate(token, "127.0.0.1")
-    before = accounts.remaining(account)
+    songs, customer = _catalog_and_customer(tmp_path, node_a, database)
+    accounts, token, before = customer.accounts, customer.token, customer.before
     short = _wav(tmp_path / "show.wav", long_recording(songs))  # six chunks
     day = _wav(tmp_path / "day.wav", np.tile(long_recording(songs), 40))  # 240 chunks
     try:
@@ -123,13 +154,7 @@ def test_a_job_submitted_on_one_node_is_polled_fetched_and_cancelled_on_another(
             fetched = httpx.get(
                 f"{b}/enterprise/jobs/{done_id}/result", params={"api_token": token}, timeout=30
             ).json()
-            with short.open("rb") as fh:
-                sync = httpx.post(
-                    f"{a}/enterprise",
-                    data={"api_token": token},
-                    files={"file": ("show.wav", fh)},
-                    timeout=120,
-                ).json()
+            sync = _enterprise(a, token, short)
             assert sync["result"], "the comparison needs matches"
             del fetched["execution_time"], sync["execution_time"]
             assert fetched == sync  # run on A, fetched from B
@@ -153,8 +178,8 @@ def test_a_job_submitted_on_one_node_is_polled_fetched_and_cancelled_on_another(
             # A's runner stops at its next unit, then refunds the job and deletes its media
             _wait("A's runner to stop", lambda: not (node_a / "jobs" / long_id).exists(), 60)
             assert _job(a, token, long_id)["state"] == "cancelled"
-        assert accounts.remaining(account) == before - billed - 6  # the job and the sync call
-        total, balance = accounts.ledger.sum_and_balance(account.id)
+        assert customer.remaining() == before - billed - 6  # the job and the sync call
+        total, balance = accounts.ledger.sum_and_balance(customer.account.id)
         assert total == balance == before - 12
     finally:
         accounts.close()
@@ -168,19 +193,14 @@ def test_a_dead_node_s_job_fails_on_another_node_and_is_refunded(
         _node(tmp_path, "a", database, **timeout),
         _node(tmp_path, "b", database, **timeout),
     )
-    files = tmp_path / "files"
-    files.mkdir()
-    songs = build_catalog(node_a, files, database)
-    accounts = Accounts(database, {})
-    token = accounts.identity.create_account(plan="enterprise").token
-    account = accounts.authenticate(token, "127.0.0.1")
-    before = accounts.remaining(account)
+    songs, customer = _catalog_and_customer(tmp_path, node_a, database)
+    accounts, token, before = customer.accounts, customer.token, customer.before
     day = _wav(tmp_path / "day.wav", np.tile(long_recording(songs), 40))
     try:
         with _servers(node_a, node_b) as [(proc_a, a), (_, b)]:
             job_id = _submit(a, token, day)["job_id"]
             _wait("A to run the job", lambda: _job(b, token, job_id)["progress"]["chunks_done"])
-            assert accounts.remaining(account) == before - 240
+            assert customer.remaining() == before - 240
             os.killpg(proc_a.pid, signal.SIGKILL)  # node A is gone, and stays gone
             proc_a.wait(timeout=30)
             failed = _wait(
@@ -191,9 +211,47 @@ def test_a_dead_node_s_job_fails_on_another_node_and_is_refunded(
             assert failed["state"] == "failed", failed
             assert failed["error"]["error_code"] == 100
             assert "did not come back" in failed["error"]["error_message"]
-            _wait("the refund", lambda: accounts.remaining(account) == before, 30)
-        total, balance = accounts.ledger.sum_and_balance(account.id)
+            _wait("the refund", lambda: customer.remaining() == before, 30)
+        total, balance = accounts.ledger.sum_and_balance(customer.account.id)
         assert total == balance == before
+    finally:
+        accounts.close()
+
+
+def test_a_node_s_next_server_takes_a_killed_server_s_job_back_before_its_lease_runs_out(
+    tmp_path: Path, database: str
+) -> None:
+    """The killed server's lease runs for ten minutes more, but nothing holds its lock file in
+    the node's data dir any more: the node's next server runs the job again at once, billed
+    once."""
+    data = _node(tmp_path, "data", database, accounts="server_lease_s = 600")
+    songs, customer = _catalog_and_customer(tmp_path, data, database)
+    accounts, token, before = customer.accounts, customer.token, customer.before
+    day = _wav(tmp_path / "day.wav", np.tile(long_recording(songs), 40))
+    try:
+        with _servers(data) as [(proc, base)]:
+            job_id = _submit(base, token, day)["job_id"]
+            _wait("the job to run", lambda: _job(base, token, job_id)["progress"]["chunks_done"])
+            os.killpg(proc.pid, signal.SIGKILL)  # mid-scan: its lease is left behind
+            proc.wait(timeout=30)
+        with accounts.engine.connect() as conn:
+            killed = conn.scalar(select(JobRow.runner).where(JobRow.id == job_id))
+            lease_ends = conn.scalar(select(ServerLease.expires_at).where(ServerLease.id == killed))
+        assert killed and lease_ends is not None
+        dead_lock = data / "jobs" / f"runner-{killed}.lock"
+        assert dead_lock.exists()
+        with _servers(data) as [(_, base)]:
+            done = _wait(
+                "the next server to complete the job",
+                lambda: (j := _job(base, token, job_id))["state"] != "running" and j,
+            )
+            # the dead runner's file goes once no job names it (the live runner's stays)
+            _wait("the dead runner's lock file to go", lambda: not dead_lock.exists(), 30)
+            assert list((data / "jobs").glob("runner-*.lock")) != []
+        assert datetime.now(UTC) < lease_ends  # taken back long before the lease ran out
+        assert done["state"] == "done" and done["attempts"] == 2, done
+        assert done["billed"] == 240
+        _wait("the job's settlement", lambda: customer.remaining() == before - 240, 60)
     finally:
         accounts.close()
 
@@ -204,13 +262,8 @@ def test_postgresql_restarting_gives_clean_errors_then_recovers_without_a_restar
     pg = start_postgres(max_connections=100)
     database = pg.create_database()
     data = _node(tmp_path, "data", database)
-    files = tmp_path / "files"
-    files.mkdir()
-    songs = build_catalog(data, files, database)
-    accounts = Accounts(database, {})
-    token = accounts.identity.create_account(plan="enterprise").token
-    account = accounts.authenticate(token, "127.0.0.1")
-    before = accounts.remaining(account)
+    songs, customer = _catalog_and_customer(tmp_path, data, database)
+    accounts, token, before = customer.accounts, customer.token, customer.before
     clip = _wav(tmp_path / "clip.wav", excerpt(songs[2], 10.0, 18.0))
     day = _wav(tmp_path / "day.wav", np.tile(long_recording(songs), 40))
     log_path = tmp_path / "server.log"
@@ -241,20 +294,25 @@ def test_postgresql_restarting_gives_clean_errors_then_recovers_without_a_restar
                 assert reply["error"]["error_code"] == 100
                 assert "database is unavailable" in reply["error"]["error_message"]
                 assert "Traceback" not in str(reply)
+            health = httpx.get(f"{base}/healthz", timeout=60)
+            assert health.status_code == 503, health.text
+            assert health.json()["error"]["error_code"] == 100  # and no traceback in the log
+            assert "database is unavailable" in health.json()["error"]["error_message"]
             time.sleep(2)  # the job runner and the housekeeping meet the outage too
             assert proc.poll() is None  # the server stays up
 
             pg.restart()
             assert recognize(base)["result"]["audio_id"] == 2  # at once: no songscan restart
             assert jobs(base)["status"] == "success"
+            assert httpx.get(f"{base}/healthz", timeout=60).json()["status"] == "ok"
             done = _wait(
                 "the interrupted job to complete",
                 lambda: (j := jobs(base, job_id)["result"])["state"] != "running" and j,
             )
             assert done["state"] == "done" and done["attempts"] == 2, done
             assert done["billed"] == 240
-            _wait("the job's settlement", lambda: accounts.remaining(account) == before - 242, 60)
-        total, balance = accounts.ledger.sum_and_balance(account.id)
+            _wait("the job's settlement", lambda: customer.remaining() == before - 242, 60)
+        total, balance = accounts.ledger.sum_and_balance(customer.account.id)
         assert total == balance == before - 242  # two recognitions and the job, billed once
         log = log_path.read_text()
         assert log.count("the accounts database is unavailable") == 1, log

@@ -21,6 +21,11 @@ on one node or two, never claim one job. A `running` job whose runner's lease ha
 abandoned (its server was killed): the next claim runs it again from the start (a scan's
 result does not depend on how it was split, so a rerun gives the same result). Every change a
 runner makes is fenced by `runner = me`: a runner that lost its claim cannot overwrite the job.
+A runner also holds a lock file in its node's `DATA/jobs` (`runner-<id>.lock`, flock) for as
+long as its process lives: when nothing holds it, the process died (the kernel lets go of a
+killed process's locks), so the node's next server takes its jobs over at once instead of
+waiting for its lease to run out. Without such a file (a runner of another node) the lease
+decides.
 
 A finished job has follow-ups (settle its reservation, delete its media) after which its row is
 marked `cleaned`. They are idempotent: a crash in between repeats them, never doubles them.
@@ -62,6 +67,9 @@ FINISHED = (DONE, FAILED, CANCELLED)
 # A directory without a row is a submission that died half-way; removed when this old.
 ORPHAN_DIR_AGE_S = 3600.0
 NODE_FILE = "node"  # in DATA/jobs: this data directory's node id
+RUNNER_LOCK = ("runner-", ".lock")  # in DATA/jobs: runner-<id>.lock, held by a live runner
+_runner_locks: dict[Path, int] = {}  # this process's runners' lock files, held till it ends
+_runner_locks_lock = threading.Lock()
 OLD_STORE = "jobs.sqlite"  # where jobs were before they moved into the database
 
 
@@ -255,9 +263,15 @@ class JobStore:
         gone = select(JobNode.id).where(JobNode.seen_at < time.time() - self.node_timeout_s)
         with self._held_lock:
             held = sorted(self._held)
+        dead = self._dead_runners()
         return [
             JobRow.cleaned.is_(False),
-            or_(JobRow.runner.is_(None), JobRow.runner.not_in(live), JobRow.runner == runner),
+            or_(
+                JobRow.runner.is_(None),
+                JobRow.runner.not_in(live),
+                JobRow.runner.in_(dead),
+                JobRow.runner == runner,
+            ),
             JobRow.id.not_in(held),
             or_(JobRow.node.is_(None), JobRow.node == self.node, JobRow.node.in_(gone)),
         ]
@@ -265,6 +279,7 @@ class JobStore:
     def claim(self, runner: str) -> JobClaim | None:
         """A claim on the oldest job that needs work and that nobody works on, made for the
         server instance `runner`; None when there is none."""
+        self._hold_runner_lock(runner)
         where = self._claimable(runner)
         with self.engine.begin() as conn:
             job_id = conn.scalar(
@@ -284,6 +299,45 @@ class JobStore:
         with self._held_lock:
             self._held.add(job_id)
         return JobClaim(self, job_id, runner)
+
+    def _runner_lock(self, runner: str) -> Path:
+        return self.root / f"{RUNNER_LOCK[0]}{runner}{RUNNER_LOCK[1]}"
+
+    def _hold_runner_lock(self, runner: str) -> None:
+        """Hold `runner`'s lock file (flock) from its first claim until this process ends; it
+        is made locked (a new name, then a rename), so nobody sees it unheld meanwhile."""
+        path = self._runner_lock(runner)
+        with _runner_locks_lock:
+            if path in _runner_locks:
+                return
+            made = self.root / f".{path.name}-{secrets.token_hex(8)}"
+            fd = os.open(made, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(made, path)
+            _runner_locks[path] = fd
+
+    def _dead_runners(self) -> list[str]:
+        """The runners of this node whose process has died (nothing holds their lock file).
+        A file that no job names any more is removed."""
+        dead = []
+        for path in self.root.glob(f"{RUNNER_LOCK[0]}*{RUNNER_LOCK[1]}"):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process is alive
+            finally:
+                os.close(fd)
+            dead.append(path.name.removeprefix(RUNNER_LOCK[0]).removesuffix(RUNNER_LOCK[1]))
+        if dead:
+            with read_only(self.engine) as conn:
+                named = set(conn.scalars(select(JobRow.runner).where(JobRow.runner.in_(dead))))
+            for runner in set(dead) - named:
+                self._runner_lock(runner).unlink(missing_ok=True)
+        return dead
 
     def release(self, claim: JobClaim) -> None:
         """Give the job up (a finished one, or one left for the next server to run)."""

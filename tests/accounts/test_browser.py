@@ -7,13 +7,12 @@ the page shows it → rotate the token.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 from sqlalchemy import update
 
 from songscan.accounts.models import LedgerEntry
@@ -25,18 +24,8 @@ from tests.servers import checkout_completed_event, stripe_signature
 
 
 @pytest.fixture
-def page(browser: Browser, site: Site) -> Iterator[Page]:
-    context = browser.new_context(base_url=site.base_url)
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.base_url)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
-
-
-@pytest.fixture
-def problems(page: Page) -> PageProblems:
-    return PageProblems(page)
+def site_url(site: Site) -> str:  # for tests.browser's `page`
+    return site.base_url
 
 
 def use_the_api(site: Site, token: str, path: str, audio: Path) -> None:

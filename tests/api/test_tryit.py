@@ -6,11 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.api.conftest import Api, long_recording
 from tests.api.music import excerpt, write_wav
@@ -18,17 +17,8 @@ from tests.browser import Box, PageProblems, box_of, pixels_near, screenshot_pix
 
 
 @pytest.fixture
-def page(browser: Browser, api: Api) -> Iterator[Page]:
-    context = browser.new_context(base_url=api.base_url)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    yield page
-    context.close()
-
-
-@pytest.fixture
-def problems(page: Page) -> PageProblems:
-    return PageProblems(page)
+def site_url(api: Api) -> str:  # for tests.browser's `page`
+    return api.base_url
 
 
 TRACK_COLOURS = [(0x2B, 0x6C, 0xB0), (0xC0, 0x56, 0x21)]  # .c0, .c1 in tryit.css

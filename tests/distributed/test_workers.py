@@ -24,7 +24,7 @@ from songscan.api.app import create_app
 from tests.audio import synth_song, write_audio
 from tests.servers import UvicornThread, free_port, start_redis
 
-from .conftest import Deployment, wait_for
+from .conftest import ApiNode, Deployment, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("celery")]
 
@@ -63,8 +63,11 @@ def _token(deployment: Deployment) -> str:
     return made.stdout.strip().splitlines()[-1]
 
 
-def _embedded(root: Path, audio: Path, fields: dict[str, str]) -> dict[str, Any]:
-    """The same scan through an embedded API node (SQLite, segment files, its process pool)."""
+def _embedded(
+    root: Path, audio: Path, fields: dict[str, str], upload: tuple[Path, int] | None = None
+) -> dict[str, Any]:
+    """The same scan through an embedded API node (SQLite, segment files, its process pool),
+    after the same `upload` (a file and its audio_id) into the account's custom catalog."""
     data = root / "embedded"
     paths, _ = _songs(root)
     from songscan.catalog import Catalog, TrackMetadata
@@ -77,7 +80,20 @@ def _embedded(root: Path, audio: Path, fields: dict[str, str]) -> dict[str, Any]
     token = accounts.identity.create_account(plan="enterprise").token
     accounts.close()
     with UvicornThread(create_app(data, {})) as server:
+        if upload is not None:
+            assert _upload(server.base_url, token, *upload)["status"] == "success"
         return _post(server.base_url, token, audio, fields)
+
+
+def _upload(base_url: str, token: str, audio: Path, audio_id: int) -> dict[str, Any]:
+    with audio.open("rb") as fh:
+        reply = httpx.post(
+            f"{base_url}/upload/",
+            data={"api_token": token, "audio_id": str(audio_id), "title": "Uploaded"},
+            files={"file": (audio.name, fh)},
+            timeout=300,
+        )
+    return reply.json()
 
 
 def _post(base_url: str, token: str, audio: Path, fields: dict[str, str]) -> dict[str, Any]:
@@ -109,6 +125,11 @@ def _without_time(body: dict[str, Any]) -> str:
     body = dict(body)
     body.pop("execution_time", None)
     return json.dumps(body, sort_keys=True)
+
+
+def _access(node: ApiNode) -> list[dict[str, Any]]:
+    """The node's access lines (JSON, on its output)."""
+    return [json.loads(line) for line in node.process.output().splitlines() if line[:1] == "{"]
 
 
 def _received(log: str) -> list[str]:
@@ -160,6 +181,38 @@ def test_scans_on_two_workers_equal_the_embedded_scan(deployment: Deployment) ->
     assert sorted(_usage(deployment)) == [("ok", -total, total)] * 2
 
 
+def test_a_track_uploaded_through_one_api_node_is_found_by_a_scan_through_another(
+    deployment: Deployment,
+) -> None:
+    """Two API nodes and two workers: a track added through node A (`/upload/`, the account's
+    custom catalog: PostgreSQL and the cluster) is found by a scan sent to node B and run on
+    the workers; the answer equals an embedded node's with the same catalog and upload."""
+    _catalog(deployment)
+    token = _token(deployment)
+    _, samples = _songs(deployment.root)
+    uploaded = synth_song(64, SONG_S)
+    upload = (write_audio(deployment.root / "song64.flac", uploaded), 7)
+    gap = np.zeros(8000 * 3, dtype=np.float32)
+    audio = write_audio(
+        deployment.root / "show.flac",
+        np.concatenate([samples[61], gap, uploaded, gap, samples[62], gap] * 2),  # 2 runs
+    )
+    node_a, node_b = deployment.api_node("api-a"), deployment.api_node("api-b")
+    workers = [deployment.worker("worker1"), deployment.worker("worker2")]
+
+    assert _upload(node_a.base_url, token, *upload)["status"] == "success"
+    scanned = _post(node_b.base_url, token, audio, {})
+    assert scanned["status"] == "success", scanned
+    found = {c["songs"][0]["audio_id"] for c in scanned["result"] if c["songs"]}
+    assert found == {1, 2, 7}
+    assert all(_received(w.output()) for w in workers)  # the scan ran on both
+    # ... reading the media from node B over range requests: nothing of it is on their disks
+    reads = [line for line in _access(node_b) if line["path"] == "/internal/media"]
+    assert reads and {line["status"] for line in reads} == {206}, reads
+    assert not any(p.suffix == ".flac" for w in workers for p in w.data.rglob("*"))
+    assert _without_time(scanned) == _without_time(_embedded(deployment.root, audio, {}, upload))
+
+
 def test_a_worker_killed_mid_run_has_its_run_delivered_again_and_the_job_is_billed_once(
     deployment: Deployment,
 ) -> None:
@@ -183,6 +236,92 @@ def test_a_worker_killed_mid_run_has_its_run_delivered_again_and_the_job_is_bill
     total = submitted["result"]["progress"]["chunks_total"]
     assert total >= 120  # 25 minutes (the header's estimate)
     assert _usage(deployment) == [("ok", -total, total)]  # billed once
+
+
+def test_a_job_on_the_workers_cancelled_through_another_node_stops_and_costs_nothing(
+    deployment: Deployment,
+) -> None:
+    """A job submitted to node A runs on the workers; cancelled through node B, A stops taking
+    its results, revokes its runs still out and refunds it."""
+    _catalog(deployment)
+    token = _token(deployment)
+    _, samples = _songs(deployment.root)
+    audio = _show(deployment.root / "day.flac", samples, repeats=16)  # 50 min: 12 runs
+    node_a, node_b = deployment.api_node("api-a"), deployment.api_node("api-b")
+    deployment.worker("worker")
+    job_id = _post(node_a.base_url, token, audio, {"async": "true"})["result"]["job_id"]
+
+    def job(base_url: str) -> dict[str, Any]:
+        reply = httpx.get(
+            f"{base_url}/enterprise/jobs/{job_id}", params={"api_token": token}, timeout=30
+        )
+        return dict(reply.json()["result"])
+
+    wait_for("the first runs are back", lambda: job(node_b.base_url)["progress"]["chunks_done"])
+    cancelled = httpx.post(
+        f"{node_b.base_url}/enterprise/jobs/{job_id}/cancel",
+        data={"api_token": token},
+        timeout=30,
+    ).json()["result"]
+    assert cancelled["state"] == "cancelled"
+    total = cancelled["progress"]["chunks_total"]
+    assert cancelled["progress"]["chunks_done"] < total
+
+    def revoked() -> float:
+        metrics = httpx.get(f"{node_a.base_url}/metrics", timeout=10).text
+        found = re.search(r'^songscan_worker_runs_total\{outcome="revoked"\} (\S+)$', metrics, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    wait_for("node A revokes the runs still out", revoked, timeout_s=60)
+    wait_for(
+        "the refund", lambda: [delta for _, delta, _ in _usage(deployment)] == [0], timeout_s=60
+    )
+    assert job(node_a.base_url)["state"] == "cancelled"
+    assert job(node_a.base_url)["progress"]["chunks_done"] < total
+
+
+def test_a_scan_whose_runs_are_not_back_by_its_deadline_fails_cleanly(
+    deployment: Deployment,
+) -> None:
+    """No worker on the broker: the scan fails at `scan_timeout_s` with error 100 naming the
+    cause, nothing billed, its runs revoked (no worker started later runs them)."""
+    _catalog(deployment)
+    token = _token(deployment)
+    _, samples = _songs(deployment.root)
+    audio = _show(deployment.root / "show.flac", samples, repeats=1)
+    config = deployment.root / "short.toml"
+    config.write_text("[workers]\nvisibility_timeout_s = 6\nscan_timeout_s = 3\n")
+    node = deployment.api_node("api", env={"SONGSCAN_CONFIG": str(config)})
+    reply = _post(node.base_url, token, audio, {})
+    assert reply["status"] == "error" and "result" not in reply, reply
+    assert reply["error"]["error_code"] == 100
+    assert "did not finish the scan in time" in reply["error"]["error_message"]
+    assert {delta for _, delta, _ in _usage(deployment)} == {0}
+    metrics = httpx.get(f"{node.base_url}/metrics", timeout=10).text
+    assert 'songscan_worker_runs_total{outcome="failed"} 1.0' in metrics
+    assert 'songscan_worker_runs_total{outcome="revoked"}' in metrics
+    late = deployment.worker("late")  # the revocation did not reach it: the expiry does
+    wait_for("the late worker drops the run", lambda: "Discarding revoked" in late.output())
+    assert "succeeded" not in late.output()
+
+
+def test_a_node_the_workers_cannot_reach_fails_its_scans_cleanly(deployment: Deployment) -> None:
+    """A node whose SONGSCAN_NODE_URL the workers cannot reach: each run reports the songscan
+    error (the media is unreachable) and the node answers it, code 100, nothing billed."""
+    _catalog(deployment)
+    token = _token(deployment)
+    _, samples = _songs(deployment.root)
+    audio = _show(deployment.root / "show.flac", samples, repeats=1)
+    nowhere = {"SONGSCAN_NODE_URL": f"http://127.0.0.1:{free_port()}"}
+    node = deployment.api_node("api", env=nowhere)
+    deployment.worker("worker")
+    reply = _post(node.base_url, token, audio, {})
+    assert reply["status"] == "error" and "result" not in reply, reply
+    assert reply["error"]["error_code"] == 100
+    assert "cannot reach the API node for the media" in reply["error"]["error_message"]
+    metrics = httpx.get(f"{node.base_url}/metrics", timeout=10).text
+    assert 'songscan_worker_runs_total{outcome="error"} 1.0' in metrics
+    assert {delta for _, delta, _ in _usage(deployment)} == {0}
 
 
 def test_a_broker_that_is_down_fails_scans_cleanly_until_it_is_back(

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,6 +136,27 @@ def test_a_chunks_candidate_peaks_come_in_one_query(tmp_path: Path) -> None:
     singles = {t: catalog.peaks(t) for t in ids.tolist()}
     for t, peaks in catalog.peaks_of(ids.tolist()).items():
         np.testing.assert_array_equal(peaks.time_frames, singles[t].time_frames)
+
+
+def test_a_chunks_candidate_peaks_come_in_one_query_on_either_database(
+    tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, counted where the catalog sends its reads (SQLite or a real PostgreSQL)."""
+    catalog = Catalog(tmp_path / "data", database_url=database_url)
+    _add(catalog, _songs(tmp_path, [7, 8, 9]))
+    ids = catalog.live_ids()
+    read = catalog._store._read
+    statements: list[str] = []
+
+    def counted(sql: str, params: Any) -> Any:
+        statements.append(sql)
+        return read(sql, params)
+
+    monkeypatch.setattr(catalog._store, "_read", counted)
+    rng = np.random.default_rng(1)
+    catalog.pair_postings(ids, rng.integers(0, 1 << 23, 500).astype(np.uint32), DEFAULT.fingerprint)
+    assert len(statements) == 1 and "FROM peaks" in statements[0], statements  # all three
+    catalog.close()
 
 
 def test_the_migrations_build_the_declared_schema(tmp_path: Path, database_url: str | None) -> None:

@@ -5,10 +5,10 @@ the rules of `setCallbackUrl`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.api.music import excerpt, music
 from tests.browser import PageProblems
@@ -19,12 +19,8 @@ PASSWORD = "a-good-long-passphrase"
 
 
 @pytest.fixture
-def page(browser: Browser, streams_server: StreamsServer) -> Iterator[Page]:
-    context = browser.new_context(base_url=streams_server.base_url)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
+def site_url(streams_server: StreamsServer) -> str:  # for tests.browser's `page`
+    return streams_server.base_url
 
 
 def log_in(page: Page, server: StreamsServer, email: str) -> None:

@@ -64,6 +64,7 @@ from songscan.enterprise import (
 )
 from songscan.errors import (
     ConfigError,
+    DatabaseUnavailable,
     InvalidParameters,
     MediaTooLarge,
     NotEntitled,
@@ -592,6 +593,11 @@ async def healthz(request: Request) -> Response:
 
     try:
         return JSONResponse(await anyio.to_thread.run_sync(check))
+    except SongscanError as exc:  # the database or the index is away: no traceback per poll
+        if not isinstance(exc, DatabaseUnavailable):  # (its outage is logged once already)
+            log.warning("health check failed: %s", exc.message)
+        error = {"error_code": exc.code, "error_message": exc.message}
+        return JSONResponse({"status": "error", "error": error}, status_code=503)
     except Exception:
         log.exception("health check failed")
         return JSONResponse({"status": "error"}, status_code=503)

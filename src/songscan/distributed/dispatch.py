@@ -7,7 +7,9 @@ scan then waits for run 1, run 2, … each until the scan's deadline (`[workers]
 scan_timeout_s`), which is also when the scan's media link expires. Anything that keeps a run
 from coming back (the broker down, a worker failing, the deadline) fails the whole scan with
 `WorkersUnavailable` (code 100, logged): never a partial result. A scan left early (an error,
-a cancelled job) revokes its runs that are still out.
+a cancelled job) revokes its runs that are still out; a revocation reaches the workers running
+at the time, so each run also carries the scan's deadline as its expiry (a worker started later
+drops it then, rather than run it for nobody).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +83,11 @@ def run_remote_units(
     app = client_app(remote.broker_url, remote.visibility_timeout_s)
     where = broker_address(remote.broker_url)
     deadline = time.monotonic() + remote.scan_timeout_s
-    media = link(remote.node_url, remote.media_secret, path, time.time() + remote.scan_timeout_s)
+    expires_at = time.time() + remote.scan_timeout_s
+    media = link(remote.node_url, remote.media_secret, path, expires_at)
+    # A run still queued at the deadline is dropped by whichever worker takes it, even one
+    # started after the revocation (which reaches only the workers running then).
+    expires = datetime.fromtimestamp(expires_at, UTC)
     common = {
         "v": VERSION,
         "scan": uuid.uuid4().hex,
@@ -94,7 +101,12 @@ def run_remote_units(
         for unit in units:
             payload = {**common, "chunks": to_wire(unit)}
             try:
-                sent.append((app.send_task(TASK, args=[payload], queue=QUEUE), time.monotonic()))
+                sent.append(
+                    (
+                        app.send_task(TASK, args=[payload], queue=QUEUE, expires=expires),
+                        time.monotonic(),
+                    )
+                )
             except Exception as exc:
                 RUNS.labels("failed").inc()
                 raise _unavailable(f"cannot send the scan to the broker at {where}", exc) from None
