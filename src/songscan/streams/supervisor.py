@@ -22,6 +22,7 @@ import threading
 import time
 
 from songscan.accounts.service import Accounts
+from songscan.allocator import limit_arenas
 from songscan.streams.listener import Listener, ListenerContext
 from songscan.streams.store import Stream, StreamStore
 
@@ -50,6 +51,10 @@ class StreamSupervisor:
     def start(self) -> None:
         if not self.ctx.settings.listen:
             return
+        # A listener thread per stream: without a limit glibc gives each its own arena (up to
+        # 8 per core) and the free memory they hold grows (BENCHMARKS.md, live streams). The
+        # listeners recognise one per core at a time (`recognition_slots`): as many arenas.
+        limit_arenas(cores())
         self._thread = threading.Thread(target=self._loop, name="songscan-streams", daemon=True)
         self._thread.start()
 
@@ -110,6 +115,10 @@ class StreamSupervisor:
         log.info("stream %d (radio_id %d): listening", stream.id, stream.radio_id)
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) or 1
+
+
 def recognition_slots() -> threading.Semaphore:
     """Recognitions at once across one process's listeners: one per core."""
-    return threading.Semaphore(len(os.sched_getaffinity(0)) or 1)
+    return threading.Semaphore(cores())
