@@ -51,10 +51,6 @@ class StreamSupervisor:
     def start(self) -> None:
         if not self.ctx.settings.listen:
             return
-        # A listener thread per stream: without a limit glibc gives each its own arena (up to
-        # 8 per core) and the free memory they hold grows (BENCHMARKS.md, live streams). The
-        # listeners recognise one per core at a time (`recognition_slots`): as many arenas.
-        limit_arenas(cores())
         self._thread = threading.Thread(target=self._loop, name="songscan-streams", daemon=True)
         self._thread.start()
 
@@ -117,6 +113,15 @@ class StreamSupervisor:
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) or 1
+
+
+def limit_listener_arenas() -> None:
+    """A listener thread per stream: without a limit glibc gives each an arena of its own (up
+    to 8 per core), and the free memory held across them grew by tens of MB a minute at 200
+    streams (BENCHMARKS.md, live streams). The listeners recognise one per core at a time
+    (`recognition_slots`): as many arenas. Called as the app is made, before any of its
+    threads (housekeeping, jobs, listeners) has taken an arena."""
+    limit_arenas(cores())
 
 
 def recognition_slots() -> threading.Semaphore:
