@@ -15,8 +15,8 @@ receiver on loopback, and runs for `--seconds`. For each N: the plays expected (
 started and ended well inside the run, per stream), those received, the delay of each callback
 after its song's real end, the CPU of the server's processes, of the source and of Icecast (in
 cores: CPU seconds per wall second), and the server's resident memory sampled through the run
-(first sample after a minute, and the last). It stops at the first N whose p99 delay is over
-15 s or that misses a play.
+(first sample after a minute, the last, and its slope in MB a minute over the level's second
+half). It stops at the first N whose p99 delay is over 15 s or that misses a play.
 
 `--costs` measures instead, in this process, what one stream costs the server: decoding the
 MP3 in the listener's way (CPU ms per second of audio) and recognising one 12-s window with its
@@ -72,6 +72,7 @@ class Level:
     rss_1min_mb: float  # the server's processes, a minute into the level
     rss_end_mb: float
     rss_by_minute_mb: list[float]  # sampled each minute of the level
+    rss_slope_mb_per_min: float  # least-squares slope of the samples of the level's second half
 
 
 def programme(songs: dict[int, np.ndarray], loops: int) -> list[Piece]:
@@ -290,7 +291,18 @@ def run_level(
         rss_1min_mb=round(after_1min[0], 1),
         rss_end_mb=round(after_1min[-1], 1),
         rss_by_minute_mb=[round(mb, 1) for at, mb in rss if round(at - began) % 60 < RSS_EVERY_S],
+        rss_slope_mb_per_min=rss_slope(
+            [(at - began, mb) for at, mb in rss if at - began >= max(60.0, seconds / 2)]
+        ),
     )
+
+
+def rss_slope(samples: list[tuple[float, float]]) -> float:
+    """MB a minute: the least-squares slope of (seconds, MB) samples (0 for fewer than 2)."""
+    if len(samples) < 2:
+        return 0.0
+    at, mb = np.array(samples).T
+    return round(float(np.polyfit(at / 60, mb, 1)[0]), 1)
 
 
 # -- --costs ---------------------------------------------------------------------------------

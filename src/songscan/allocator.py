@@ -9,6 +9,11 @@ resident size then stays at the working set's peak instead of shrinking between 
 
 `tune_allocator` is called by the processes that match: the CLI (and the server it runs), and
 the scan and ingest worker pools. Elsewhere (musl, macOS) it does nothing.
+
+`limit_arenas` is for a process of many threads: glibc gives each new thread an arena of its
+own, up to 8 per core, and memory freed in one arena serves only the threads bound to it. The
+stream listeners (a thread per stream, each decoding and cutting windows of numpy arrays) grew
+the free memory held across 16 arenas by tens of MB a minute (BENCHMARKS.md, live streams).
 """
 
 from __future__ import annotations
@@ -17,12 +22,26 @@ import ctypes
 
 M_TRIM_THRESHOLD = -1  # malloc.h
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 128 << 20
 
 
 def tune_allocator() -> bool:
     """Apply the settings to this process; False where there is no glibc `mallopt`."""
+    return _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and _mallopt(
+        M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES
+    )
+
+
+def limit_arenas(arenas: int) -> bool:
+    """At most `arenas` malloc arenas in this process (the main one included), for the threads
+    started from now on; False where there is no glibc `mallopt`. Call it before the threads
+    start: glibc fixes its limit when a process first has more than 8 arenas."""
+    return _mallopt(M_ARENA_MAX, max(1, arenas))
+
+
+def _mallopt(param: int, value: int) -> bool:
     try:
         libc = _libc()
     except OSError:
@@ -31,9 +50,7 @@ def tune_allocator() -> bool:
     if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-    )
+    return bool(mallopt(param, value))
 
 
 def _libc() -> ctypes.CDLL:

@@ -35,7 +35,11 @@ from songscan.streams.listener import ListenerContext, Reporter
 from songscan.streams.settings import StreamsSettings
 from songscan.streams.source import StreamOptions, probe_stream
 from songscan.streams.store import NoCallbackUrl, StreamStore, longpoll_category
-from songscan.streams.supervisor import StreamSupervisor, recognition_slots
+from songscan.streams.supervisor import (
+    StreamSupervisor,
+    limit_listener_arenas,
+    recognition_slots,
+)
 
 log = logging.getLogger("songscan.api")
 router = APIRouter()
@@ -273,6 +277,8 @@ def install(app: FastAPI) -> None:
     accounts: Accounts = app.state.accounts
     recognition = app.state.recognition
     settings = StreamsSettings.from_config(app.state.config)
+    if settings.listen:
+        limit_listener_arenas()
     allow: AllowList = recognition.settings.url_allow
     engine: EngineConfig = recognition.engine_config
     store = StreamStore(accounts.engine)

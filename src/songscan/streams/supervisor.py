@@ -22,6 +22,7 @@ import threading
 import time
 
 from songscan.accounts.service import Accounts
+from songscan.allocator import limit_arenas
 from songscan.streams.listener import Listener, ListenerContext
 from songscan.streams.store import Stream, StreamStore
 
@@ -110,6 +111,19 @@ class StreamSupervisor:
         log.info("stream %d (radio_id %d): listening", stream.id, stream.radio_id)
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def limit_listener_arenas() -> None:
+    """A listener thread per stream: without a limit glibc gives each an arena of its own (up
+    to 8 per core), and the free memory held across them grew by tens of MB a minute at 200
+    streams (BENCHMARKS.md, live streams). The listeners recognise one per core at a time
+    (`recognition_slots`): as many arenas. Called as the app is made, before any of its
+    threads (housekeeping, jobs, listeners) has taken an arena."""
+    limit_arenas(cores())
+
+
 def recognition_slots() -> threading.Semaphore:
     """Recognitions at once across one process's listeners: one per core."""
-    return threading.Semaphore(len(os.sched_getaffinity(0)) or 1)
+    return threading.Semaphore(cores())
