@@ -64,6 +64,52 @@ def test_a_stream_has_one_owner_until_its_lease_expires(
     assert {s.id for s in streams.take_leases("server-c", 30, 10)} == {first, second}
 
 
+def test_only_the_lease_owner_records_a_stream_s_events(
+    store: tuple[Accounts, StreamStore],
+) -> None:
+    """The fence: a listener whose stream was taken over (its process stalled past the lease,
+    then woke up) or deleted records nothing, so the stream's events come from one owner."""
+    accounts, streams = store
+    stream_id = add(accounts, streams, 1)
+    stream = streams.get(stream_id)
+    assert stream is not None
+    body = {"status": "-", "n": 1}
+    assert streams.add_event(stream, "notification", body, "server-a") is None  # no lease yet
+    streams.take_leases("server-a", lease_s=0.6, limit=1)
+    assert streams.add_event(stream, "notification", body, "server-a") is not None
+    assert streams.add_event(stream, "notification", body, "server-b") is None  # not b's
+    time.sleep(1.0)  # a stalls: its lease runs out, nobody has taken it yet: still a's
+    assert streams.add_event(stream, "notification", {"n": 2}, "server-a") is not None
+    assert [s.id for s in streams.take_leases("server-b", 30, 10)] == [stream_id]
+    assert streams.add_event(stream, "notification", {"n": 3}, "server-a") is None  # b's now
+    assert streams.add_event(stream, "notification", {"n": 4}, "server-b") is not None
+    assert [e.body for e in streams.recent_events(stream_id)] == [{"n": 4}, {"n": 2}, body]
+
+
+def test_the_fair_share_counts_the_listening_processes(
+    store: tuple[Accounts, StreamStore],
+) -> None:
+    """Server instances that do not listen (API nodes when the scan workers listen) do not
+    count; a listener that stops, or stops renewing, no longer counts."""
+    accounts, streams = store
+    for radio_id in range(4):
+        add(accounts, streams, radio_id)
+    accounts.ledger.start_lease()  # an API node's server lease: not a listener
+    assert streams.fair_share() == 4
+    streams.heartbeat("worker-a", lease_s=30)
+    streams.heartbeat("worker-b", lease_s=0.6)
+    assert streams.fair_share() == 2
+    time.sleep(1.0)  # b dies
+    assert streams.fair_share() == 4
+    streams.heartbeat("worker-b", lease_s=30)  # b again, then c
+    streams.heartbeat("worker-c", lease_s=30)
+    assert streams.fair_share() == 2  # 4 streams over 3: rounded up
+    streams.release_leases("worker-c")  # c stops cleanly
+    assert streams.fair_share() == 2
+    streams.release_leases("worker-b")
+    assert streams.fair_share() == 4
+
+
 @contextmanager
 def two_servers(tmp_path: Path) -> Iterator[tuple[StreamsServer, StreamsServer]]:
     """Two servers over one data directory and one accounts database."""

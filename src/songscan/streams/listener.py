@@ -53,8 +53,11 @@ class Reporter:
         self.sender = sender
         self.accounts = accounts
 
-    def report(self, stream: Stream, kind: str, body: dict[str, Any]) -> None:
-        self.store.add_event(stream, kind, body)
+    def report(self, stream: Stream, kind: str, body: dict[str, Any], owner: str) -> None:
+        """`owner`: the listener's process; nothing is reported unless it holds the lease."""
+        if self.store.add_event(stream, kind, body, owner) is None:
+            log.info("stream %d: an event not reported, the stream is no longer ours", stream.id)
+            return
         callback = self.store.callback(stream.account_id)
         if callback is not None:
             self.sender.send(stream.account_id, callback.url, callback.secret, body)
@@ -74,6 +77,7 @@ class ListenerContext:
     options: StreamOptions
     reporter: Reporter
     limiter: threading.Semaphore  # recognitions at once in this process
+    owner: str  # this process's id as the owner of stream leases (`stream_listeners`)
 
 
 class Listener:
@@ -242,7 +246,7 @@ class Listener:
 
     def _report(self, kind: str, body: dict[str, Any]) -> None:
         try:
-            self.ctx.reporter.report(self.stream, kind, body)
+            self.ctx.reporter.report(self.stream, kind, body, self.ctx.owner)
         except Exception:  # the database away: the event is lost, the listener goes on
             log.exception("stream %d: an event could not be recorded", self.stream.id)
 
