@@ -7,6 +7,8 @@ play is reported twice."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,9 +65,11 @@ class Streams:
             rows = conn.execute(select(StreamLease.stream_id, StreamLease.owner)).all()
         return {int(r.stream_id): r.owner for r in rows}
 
-    def listeners(self) -> list[str]:
+    def listeners(self) -> dict[str, int]:
+        """The listening processes: their owner id and pid."""
         with self.accounts.engine.connect() as conn:
-            return list(conn.scalars(select(StreamListener.id)).all())
+            rows = conn.execute(select(StreamListener.id, StreamListener.pid)).all()
+        return {r.id: int(r.pid) for r in rows}
 
     def close(self) -> None:
         self.accounts.close()
@@ -77,11 +81,14 @@ def _call(node: ApiNode, method: str, token: str, **params: object) -> dict[str,
     return body
 
 
-def _owner_of(worker: Process) -> str:
-    """The owner id of a worker's stream process, from its log line."""
+def _owners(worker: Process) -> list[str]:
+    """The owner ids of a worker's stream processes so far, from their log lines."""
     marker = "listening to streams (owner "
-    _wait(f"{worker.data.name} listens", lambda: marker in worker.output(), 60)
-    return worker.output().split(marker, 1)[1].split(")", 1)[0]
+    return [part.split(")", 1)[0] for part in worker.output().split(marker)[1:]]
+
+
+def _owner_of(worker: Process) -> str:
+    return str(_wait(f"{worker.data.name} listens", lambda: _owners(worker), 60)[0])
 
 
 def _wait(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
@@ -96,23 +103,31 @@ def test_api_nodes_with_a_broker_do_not_listen_the_workers_do(
     deployment: Deployment, icecast: Icecast
 ) -> None:
     """With a broker, `songscan serve` runs no listeners: a stream added through it is
-    listened to once a worker runs; `deleteStream` then stops the worker's listener."""
+    listened to once a worker runs. The worker's stream process, killed alone, is started
+    again and listens again; `deleteStream` then stops the worker's listener."""
     _configure(deployment)
     node = deployment.api_node("api")
     streams = Streams(deployment)
-    source = SourceClient(icecast, "alone.mp3", [Piece("unknown", music(931, 90.0))]).play()
+    source = SourceClient(icecast, "alone.mp3", [Piece("unknown", music(931, 150.0))]).play()
     try:
         added = _call(node, "addStream", streams.token, url=icecast.url("alone.mp3"), radio_id=3)
         assert added["status"] == "success", added
         time.sleep(LEASE_S)  # three of a listener's ticks
         assert icecast.listeners("alone.mp3") == 0
-        assert streams.owners() == {} and streams.listeners() == []
+        assert streams.owners() == {} and streams.listeners() == {}
         worker = deployment.worker("w1")
         owner = _owner_of(worker)
         stream_id = streams.stream_id(3)
         _wait("the worker listens", lambda: icecast.listeners("alone.mp3") == 1, 30)
         assert streams.owners() == {stream_id: owner}
-        assert streams.listeners() == [owner]  # the API node is no listener
+        assert list(streams.listeners()) == [owner]  # the API node is no listener
+        os.kill(streams.listeners()[owner], signal.SIGKILL)  # it crashes, the worker runs on
+        again = _wait("the stream process runs again", lambda: _owners(worker)[1:], 60)[0]
+        _wait(
+            "it listens again",
+            lambda: streams.owners() == {stream_id: again} and icecast.listeners("alone.mp3") == 1,
+            30,
+        )
         deleted = _call(node, "deleteStream", streams.token, radio_id=3)
         assert deleted["status"] == "success", deleted
         _wait("the listener stops", lambda: icecast.listeners("alone.mp3") == 0, LEASE_S)

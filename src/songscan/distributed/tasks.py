@@ -28,7 +28,7 @@ from songscan.chunks import Chunk
 from songscan.errors import ConfigError, SongscanError
 from songscan.scan import catalog_for, scan_unit, worker_media
 from songscan.settings import Settings
-from songscan.streams import worker as streams_worker
+from songscan.streams.worker import StreamProcess
 
 from .celery_app import QUEUE, TASK, broker_address, celery_app
 from .media_link import MediaLink, RemoteMedia
@@ -133,7 +133,8 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str = "INF
     check_broker(app, settings.broker_url)
     check_catalog(_worker)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per range request
-    listening = streams_worker.start(settings)  # the live streams, beside the runs
+    listening = StreamProcess(settings)  # the live streams, beside the runs
+    listening.start()
     try:
         app.worker_main(
             [
@@ -147,4 +148,4 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str = "INF
             ]
         )
     finally:
-        streams_worker.stop(listening)
+        listening.stop()

@@ -36,6 +36,7 @@ from songscan.streams.callbacks import (
     CallbackSender,
     notification_body,
     result_body,
+    same_play,
 )
 from songscan.streams.plays import HEAD_S, PlayEvent, PlayTracker, Window, WindowRecognizer
 from songscan.streams.settings import StreamsSettings
@@ -43,6 +44,10 @@ from songscan.streams.source import StreamOptions, open_stream
 from songscan.streams.store import NOTIFICATION, RESULT, Stream, StreamStore
 
 log = logging.getLogger("songscan.streams")
+
+# Two listeners' estimates of when the same audio was on air agree within this (each is
+# within about a second; tested within 3 s).
+CLOCKS_AGREE_S = 3.0
 
 
 class Reporter:
@@ -97,6 +102,9 @@ class Listener:
         self._notified_down = False
         self._silent_s = 0.0
         self._notified_silence = False
+        # The stream's last reported play, until this listener reports its first: a play
+        # that continues it was reported by the stream's previous listener already.
+        self._last_result: dict[str, Any] | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"songscan-stream-{stream.id}", daemon=True
         )
@@ -119,6 +127,11 @@ class Listener:
     def _run(self) -> None:
         settings = self.ctx.settings
         backoff = settings.reconnect_min_s
+        try:
+            events = self.ctx.reporter.store.recent_events(self.stream.id)
+            self._last_result = next((e.body["result"] for e in events if e.kind == RESULT), None)
+        except Exception:  # the database away: a play in progress may be reported again
+            log.exception("stream %d: its last play could not be read", self.stream.id)
         # Stopped (the stream deleted, its URL changed, the server stopping): the play in
         # progress is not reported, it has not ended; whoever listens next reports its rest.
         while not self.stop_event.is_set():
@@ -203,7 +216,7 @@ class Listener:
         if self._notified_down:
             self._notified_down = False
             self._notify(True, RUNNING_AGAIN, "the stream is running again")
-        self.ctx.reporter.store.set_state(self.stream.id, True, None)
+        self.ctx.reporter.store.set_state(self.stream.id, True, None, self.ctx.owner)
 
     def _window(self, chunk: Chunk, samples: np.ndarray) -> None:
         revised, window = self.recognizer.add(chunk, samples)
@@ -222,7 +235,7 @@ class Listener:
 
     def _notify_down(self) -> None:
         self._notified_down = True
-        self.ctx.reporter.store.set_state(self.stream.id, False, CANT_CONNECT)
+        self.ctx.reporter.store.set_state(self.stream.id, False, CANT_CONNECT, self.ctx.owner)
         self._notify(False, CANT_CONNECT, "Recognition failed: can't connect to the stream")
 
     def _notify(self, running: bool, code: int, message: str) -> None:
@@ -242,6 +255,10 @@ class Listener:
                 with_length=not before,
                 enterprise=enterprise,
             )
+            last, self._last_result = self._last_result, None
+            if last is not None and same_play(last, body["result"], CLOCKS_AGREE_S):
+                log.info("stream %d: the play in progress was reported already", self.stream.id)
+                continue
             self._report(RESULT, body)
 
     def _report(self, kind: str, body: dict[str, Any]) -> None:

@@ -366,11 +366,16 @@ class StreamStore:
             conn.execute(delete(StreamLease).where(StreamLease.owner == owner))
             conn.execute(delete(StreamListener).where(StreamListener.id == owner))
 
-    def set_state(self, stream_id: int, running: bool, code: int | None) -> None:
+    def set_state(self, stream_id: int, running: bool, code: int | None, owner: str) -> None:
+        """The stream's state as `owner`'s listener sees it (nothing unless it holds the
+        lease, as for `add_event`)."""
+        ours = select(StreamLease.stream_id).where(
+            StreamLease.stream_id == stream_id, StreamLease.owner == owner
+        )
         with self._tx() as conn:
             conn.execute(
                 update(StreamRow)
-                .where(StreamRow.id == stream_id)
+                .where(StreamRow.id == stream_id, ours.exists())
                 .values(running=running, state_code=code, updated_at=utcnow())
             )
 
