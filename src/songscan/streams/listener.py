@@ -6,7 +6,10 @@ once: when it has ended, or when it starts with `callbacks=before`. When the str
 reconnects with a back-off that doubles (`[streams] reconnect_min_s` to `reconnect_max_s`);
 a drop shorter than `gap_tolerance_s` keeps the play in progress, a longer one ends it and is
 reported as notification 650 (once, until the stream plays again: then a notification with
-`stream_running: true`). `silence_notify_s` of silence is reported as 651, once.
+`stream_running: true`). `silence_notify_s` of silence is reported as 651, once. A listener
+whose first play continues the stream's last reported one (`callbacks.same_play`: a stream
+taken over mid-song, reported at its start by the listener before) does not report it again.
+Events and state are recorded only while this process holds the stream's lease (`ctx.owner`).
 
 Times: a sample's wall-clock time is estimated as the connection's anchor plus its position,
 the anchor being the earliest `arrival time - position` seen (a live server sends no audio
