@@ -38,7 +38,8 @@ RESTART_S = 5.0  # a stream process that ended on its own is started again after
 
 
 class StreamProcess:
-    """A worker's stream process: started, started again when it ends on its own, stopped."""
+    """A worker's stream process: started, started again when it fails (ends with an error
+    or is killed), stopped."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -79,7 +80,8 @@ class StreamProcess:
         while True:
             assert self.process is not None
             wait([self.process.sentinel])
-            if self._stopping.wait(RESTART_S):
+            # 0: it stopped as told (SIGTERM or SIGINT, as to the worker's whole process group)
+            if self.process.exitcode == 0 or self._stopping.wait(RESTART_S):
                 return
             with self._lock:
                 if self._stopping.is_set():
