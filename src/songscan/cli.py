@@ -384,7 +384,8 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "INFO",
 ) -> None:
     """Run scans for the API nodes: a Celery worker on the broker of SONGSCAN_BROKER_URL,
-    matching against the catalog and index of SONGSCAN_DATABASE_URL and SONGSCAN_INDEX_URL."""
+    matching against the catalog and index of SONGSCAN_DATABASE_URL and SONGSCAN_INDEX_URL;
+    and listen to the live streams beside it (unless [streams] listen = false)."""
     from .allocator import tune_allocator
     from .distributed.tasks import run_worker
 

@@ -123,10 +123,10 @@ class Api:
 
 
 def build_catalog(
-    data_dir: Path, files: Path, database_url: str | None = None
+    data_dir: Path, files: Path, database_url: str | None = None, index_url: str | None = None
 ) -> dict[int, np.ndarray]:
     songs = {audio_id: music(seed, SONG_S) for audio_id, seed in CATALOG_SEEDS.items()}
-    catalog = Catalog(data_dir, database_url=database_url)
+    catalog = Catalog(data_dir, database_url=database_url, index_url=index_url)
     items = [
         IngestItem(
             write_wav(files / f"song{audio_id}.wav", samples),

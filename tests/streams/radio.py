@@ -130,6 +130,15 @@ class Icecast:
     def url(self, mount: str) -> str:
         return f"http://127.0.0.1:{self.port}/{mount}"
 
+    def listeners(self, mount: str) -> int:
+        """How many clients listen to `mount` now (0 when it has no source)."""
+        with urllib.request.urlopen(f"{self.url('')}status-json.xsl", timeout=10) as answer:
+            sources = json.load(answer)["icestats"].get("source", [])
+        for source in sources if isinstance(sources, list) else [sources]:
+            if source.get("listenurl", "").endswith(f"/{mount}"):
+                return int(source.get("listeners", 0))
+        return 0
+
     def __exit__(self, *exc: object) -> None:
         # The whole process group: as root, `runuser` is the child and icecast2 its child.
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -254,10 +254,23 @@ class StreamRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class StreamListener(Base):
+    """A process that listens to streams (a server process, or a scan worker's stream
+    process): alive while `expires_at` is ahead, which its supervisor keeps renewing. The
+    streams' fair share is counted over these."""
+
+    __tablename__ = "stream_listeners"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class StreamLease(Base):
     """Which listener owns a stream: one at a time, while `expires_at` is ahead (it renews).
-    `owner` is the server instance (its `server_leases` id); a scan worker could take the same
-    row when streams run on workers."""
+    `owner` is the listening process (its `stream_listeners` id); only the owner's events are
+    recorded (`StreamStore.add_event`)."""
 
     __tablename__ = "stream_leases"
 

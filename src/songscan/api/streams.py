@@ -5,7 +5,8 @@ the category names the stream). docs/api.md, "Live streams".
 A method's parameters are read like the recognition methods' (query string, urlencoded or
 multipart body); its work (the database, and `addStream`'s check that the URL plays) runs in a
 worker thread. The listeners themselves are `songscan.streams`; `install` makes this process's
-supervisor, which the app's lifespan starts and stops.
+supervisor, which the app's lifespan starts and stops (with a broker set it listens to nothing:
+the scan workers do, `songscan.streams.worker`; a change reaches them at their next tick).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -30,16 +31,10 @@ from songscan.api.params import int_param, read_request, text_param
 from songscan.config import EngineConfig
 from songscan.errors import InvalidParameters, NotEntitled, SongscanError
 from songscan.sources import AllowList, check_url, temporary_media
-from songscan.streams.callbacks import CallbackSender
-from songscan.streams.listener import ListenerContext, Reporter
 from songscan.streams.settings import StreamsSettings
 from songscan.streams.source import StreamOptions, probe_stream
 from songscan.streams.store import NoCallbackUrl, StreamStore, longpoll_category
-from songscan.streams.supervisor import (
-    StreamSupervisor,
-    limit_listener_arenas,
-    recognition_slots,
-)
+from songscan.streams.supervisor import StreamSupervisor, limit_listener_arenas, supervisor
 
 log = logging.getLogger("songscan.api")
 router = APIRouter()
@@ -277,16 +272,14 @@ def install(app: FastAPI) -> None:
     accounts: Accounts = app.state.accounts
     recognition = app.state.recognition
     settings = StreamsSettings.from_config(app.state.config)
+    if app.state.settings.broker_url is not None:  # the scan workers listen (streams.worker)
+        settings = replace(settings, listen=False)
     if settings.listen:
         limit_listener_arenas()
     allow: AllowList = recognition.settings.url_allow
     engine: EngineConfig = recognition.engine_config
-    store = StreamStore(accounts.engine)
-    options = StreamOptions(allow, settings.read_timeout_s, engine.fingerprint.sample_rate_hz)
-    reporter = Reporter(store, CallbackSender(settings, allow), accounts)
-    ctx = ListenerContext(
-        app.state.data_dir, engine, settings, options, reporter, recognition_slots()
+    streams = supervisor(app.state.data_dir, accounts, engine, settings, allow)
+    app.state.streams = StreamsApi(
+        accounts, streams.store, settings, allow, streams, streams.ctx.options
     )
-    supervisor = StreamSupervisor(store, accounts, ctx)
-    app.state.streams = StreamsApi(accounts, store, settings, allow, supervisor, options)
     app.include_router(router)

@@ -28,6 +28,7 @@ from songscan.chunks import Chunk
 from songscan.errors import ConfigError, SongscanError
 from songscan.scan import catalog_for, scan_unit, worker_media
 from songscan.settings import Settings
+from songscan.streams.worker import StreamProcess
 
 from .celery_app import QUEUE, TASK, broker_address, celery_app
 from .media_link import MediaLink, RemoteMedia
@@ -122,7 +123,8 @@ def _reason(exc: BaseException) -> str:
 
 def run_worker(settings: Settings, concurrency: int | None, loglevel: str = "INFO") -> None:
     """Run a Celery worker on the broker of `settings` until it is stopped (SIGTERM: it
-    finishes its runs first; a second one, or SIGKILL, and the broker delivers them again)."""
+    finishes its runs first; a second one, or SIGKILL, and the broker delivers them again),
+    and beside it the process that listens to live streams (`songscan.streams.worker`)."""
     global _worker
     _worker = worker_catalog(settings)
     assert settings.broker_url is not None
@@ -131,14 +133,19 @@ def run_worker(settings: Settings, concurrency: int | None, loglevel: str = "INF
     check_broker(app, settings.broker_url)
     check_catalog(_worker)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per range request
-    app.worker_main(
-        [
-            "worker",
-            f"--concurrency={concurrency or os.cpu_count() or 1}",
-            f"--loglevel={loglevel}",
-            f"--queues={QUEUE}",
-            "--without-gossip",
-            "--without-mingle",
-            f"--hostname=songscan@{os.uname().nodename}-{os.getpid()}",
-        ]
-    )
+    listening = StreamProcess(settings)  # the live streams, beside the runs
+    listening.start()
+    try:
+        app.worker_main(
+            [
+                "worker",
+                f"--concurrency={concurrency or os.cpu_count() or 1}",
+                f"--loglevel={loglevel}",
+                f"--queues={QUEUE}",
+                "--without-gossip",
+                "--without-mingle",
+                f"--hostname=songscan@{os.uname().nodename}-{os.getpid()}",
+            ]
+        )
+    finally:
+        listening.stop()

@@ -61,6 +61,23 @@ def result_body(
     return {"status": "success", "result": result}
 
 
+def same_play(earlier: dict[str, Any], later: dict[str, Any], tolerance_s: float) -> bool:
+    """Whether result `later` is the rest of play `earlier` (two callbacks' `result`s): the
+    same song, at the position where `earlier`'s play would have reached by then. A stream
+    taken over mid-song by another listener hears the rest of a play its old owner reported
+    at its start (`callbacks=before`)."""
+    a, b = earlier["results"][0], later["results"][0]
+    if any(a.get(key) != b.get(key) for key in ("audio_id", "artist", "title")):
+        return False
+    elapsed_s = _unix(later["timestamp"]) - _unix(earlier["timestamp"])
+    moved_s = (b["timecode_ms"] - a["timecode_ms"]) / 1000 / (a.get("speed") or 1.0)
+    return abs(moved_s - elapsed_s) <= tolerance_s + 1  # + whole seconds' truncation
+
+
+def _unix(timestamp: str) -> float:
+    return datetime.strptime(timestamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+
+
 def _at_play_start(play: Play) -> SongMatch:
     """The play's song with its timecode where the play starts."""
     return replace(play.song, timecode_ms=play.timecode_ms)

@@ -6,7 +6,10 @@ once: when it has ended, or when it starts with `callbacks=before`. When the str
 reconnects with a back-off that doubles (`[streams] reconnect_min_s` to `reconnect_max_s`);
 a drop shorter than `gap_tolerance_s` keeps the play in progress, a longer one ends it and is
 reported as notification 650 (once, until the stream plays again: then a notification with
-`stream_running: true`). `silence_notify_s` of silence is reported as 651, once.
+`stream_running: true`). `silence_notify_s` of silence is reported as 651, once. A listener
+whose first play continues the stream's last reported one (`callbacks.same_play`: a stream
+taken over mid-song, reported at its start by the listener before) does not report it again.
+Events and state are recorded only while this process holds the stream's lease (`ctx.owner`).
 
 Times: a sample's wall-clock time is estimated as the connection's anchor plus its position,
 the anchor being the earliest `arrival time - position` seen (a live server sends no audio
@@ -36,6 +39,7 @@ from songscan.streams.callbacks import (
     CallbackSender,
     notification_body,
     result_body,
+    same_play,
 )
 from songscan.streams.plays import HEAD_S, PlayEvent, PlayTracker, Window, WindowRecognizer
 from songscan.streams.settings import StreamsSettings
@@ -43,6 +47,10 @@ from songscan.streams.source import StreamOptions, open_stream
 from songscan.streams.store import NOTIFICATION, RESULT, Stream, StreamStore
 
 log = logging.getLogger("songscan.streams")
+
+# Two listeners' estimates of when the same audio was on air agree within this (each is
+# within about a second; tested within 3 s).
+CLOCKS_AGREE_S = 3.0
 
 
 class Reporter:
@@ -53,8 +61,11 @@ class Reporter:
         self.sender = sender
         self.accounts = accounts
 
-    def report(self, stream: Stream, kind: str, body: dict[str, Any]) -> None:
-        self.store.add_event(stream, kind, body)
+    def report(self, stream: Stream, kind: str, body: dict[str, Any], owner: str) -> None:
+        """`owner`: the listener's process; nothing is reported unless it holds the lease."""
+        if self.store.add_event(stream, kind, body, owner) is None:
+            log.info("stream %d: an event not reported, the stream is no longer ours", stream.id)
+            return
         callback = self.store.callback(stream.account_id)
         if callback is not None:
             self.sender.send(stream.account_id, callback.url, callback.secret, body)
@@ -74,6 +85,7 @@ class ListenerContext:
     options: StreamOptions
     reporter: Reporter
     limiter: threading.Semaphore  # recognitions at once in this process
+    owner: str  # this process's id as the owner of stream leases (`stream_listeners`)
 
 
 class Listener:
@@ -93,6 +105,9 @@ class Listener:
         self._notified_down = False
         self._silent_s = 0.0
         self._notified_silence = False
+        # The stream's last reported play, until this listener reports its first: a play
+        # that continues it was reported by the stream's previous listener already.
+        self._last_result: dict[str, Any] | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"songscan-stream-{stream.id}", daemon=True
         )
@@ -115,6 +130,11 @@ class Listener:
     def _run(self) -> None:
         settings = self.ctx.settings
         backoff = settings.reconnect_min_s
+        try:
+            events = self.ctx.reporter.store.recent_events(self.stream.id)
+            self._last_result = next((e.body["result"] for e in events if e.kind == RESULT), None)
+        except Exception:  # the database away: a play in progress may be reported again
+            log.exception("stream %d: its last play could not be read", self.stream.id)
         # Stopped (the stream deleted, its URL changed, the server stopping): the play in
         # progress is not reported, it has not ended; whoever listens next reports its rest.
         while not self.stop_event.is_set():
@@ -199,7 +219,7 @@ class Listener:
         if self._notified_down:
             self._notified_down = False
             self._notify(True, RUNNING_AGAIN, "the stream is running again")
-        self.ctx.reporter.store.set_state(self.stream.id, True, None)
+        self.ctx.reporter.store.set_state(self.stream.id, True, None, self.ctx.owner)
 
     def _window(self, chunk: Chunk, samples: np.ndarray) -> None:
         revised, window = self.recognizer.add(chunk, samples)
@@ -218,7 +238,7 @@ class Listener:
 
     def _notify_down(self) -> None:
         self._notified_down = True
-        self.ctx.reporter.store.set_state(self.stream.id, False, CANT_CONNECT)
+        self.ctx.reporter.store.set_state(self.stream.id, False, CANT_CONNECT, self.ctx.owner)
         self._notify(False, CANT_CONNECT, "Recognition failed: can't connect to the stream")
 
     def _notify(self, running: bool, code: int, message: str) -> None:
@@ -238,11 +258,15 @@ class Listener:
                 with_length=not before,
                 enterprise=enterprise,
             )
+            last, self._last_result = self._last_result, None
+            if last is not None and same_play(last, body["result"], CLOCKS_AGREE_S):
+                log.info("stream %d: the play in progress was reported already", self.stream.id)
+                continue
             self._report(RESULT, body)
 
     def _report(self, kind: str, body: dict[str, Any]) -> None:
         try:
-            self.ctx.reporter.report(self.stream, kind, body)
+            self.ctx.reporter.report(self.stream, kind, body, self.ctx.owner)
         except Exception:  # the database away: the event is lost, the listener goes on
             log.exception("stream %d: an event could not be recorded", self.stream.id)
 

@@ -13,7 +13,8 @@ from songscan.errors import ConfigError
 class StreamsSettings:
     listen: bool = True  # this server process listens to streams (False: API only)
     max_streams: int = 200  # streams one server process listens to at once
-    lease_s: float = 30.0  # a listener unheard of this long loses its stream to another
+    # A listener unheard of this long loses its stream to another (taken over within 4/3 of it).
+    lease_s: float = 15.0
     reconnect_min_s: float = 1.0  # first wait before reconnecting a dropped stream
     reconnect_max_s: float = 60.0  # the longest wait the back-off reaches
     # A drop shorter than this does not end the play in progress (nor notify 650).

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,12 +26,13 @@ from songscan.accounts.db import READ_ONLY
 from songscan.accounts.models import (
     AccountRow,
     CallbackUrl,
-    ServerLease,
     StreamEvent,
     StreamLease,
+    StreamListener,
     StreamRow,
     utcnow,
 )
+from songscan.accounts.store import insert_ignore
 from songscan.errors import InvalidParameters, SongscanError
 
 RESULT, NOTIFICATION = "result", "notification"
@@ -279,15 +282,31 @@ class StreamStore:
 
     # -- the listeners' side ----------------------------------------------------------------
 
+    def heartbeat(self, owner: str, lease_s: float) -> None:
+        """`owner` listens to streams for `lease_s` more seconds (its `stream_listeners` row,
+        taken the first time); the rows of listeners that stopped renewing are forgotten."""
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_s)
+        with self._tx() as conn:
+            conn.execute(delete(StreamListener).where(StreamListener.expires_at <= now))
+            row = {"id": owner, "host": socket.gethostname()[:255], "pid": os.getpid()}
+            if not insert_ignore(conn, StreamListener, {**row, "expires_at": expires}):
+                conn.execute(
+                    update(StreamListener)
+                    .where(StreamListener.id == owner)
+                    .values(expires_at=expires)
+                )
+
     def fair_share(self) -> int:
-        """The streams each live server instance should listen to: all the streams over the
-        instances whose lease (`server_leases`) runs, rounded up; all of them when none runs."""
+        """The streams each live listener process should listen to: all the streams over the
+        listeners whose row (`stream_listeners`, `heartbeat`) runs, rounded up; all of them
+        when none runs."""
         with self._read() as conn:
             streams = conn.scalar(select(func.count()).select_from(StreamRow)) or 0
             live = conn.scalar(
                 select(func.count())
-                .select_from(ServerLease)
-                .where(ServerLease.expires_at > utcnow())
+                .select_from(StreamListener)
+                .where(StreamListener.expires_at > utcnow())
             )
         return -(-streams // max(1, live or 0))
 
@@ -342,21 +361,38 @@ class StreamStore:
         return {int(i) for i in held}
 
     def release_leases(self, owner: str) -> None:
+        """`owner` stops listening: its streams are free at once, and it no longer counts."""
         with self._tx() as conn:
             conn.execute(delete(StreamLease).where(StreamLease.owner == owner))
+            conn.execute(delete(StreamListener).where(StreamListener.id == owner))
 
-    def set_state(self, stream_id: int, running: bool, code: int | None) -> None:
+    def set_state(self, stream_id: int, running: bool, code: int | None, owner: str) -> None:
+        """The stream's state as `owner`'s listener sees it (nothing unless it holds the
+        lease, as for `add_event`)."""
+        ours = select(StreamLease.stream_id).where(
+            StreamLease.stream_id == stream_id, StreamLease.owner == owner
+        )
         with self._tx() as conn:
             conn.execute(
                 update(StreamRow)
-                .where(StreamRow.id == stream_id)
+                .where(StreamRow.id == stream_id, ours.exists())
                 .values(running=running, state_code=code, updated_at=utcnow())
             )
 
-    def add_event(self, stream: Stream, kind: str, body: dict[str, Any]) -> int:
-        """Record a result or notification; its `at_ms` (unique and increasing per category,
-        so `since_time` never skips one)."""
+    def add_event(self, stream: Stream, kind: str, body: dict[str, Any], owner: str) -> int | None:
+        """Record a result or notification of `owner`'s listener; its `at_ms` (unique and
+        increasing per category, so `since_time` never skips one). None, and nothing recorded,
+        unless `owner` holds the stream's lease: a listener whose stream was taken over (its
+        process stalled past the lease) or deleted must not report what the new owner will.
+        The lease row stays locked until the event is in, so a take-over waits for it."""
         with self._tx() as conn:
+            held = conn.scalar(
+                select(StreamLease.stream_id)
+                .where(StreamLease.stream_id == stream.id, StreamLease.owner == owner)
+                .with_for_update()
+            )
+            if held is None:
+                return None
             last = conn.scalar(
                 select(func.max(StreamEvent.at_ms)).where(
                     StreamEvent.longpoll_category == stream.longpoll_category

@@ -1,16 +1,20 @@
-"""Which streams this server process listens to: a lease per stream in the database.
+"""Which streams this process listens to: a lease per stream in the database.
 
-Every server process runs one supervisor (started and stopped by the app's lifespan). Each
-tick (a third of `[streams] lease_s`, or at once when the API changed a stream here) it renews
-the leases of its listeners, stops those whose stream is gone, whose URL changed or whose lease
+The listening processes are the server processes (started and stopped by the app's lifespan)
+when songscan runs on its own, and the scan workers' stream processes when it is scaled out
+(SONGSCAN_BROKER_URL set: `songscan.streams.worker`; the API nodes then only serve the
+methods). Each runs one supervisor. Each tick (a third of `[streams] lease_s`, or at once when
+the API changed a stream in this process) it renews its own row in `stream_listeners` and the
+leases of its listeners, stops those whose stream is gone, whose URL changed or whose lease
 another process took, and takes the streams nobody holds (no lease, or an expired one) up to
-`max_streams` and up to its fair share: the streams over the live server instances, so that the
-worker processes of `songscan serve` (one per core) split the streams between them instead of
-the first one to look taking them all into one process (one GIL). A process keeps what it holds
-when another one starts later; streams move only when one stops or dies. A process that dies
-stops renewing: another one takes its streams over once the lease has expired. The lease's
-owner is the process's server lease id (`server_leases`), so the same row can later be taken by
-a scan worker instead.
+`max_streams` and up to its fair share: the streams over the live listening processes, so that
+the worker processes of `songscan serve` (one per core), or the scan workers, split the streams
+between them instead of the first one to look taking them all into one process (one GIL). A
+process keeps what it holds when another one starts later; streams move only when one stops or
+dies. A process that dies stops renewing: another one takes its streams over once the lease has
+expired (within `lease_s` plus one tick). Only the lease's owner records a stream's events
+(`StreamStore.add_event`), so a process that stalled past its lease and wakes up again cannot
+report what the new owner reports.
 """
 
 from __future__ import annotations
@@ -20,10 +24,16 @@ import os
 import secrets
 import threading
 import time
+from pathlib import Path
 
 from songscan.accounts.service import Accounts
 from songscan.allocator import limit_arenas
-from songscan.streams.listener import Listener, ListenerContext
+from songscan.config import EngineConfig
+from songscan.sources import AllowList
+from songscan.streams.callbacks import CallbackSender
+from songscan.streams.listener import Listener, ListenerContext, Reporter
+from songscan.streams.settings import StreamsSettings
+from songscan.streams.source import StreamOptions
 from songscan.streams.store import Stream, StreamStore
 
 log = logging.getLogger("songscan.streams")
@@ -32,21 +42,15 @@ PRUNE_EVERY_S = 3600.0
 
 
 class StreamSupervisor:
-    def __init__(self, store: StreamStore, accounts: Accounts, ctx: ListenerContext) -> None:
+    def __init__(self, store: StreamStore, ctx: ListenerContext) -> None:
         self.store = store
-        self.accounts = accounts
         self.ctx = ctx
+        self.owner = ctx.owner
         self.listeners: dict[int, Listener] = {}
-        self._own_id = f"streams-{secrets.token_hex(8)}"
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pruned_at = 0.0
-
-    @property
-    def owner(self) -> str:
-        """The server instance's lease id (set by the housekeeping), else one of its own."""
-        return self.accounts.ledger.instance_id or self._own_id
 
     def start(self) -> None:
         if not self.ctx.settings.listen:
@@ -87,6 +91,7 @@ class StreamSupervisor:
 
     def tick(self) -> None:
         settings = self.ctx.settings
+        self.store.heartbeat(self.owner, settings.lease_s)
         held = self.store.renew_leases(self.owner, list(self.listeners), settings.lease_s)
         for stream_id in list(self.listeners):
             listener = self.listeners[stream_id]
@@ -119,9 +124,28 @@ def limit_listener_arenas() -> None:
     """A listener thread per stream: without a limit glibc gives each an arena of its own (up
     to 8 per core), and the free memory held across them grew by tens of MB a minute at 200
     streams (BENCHMARKS.md, live streams). The listeners recognise one per core at a time
-    (`recognition_slots`): as many arenas. Called as the app is made, before any of its
-    threads (housekeeping, jobs, listeners) has taken an arena."""
+    (`recognition_slots`): as many arenas. Called before any thread of the listening process
+    has taken an arena: as the app is made (housekeeping, jobs, listeners), or as a scan
+    worker's stream process starts (`streams.worker`)."""
     limit_arenas(cores())
+
+
+def supervisor(
+    data_dir: Path,
+    accounts: Accounts,
+    engine: EngineConfig,
+    settings: StreamsSettings,
+    allow: AllowList,
+) -> StreamSupervisor:
+    """A process's supervisor over the accounts database, with what its listeners share:
+    `engine` (the catalog and index they match against), `allow` (the `url=` rules, for the
+    streams and the callbacks), a callback sender and a recognition slot per core."""
+    store = StreamStore(accounts.engine)
+    options = StreamOptions(allow, settings.read_timeout_s, engine.fingerprint.sample_rate_hz)
+    reporter = Reporter(store, CallbackSender(settings, allow), accounts)
+    owner = f"streams-{secrets.token_hex(8)}"
+    ctx = ListenerContext(data_dir, engine, settings, options, reporter, recognition_slots(), owner)
+    return StreamSupervisor(store, ctx)
 
 
 def recognition_slots() -> threading.Semaphore:
