@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess, multiprocess
 
 from .. import settings
+from ..allocator import tune_allocator
 from ..settings import Settings
 from ..workers import end_with_owner
 from .app import build_app
@@ -32,6 +33,7 @@ SUPERVISOR_ENV = "SONGSCAN_SUPERVISOR_PID"  # set when the app runs in a worker 
 
 def app_factory() -> FastAPI:
     """The app for the data directory the supervisor named (one per Uvicorn worker process)."""
+    tune_allocator()  # a worker process starts afresh: `songscan serve` tuned its supervisor
     enterprise_port, has_supervisor = _from_supervisor()
     if has_supervisor:
         # A killed supervisor (SIGKILL, the OOM killer) cannot stop its workers: they would go
