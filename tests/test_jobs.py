@@ -311,8 +311,8 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
     token = accounts.identity.create_account(plan="enterprise").token
     account = accounts.authenticate(token, "127.0.0.1")
     before = accounts.remaining(account)
-    audio = tmp_path / "day.wav"  # 48 minutes: 240 chunks, ten units of work
-    audio.write_bytes(wav_8k(np.tile(long_recording(songs), 40)))
+    audio = tmp_path / "day.wav"  # 192 minutes: 960 chunks, forty units of work
+    audio.write_bytes(wav_8k(np.tile(long_recording(songs), 160)))
 
     servers: list[subprocess.Popen[bytes]] = []
     try:
@@ -327,7 +327,7 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
             )
         job = r.json()["result"]
         job_id, total = job["job_id"], job["progress"]["chunks_total"]
-        assert total == 240
+        assert total == 960
         assert accounts.remaining(account) == before - total  # reserved once, at submission
         with accounts.engine.connect() as conn:  # held by the job, not by the server process
             holder = conn.scalar(
@@ -335,8 +335,10 @@ def test_a_job_survives_its_server_being_killed(tmp_path: Path) -> None:
             )
         assert holder == f"job:{job_id}"
 
-        # a graceful stop (SIGTERM) leaves the job to the next server, as a kill does
-        _wait(port, token, job_id, lambda j: 0 < j["progress"]["chunks_done"] < total)
+        # a graceful stop (SIGTERM) leaves the job to the next server, as a kill does; sent in
+        # the first half, so that the stop (a scan stops at its next progress report, after the
+        # supervisor relays the signal) comes while units of work are still to be run
+        _wait(port, token, job_id, lambda j: 0 < j["progress"]["chunks_done"] <= total // 2)
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) in (0, -signal.SIGTERM)  # Uvicorn re-raises it when done
         on_disk = JobStore(accounts.engine, data).require(job_id)
