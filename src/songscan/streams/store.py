@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from songscan.accounts.db import READ_ONLY
@@ -369,13 +369,10 @@ class StreamStore:
     def set_state(self, stream_id: int, running: bool, code: int | None, owner: str) -> None:
         """The stream's state as `owner`'s listener sees it (nothing unless it holds the
         lease, as for `add_event`)."""
-        ours = select(StreamLease.stream_id).where(
-            StreamLease.stream_id == stream_id, StreamLease.owner == owner
-        )
         with self._tx() as conn:
             conn.execute(
                 update(StreamRow)
-                .where(StreamRow.id == stream_id, ours.exists())
+                .where(StreamRow.id == stream_id, _lease_held(stream_id, owner).exists())
                 .values(running=running, state_code=code, updated_at=utcnow())
             )
 
@@ -386,11 +383,7 @@ class StreamStore:
         process stalled past the lease) or deleted must not report what the new owner will.
         The lease row stays locked until the event is in, so a take-over waits for it."""
         with self._tx() as conn:
-            held = conn.scalar(
-                select(StreamLease.stream_id)
-                .where(StreamLease.stream_id == stream.id, StreamLease.owner == owner)
-                .with_for_update()
-            )
+            held = conn.scalar(_lease_held(stream.id, owner).with_for_update())
             if held is None:
                 return None
             last = conn.scalar(
@@ -449,3 +442,10 @@ class StreamStore:
         oldest = int((time.time() - keep_s) * 1000)
         with self._tx() as conn:
             return int(conn.execute(delete(StreamEvent).where(StreamEvent.at_ms < oldest)).rowcount)
+
+
+def _lease_held(stream_id: int, owner: str) -> Select[int]:
+    """The stream's lease row, if `owner` holds it (the fence of a listener's writes)."""
+    return select(StreamLease.stream_id).where(
+        StreamLease.stream_id == stream_id, StreamLease.owner == owner
+    )
