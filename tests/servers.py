@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import uvicorn
@@ -194,6 +195,7 @@ class RedisNode:
 class RedisCluster:
     nodes: list[RedisNode]
     directory: Path
+    password: str | None = None  # every node's requirepass (and masterauth)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -201,16 +203,11 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        return "redis-cluster://" + ",".join(f"{h}:{p}" for h, p in self.addresses)
+        auth = "" if self.password is None else f":{urllib.parse.quote(self.password, safe='')}@"
+        return f"redis-cluster://{auth}" + ",".join(f"{h}:{p}" for h, p in self.addresses)
 
     def cli(self, port: int, *args: str) -> str:
-        return subprocess.run(
-            ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
+        return redis_cli(self.password, "-h", "127.0.0.1", "-p", str(port), *args).stdout
 
     def masters(self) -> list[RedisNode]:
         return [n for n in self.nodes if n.process.poll() is None and self._is_master(n.port)]
@@ -235,28 +232,35 @@ class RedisCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_redis_cluster(masters: int = 3, node_timeout_ms: int = 2000) -> RedisCluster:
+def redis_cli(password: str | None, *args: str, check: bool = True) -> CompletedProcess[str]:
+    """redis-cli with `args`; the password goes in its environment, not on its command line."""
+    env = {**os.environ, "REDISCLI_AUTH": password} if password is not None else None
+    return subprocess.run(
+        ["redis-cli", *args], check=check, capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def start_redis_cluster(
+    masters: int = 3, node_timeout_ms: int = 2000, password: str | None = None
+) -> RedisCluster:
     """Start `2 * masters` redis-server nodes on free loopback ports (each with its own dir)
-    and join them into a cluster with one replica per master; `stop()` kills them all."""
+    and join them into a cluster with one replica per master; `stop()` kills them all. With a
+    `password`, every node requires it (of clients, and of its replicas)."""
     directory = Path(tempfile.mkdtemp(prefix="songscan-redis-"))
-    cluster = RedisCluster([], directory)
+    cluster = RedisCluster([], directory, password)
+    auth = () if password is None else ("--requirepass", password, "--masterauth", password)
     try:
         for _ in range(2 * masters):
-            cluster.nodes.append(_start_redis_node(directory, node_timeout_ms))
-        created = subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
-                "--cluster-replicas",
-                "1",
-                "--cluster-yes",
-            ],
+            cluster.nodes.append(_start_redis_node(directory, node_timeout_ms, *auth))
+        created = redis_cli(
+            password,
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
+            "--cluster-replicas",
+            "1",
+            "--cluster-yes",
             check=False,
-            capture_output=True,
-            text=True,
-            timeout=120,
         )
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
@@ -279,7 +283,7 @@ def _cluster_port() -> int:
                 return port
 
 
-def _start_redis_node(root: Path, node_timeout_ms: int) -> RedisNode:
+def _start_redis_node(root: Path, node_timeout_ms: int, *options: str) -> RedisNode:
     for _attempt in range(5):
         port = _cluster_port()
         directory = root / str(port)
@@ -290,6 +294,7 @@ def _start_redis_node(root: Path, node_timeout_ms: int) -> RedisNode:
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms),
+            *options,
         )  # fmt: skip
         if process is not None:
             return RedisNode(port, directory, process)

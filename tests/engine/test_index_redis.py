@@ -275,6 +275,8 @@ def test_open_index_picks_the_backend_from_the_url(
         "redis-cluster://127.0.0.1:7000?prefix=a{b}",
         "redis-cluster://127.0.0.1:7000?wait_replicas=-1",
         "redis-cluster://127.0.0.1:7000?colour=blue",
+        "redis-cluster://nopassword@127.0.0.1:7000",
+        "redis-cluster://user:@127.0.0.1:7000",
     ],
 )
 def test_a_malformed_index_url_is_a_config_error(url: str) -> None:
@@ -285,6 +287,34 @@ def test_a_malformed_index_url_is_a_config_error(url: str) -> None:
 def test_an_index_url_lists_its_nodes_and_options() -> None:
     nodes, options = parse_redis_cluster_url("redis-cluster://a:1,b.example:7002?prefix=x")
     assert nodes == [("a", 1), ("b.example", 7002)] and options == {"prefix": "x"}
+    nodes, options = parse_redis_cluster_url("redis-cluster://:p%40ss%3Aw@a:1,b:2")
+    assert nodes == [("a", 1), ("b", 2)] and options == {"password": "p@ss:w"}
+    _, options = parse_redis_cluster_url("redis-cluster://songscan:s3cret@a:1?wait_replicas=0")
+    assert options == {"username": "songscan", "password": "s3cret", "wait_replicas": 0}
+
+
+def test_a_cluster_that_requires_a_password_is_used_with_the_one_in_the_url(
+    tmp_path: Path,
+) -> None:
+    """Nodes started with `requirepass`: the URL's password opens the index (the nodes the
+    client learns from the cluster are asked with it too: a lookup reads every master); a
+    wrong one fails with an error that does not carry it."""
+    cluster = start_redis_cluster(password="p@ss:w0rd/")
+    try:
+        url = cluster.url + "?prefix=t"
+        assert "p%40ss%3Aw0rd%2F@" in url
+        index: Any = open_index(url, tmp_path / "unused")
+        hashes = np.arange(0, 1 << 20, 997, dtype=np.uint32)  # spread over every master's slots
+        index.add(hashes, pack_postings(7, np.arange(hashes.shape[0])))
+        found, _ = index.lookup(hashes)
+        assert found.shape[0] == hashes.shape[0]
+        index.close()
+        wrong = url.replace("p%40ss%3Aw0rd%2F", "wrong-password")
+        with pytest.raises(IndexUnavailable) as raised:
+            open_index(wrong, tmp_path / "unused")
+        assert "wrong-password" not in str(raised.value)
+    finally:
+        cluster.stop()
 
 
 def test_the_matcher_finds_the_same_on_both_backends(

@@ -1,7 +1,8 @@
 """Which `PostingIndex` a deployment uses, from its index URL (`SONGSCAN_INDEX_URL`):
-unset, the segment files in the data dir; `redis-cluster://h1:p1,h2:p2,…` a Redis Cluster
-(options: `?prefix=NAME` for its keys, `&wait_replicas=N` replicas that must hold a write before
-it counts, 1 by default: 0 for a cluster without replicas)."""
+unset, the segment files in the data dir; `redis-cluster://[[USER]:PASSWORD@]h1:p1,h2:p2,…` a
+Redis Cluster (the password, percent-encoded, is its nodes' `requirepass`, or a user's of their
+ACL; options: `?prefix=NAME` for its keys, `&wait_replicas=N` replicas that must hold a write
+before it counts, 1 by default: 0 for a cluster without replicas)."""
 
 from __future__ import annotations
 
@@ -30,15 +31,23 @@ def parse_redis_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, 
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != SCHEME:
         raise ConfigError(f"index URL: expected {SCHEME}://host:port,host:port,…")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    options: dict[str, str | int] = {}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if not colon or not password:
+            raise ConfigError(f"index URL: expected {SCHEME}://[USER]:PASSWORD@host:port,…")
+        options["password"] = urllib.parse.unquote(password)
+        if user:
+            options["username"] = urllib.parse.unquote(user)
     nodes = []
-    for node in parts.netloc.split(","):
+    for node in hosts.split(","):
         host, _, port = node.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"index URL: expected {SCHEME}://host:port,host:port,…")
         nodes.append((host.strip("[]"), int(port)))
     if parts.path not in ("", "/"):
         raise ConfigError("index URL: no path expected (use ?prefix=NAME)")
-    options: dict[str, str | int] = {}
     for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         if name == "prefix" and value and not any(c in value for c in "{}:*?[]\\"):
             options["prefix"] = value

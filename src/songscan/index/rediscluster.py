@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..errors import IndexUnavailable
 from ..fingerprint import TRIPLET_BITS
@@ -72,6 +72,9 @@ TAG_BITS = 10
 PIPELINE_BUCKETS = 512
 PIPELINE_CALLS = 64
 BUILD_LEASE_MS = 10 * 60 * 1000
+# what the client raises when the cluster fails it: a node's error, or no node reachable (or
+# letting it in: a wrong password) as the client learns the cluster's layout
+REDIS_FAILURES = (RedisError, RedisClusterException)
 
 # Both scripts read a bucket as RECORD-byte records: the hash's low bits (big-endian uint16)
 # then its posting (little-endian uint64), sorted by the low bits; a hash's postings are a run.
@@ -246,6 +249,8 @@ class RedisClusterIndex:
         wait_timeout_ms: int = 5000,
         switch_grace_s: float = 2.0,
         socket_timeout_s: float = 5.0,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         if not prefix or any(c in prefix for c in "{}:*?[]\\"):
             raise ValueError(f"unusable key prefix {prefix!r}")
@@ -260,9 +265,11 @@ class RedisClusterIndex:
                 startup_nodes=[ClusterNode(host, port) for host, port in nodes],
                 socket_timeout=socket_timeout_s,
                 socket_connect_timeout=socket_timeout_s,
+                username=username,
+                password=password,
             )
             self._load_scripts()
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise unavailable(exc) from None
 
     # ---- reading ----------------------------------------------------------------------------
@@ -278,7 +285,7 @@ class RedisClusterIndex:
             except NoScriptError:  # a replica promoted since: load the scripts, read again
                 self._load_scripts()
                 return self._lookup(hashes, max_postings)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise unavailable(exc) from None
 
     def _lookup(
@@ -379,7 +386,7 @@ class RedisClusterIndex:
         try:
             generation = self._current()
             parts = [] if generation is None else list(self._read(generation))
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise unavailable(exc) from None
         if not parts:
             return np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint64)
@@ -417,7 +424,7 @@ class RedisClusterIndex:
         try:
             generation = self._current()
             return 0 if generation is None else self._posting_count(generation)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise unavailable(exc) from None
 
     def _posting_count(self, generation: Generation) -> int:
@@ -427,7 +434,7 @@ class RedisClusterIndex:
         """The masters' `used_memory_dataset`: the index and any other keys of the cluster."""
         try:
             info = self.redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise unavailable(exc) from None
         return int(sum(node["used_memory_dataset"] for node in info.values()))
 
@@ -451,7 +458,7 @@ class RedisClusterIndex:
                     self._write(generation, hashes, postings)
                     written.add(generation)
             raise IndexUnavailable("the index keeps switching generations; try again")
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise unavailable(exc) from None
 
     def _write_targets(self) -> list[Generation]:
@@ -525,7 +532,7 @@ class RedisClusterIndex:
             if expected_postings is None:
                 expected_postings = self.posting_count()
             self._build(batches, expected_postings)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise unavailable(exc) from None
 
     def compact(self, live_tracks: np.ndarray | None) -> None:
@@ -537,7 +544,7 @@ class RedisClusterIndex:
                 return
             live = None if live_tracks is None else np.asarray(live_tracks, dtype=np.int64)
             self._build(self._read(current, live), self._posting_count(current))
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise unavailable(exc) from None
 
     def _build(self, batches: Iterable[tuple[np.ndarray, np.ndarray]], expected: int) -> None:
@@ -558,7 +565,7 @@ class RedisClusterIndex:
                 self._lease(token, BUILD_LEASE_MS)
             self._script(_SWITCH, [self._keys.generation, self._keys.building], [token])
         except BaseException:
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(*REDIS_FAILURES):
                 self._lease(token, 0)
                 self._delete(target)
             raise
@@ -679,7 +686,7 @@ def bucket_key(prefix: str, generation: Generation, bucket: int) -> str:
     return f"{prefix}:{generation.number}:{{{tag:x}}}:{bucket:x}"
 
 
-def unavailable(exc: RedisError) -> IndexUnavailable:
+def unavailable(exc: Exception) -> IndexUnavailable:
     return IndexUnavailable(f"the Redis Cluster index is unavailable ({type(exc).__name__}: {exc})")
 
 
