@@ -4,6 +4,7 @@ schema kept by migrations, and a data dir written before those migrations upgrad
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -120,6 +121,42 @@ def test_concurrent_writers_take_turns(tmp_path: Path, database_url: str | None)
     assert sorted(t.audio_id for t in catalogs[0].tracks()) == [1, 2, 3, 4]  # none lost, no twin
     for c in catalogs:
         c.close()
+
+
+def _open_connections(data: Path, database_url: str | None) -> int:
+    """The catalog database's connections open now: this process's file descriptors on the
+    SQLite file, or PostgreSQL's sessions on the database."""
+    if database_url is None:
+        catalog_file = str((data / "catalog.sqlite").resolve())
+        fds = Path("/proc/self/fd").iterdir()
+        return sum(1 for fd in fds if os.path.realpath(fd) == catalog_file)
+    import psycopg
+
+    name = database_url.rsplit("/", 1)[1]
+    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://").replace(
+        name, "postgres"
+    )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,))
+        return int(row.fetchone()[0])  # type: ignore[index]
+
+
+def test_a_thread_s_connection_is_closed_once_the_thread_has_ended(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """A listener thread per stream, each with a connection of its own: 40 threads that each
+    read once and end leave no more connections open than a couple of live threads would
+    (each was kept, open, until the catalog was closed)."""
+    data = tmp_path / "data"
+    catalog = Catalog(data, database_url=database_url)
+    _add(catalog, _songs(tmp_path, [1]))
+    before = _open_connections(data, database_url)
+    for _ in range(40):
+        reader = threading.Thread(target=lambda: catalog.tracks())
+        reader.start()
+        reader.join()
+    assert _open_connections(data, database_url) <= before + 1  # the last thread's, at most
+    catalog.close()
 
 
 def test_a_chunks_candidate_peaks_come_in_one_query(tmp_path: Path) -> None:

@@ -67,7 +67,9 @@ class Store:
 
             self._lost = (psycopg.OperationalError,)
         self._local = threading.local()
-        self._all: list[Any] = []
+        # every thread's connection, to close them all; a thread's is closed once it has ended
+        # (a listener thread per stream, each stream's thread replaced when its URL changes)
+        self._all: dict[threading.Thread, Any] = {}
         self._all_lock = threading.Lock()
         if self._revision() != HEAD:
             self._migrate()
@@ -76,17 +78,17 @@ class Store:
     def _connection(self) -> Any:
         db = getattr(self._local, "db", None)
         if db is not None and self.dialect == "postgresql" and self._connection_lost():
-            with self._all_lock:
-                if db in self._all:  # lost (the server restarted): connect anew
-                    self._all.remove(db)
             with contextlib.suppress(Exception):
-                db.close()
+                db.close()  # lost (the server restarted): connect anew
             db = None
         if db is None:
             db = self._connect()
             self._local.db = db
             with self._all_lock:
-                self._all.append(db)
+                self._all[threading.current_thread()] = db
+                for thread in [t for t in self._all if not t.is_alive()]:
+                    with contextlib.suppress(Exception):
+                        self._all.pop(thread).close()
         return db
 
     @contextlib.contextmanager
@@ -102,7 +104,10 @@ class Store:
         if self.dialect == "sqlite":
             import sqlite3
 
-            db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
+            # used by one thread only; closed by another once that one has ended, or by close()
+            db = sqlite3.connect(
+                self._path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a track is visible once durable
             db.row_factory = _sqlite_dict
@@ -120,7 +125,7 @@ class Store:
 
     def close(self) -> None:
         with self._all_lock:
-            for db in self._all:
+            for db in self._all.values():
                 with contextlib.suppress(Exception):
                     db.close()
             self._all.clear()
