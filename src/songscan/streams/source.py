@@ -144,7 +144,9 @@ def _decoded(container: av.container.InputContainer, rate: int) -> Iterator[np.n
         for frame in frames:
             frame.pts = None  # positions are counted in samples, not taken from the stream
             for out in resampler.resample(frame):
-                yield out.to_ndarray()[0].astype(np.float32, copy=False)
+                # The frame's own memory (packed mono float32), not a copy: the listener copies
+                # each block into its window buffer (`windows.WindowBuffer`).
+                yield np.frombuffer(memoryview(out.planes[0]), np.float32, out.samples)
     raise StreamEnded("the stream ended")
 
 
