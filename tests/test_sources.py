@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -545,6 +546,18 @@ def test_guarded_client_refuses_at_connect_time(denied: Server) -> None:
     ):
         client.get(f"{denied.base}/bypass")
     assert denied.hits["/bypass"] == 0
+
+
+def test_guarded_clients_share_one_tls_context_that_verifies() -> None:
+    """Making a TLS context loads the CA bundle (~20 ms): a stream server makes a guarded client
+    per callback, so they share one; it still checks certificates and host names."""
+    contexts = set()
+    for _ in range(3):
+        with guarded_client(AllowList(), Deadline(SHORT)) as client:
+            contexts.add(client._transport._pool._ssl_context)  # type: ignore[attr-defined]
+    (context,) = contexts
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
 
 
 # --- fetch_media -----------------------------------------------------------------------

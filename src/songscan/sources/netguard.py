@@ -15,9 +15,11 @@ settings are ignored on purpose, since a proxy would make the address check moot
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
+import ssl
 import time
 import typing
 from collections.abc import Iterable
@@ -366,14 +368,21 @@ class _GuardedBackend(httpcore.SyncBackend):
         raise UrlFailed("unix sockets are not allowed")
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every guarded client of the process: making one loads the CA
+    bundle (~20 ms of CPU and ~0.7 MB of allocations), and a stream server makes a client
+    per callback delivered. A context is safe to share between threads and connections."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class _GuardedTransport(httpx.HTTPTransport):
     def __init__(self, allow: AllowList, deadline: Deadline) -> None:
-        super().__init__(trust_env=False)
-        ssl_context = httpx.create_ssl_context(trust_env=False)
+        super().__init__(verify=_ssl_context(), trust_env=False)
         # httpx offers no public hook for the network backend; the pinned httpx version
         # builds exactly this pool, so replacing it is safe (tests exercise it).
         self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,
+            ssl_context=_ssl_context(),
             max_connections=10,
             max_keepalive_connections=5,
             keepalive_expiry=5.0,

@@ -1,15 +1,16 @@
 """One stream's listener: a thread that connects, decodes, recognises and reports.
 
-It cuts the decoded audio into consecutive 12-second windows, recognises each
-(`plays.WindowRecognizer`), merges them into plays (`plays.PlayTracker`) and reports each play
-once: when it has ended, or when it starts with `callbacks=before`. When the stream drops it
-reconnects with a back-off that doubles (`[streams] reconnect_min_s` to `reconnect_max_s`);
-a drop shorter than `gap_tolerance_s` keeps the play in progress, a longer one ends it and is
-reported as notification 650 (once, until the stream plays again: then a notification with
-`stream_running: true`). `silence_notify_s` of silence is reported as 651, once. A listener
-whose first play continues the stream's last reported one (`callbacks.same_play`: a stream
-taken over mid-song, reported at its start by the listener before) does not report it again.
-Events and state are recorded only while this process holds the stream's lease (`ctx.owner`).
+It cuts the decoded audio into consecutive 12-second windows (`windows.WindowBuffer`, one
+buffer per listener), recognises each (`plays.WindowRecognizer`), merges them into plays
+(`plays.PlayTracker`) and reports each play once: when it has ended, or when it starts with
+`callbacks=before`. When the stream drops it reconnects with a back-off that doubles
+(`[streams] reconnect_min_s` to `reconnect_max_s`); a drop shorter than `gap_tolerance_s` keeps
+the play in progress, a longer one ends it and is reported as notification 650 (once, until the
+stream plays again: then a notification with `stream_running: true`). `silence_notify_s` of
+silence is reported as 651, once. A listener whose first play continues the stream's last
+reported one (`callbacks.same_play`: a stream taken over mid-song, reported at its start by the
+listener before) does not report it again. Events and state are recorded only while this
+process holds the stream's lease (`ctx.owner`).
 
 Times: a sample's wall-clock time is estimated as the connection's anchor plus its position,
 the anchor being the earliest `arrival time - position` seen (a live server sends no audio
@@ -45,6 +46,7 @@ from songscan.streams.plays import HEAD_S, PlayEvent, PlayTracker, Window, Windo
 from songscan.streams.settings import StreamsSettings
 from songscan.streams.source import StreamOptions, open_stream
 from songscan.streams.store import NOTIFICATION, RESULT, Stream, StreamStore
+from songscan.streams.windows import WindowBuffer
 
 log = logging.getLogger("songscan.streams")
 
@@ -99,6 +101,10 @@ class Listener:
             ctx.engine.match.continuity_tolerance_s,
             ctx.settings.gap_tolerance_s,
             plays_on=self.recognizer.plays_on,
+        )
+        rate = ctx.engine.fingerprint.sample_rate_hz
+        self._window_buffer = WindowBuffer(
+            round(ctx.engine.scan.chunk_s * rate), round(HEAD_S * rate)
         )
         self._index = 0  # windows so far, across connections
         self._down_since: float | None = self.epoch  # not connected yet
@@ -174,14 +180,11 @@ class Listener:
 
     def _listen(self, blocks: Iterator[np.ndarray]) -> None:
         rate = self.ctx.engine.fingerprint.sample_rate_hz
-        window_n = round(self.ctx.engine.scan.chunk_s * rate)
-        head_n = round(HEAD_S * rate)
-        head_checked = False  # the window in progress had its head checked
+        window = self._window_buffer
+        window.reset()  # a window cut by a reconnect is not recognised
         anchor: float | None = None
         received = 0  # samples of this connection
-        window_from = 0  # position of the first sample in `pending`
-        pending: list[np.ndarray] = []
-        have = 0
+        window_from = 0  # position of the window in progress
         for block in blocks:
             if self.stop_event.is_set():
                 return
@@ -190,19 +193,15 @@ class Listener:
             anchor = estimate if anchor is None else min(anchor, estimate)
             if self._down_since is not None:
                 self._connected()
-            pending.append(block)
-            have += block.shape[0]
-            if have >= head_n and not head_checked:
-                head_checked = True
-                self._head(np.concatenate(pending)[:head_n])
-            while have >= window_n:
-                head_checked = False
-                buf = np.concatenate(pending)
-                samples, rest = buf[:window_n], buf[window_n:]
-                pending, have = [rest], rest.shape[0]
+            for cut in window.add(block):
+                if not cut.whole:
+                    self._head(cut.samples)
+                    continue
                 start_s = anchor + window_from / rate - self.epoch
-                window_from += window_n
-                self._window(Chunk(self._index, start_s, start_s + window_n / rate), samples)
+                window_from += window.window_n
+                self._window(
+                    Chunk(self._index, start_s, start_s + window.window_n / rate), cut.samples
+                )
                 self._index += 1
 
     def _head(self, samples: np.ndarray) -> None:

@@ -36,6 +36,12 @@ PLS_TYPES = frozenset({"audio/x-scpls", "audio/scpls", "application/pls+xml"})
 MAX_PLAYLIST_BYTES = 1024 * 1024
 MAX_PLAYLIST_DEPTH = 3  # a playlist naming a playlist naming ...
 MAX_DECODE_ERRORS = 50  # damaged packets in a row before the connection is given up
+# FFmpeg keeps a timestamp index of the packets it demuxes, for seeking: 24 bytes an MP3 frame
+# (~40 a second), up to its `indexmem` of 1 MiB per stream (some 20 minutes of audio), grown by
+# reallocation. A live stream is never sought: at 200 streams the index alone grew the server's
+# memory by ~11 MB a minute, and its abandoned copies fragmented the malloc arenas by as much
+# again (BENCHMARKS.md, live streams). Keep it to a few entries.
+INDEX_MEMORY_BYTES = 4096
 # Live-edge HLS: the newest segments at start (players start a few back; one is enough here).
 HLS_START_SEGMENTS = 1
 # A live server sends each listener a little at a time (Icecast: what its source sent, often a
@@ -111,7 +117,13 @@ def decoding(
     """The audio of a byte stream (its first audio track) as mono float32 blocks at `rate`;
     the blocks end with StreamEnded. NotAStream when FFmpeg finds no audio in it."""
     try:
-        container = av.open(_Pipe(chunks), mode="r", format=fmt, metadata_errors="ignore")
+        container = av.open(
+            _Pipe(chunks),
+            mode="r",
+            format=fmt,
+            container_options={"indexmem": str(INDEX_MEMORY_BYTES)},
+            metadata_errors="ignore",
+        )
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise NotAStream(f"the URL yields no audio FFmpeg can read ({exc})") from None
     except httpx.HTTPError:
@@ -144,7 +156,9 @@ def _decoded(container: av.container.InputContainer, rate: int) -> Iterator[np.n
         for frame in frames:
             frame.pts = None  # positions are counted in samples, not taken from the stream
             for out in resampler.resample(frame):
-                yield out.to_ndarray()[0].astype(np.float32, copy=False)
+                # The frame's own memory (packed mono float32), not a copy: the listener copies
+                # each block into its window buffer (`windows.WindowBuffer`).
+                yield np.frombuffer(memoryview(out.planes[0]), np.float32, out.samples)
     raise StreamEnded("the stream ended")
 
 
