@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -285,6 +286,31 @@ class SourceClient:
             self.error = exc
 
 
+def serve_gets(answer: Callable[[str], tuple[bytes, str] | None]) -> QuietHTTPServer:
+    """A loopback HTTP server (in a thread) answering each GET with `answer(path)`: a body and
+    its Content-Type, or None for a 404."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            found = answer(self.path.split("?")[0])
+            if found is None:
+                self.send_error(404)
+                return
+            body, kind = found
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
 # -- HLS ----------------------------------------------------------------------------------------
 class LiveHls:
     """An HLS live stream on loopback: the programme cut into `segment_s` segments, segment k
@@ -304,34 +330,16 @@ class LiveHls:
         self.t0 = 0.0
 
     def __enter__(self) -> LiveHls:
-        hls = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                if path == "/live.m3u8":
-                    body, kind = hls.playlist().encode(), "application/vnd.apple.mpegurl"
-                elif path.startswith("/seg") and path.endswith(".ts"):
-                    k = int(path[4:-3])
-                    if k >= hls.available():
-                        self.send_error(404)
-                        return
-                    body, kind = hls.segments[k], "video/mp2t"
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = serve_gets(self._answer)
         return self
+
+    def _answer(self, path: str) -> tuple[bytes, str] | None:
+        if path == "/live.m3u8":
+            return self.playlist().encode(), "application/vnd.apple.mpegurl"
+        if path.startswith("/seg") and path.endswith(".ts"):
+            k = int(path[4:-3])
+            return (self.segments[k], "video/mp2t") if k < self.available() else None
+        return None
 
     def play(self) -> LiveHls:
         """Start the clock one segment ago: segment 0 has just played and is listed; each
@@ -396,29 +404,13 @@ class PageServer:
     hits: dict[str, int] = field(default_factory=dict)
 
     def __enter__(self) -> PageServer:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                server.hits[path] = server.hits.get(path, 0) + 1
-                page = server.pages.get(path)
-                if page is None:
-                    self.send_error(404)
-                    return
-                body = page.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = serve_gets(self._answer)
         return self
+
+    def _answer(self, path: str) -> tuple[bytes, str] | None:
+        self.hits[path] = self.hits.get(path, 0) + 1
+        page = self.pages.get(path)
+        return None if page is None else (page.encode(), "text/html; charset=utf-8")
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
