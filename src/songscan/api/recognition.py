@@ -372,7 +372,8 @@ def _api_method(request: Request, route: str, fields: Mapping[str, str]) -> str:
     named = text_param(fields, "method") or RECOGNIZE
     if named.lower() in (RECOGNIZE, UPLOAD):
         return named.lower()
-    stream_method = streams.method_named(named)
+    # On `/` itself: the try-it pages' forms keep to recognition.
+    stream_method = streams.method_named(named) if request.scope.get("path") == "/" else None
     if stream_method is None:
         raise InvalidParameters(
             f"unknown method {named[:40]!r} (recognize, upload, or a streams method: "
