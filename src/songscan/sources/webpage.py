@@ -305,6 +305,10 @@ def find_embedded_media(
                     raise deadline.failure() from exc
                 detail = logger.last_error.removeprefix("ERROR: ") or str(exc)
                 raise UrlFailed(f"the URL yields no media ({detail})") from exc
+            except Exception as exc:  # an extractor's own failure (its site changed): no media
+                _raise_refusal(ydl)
+                failure = type(exc).__name__
+                raise UrlFailed(f"the URL yields no media (yt-dlp failed: {failure})") from exc
             # A refused side request (an internal thumbnail, say) is harmless once the
             # media is found: the refusal already kept it from being sent.
             protocols = _LIVE_PROTOCOLS if live else _PLAIN_HTTP
