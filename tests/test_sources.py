@@ -101,7 +101,30 @@ def _pages(server: Server) -> dict[str, tuple[str, str]]:
             '<html><head><meta property="og:audio" content="/song.wav"></head></html>',
         ),
         "/huge.html": ("text/html", "<html><body>" + "x" * (4 * SMALL_LIMIT) + "</body></html>"),
+        "/live.html": ("text/html", _hls_player("/master.m3u8")),
+        "/live-audio.html": ("text/html", _hls_player("/master-audio.m3u8")),
+        "/master.m3u8": (
+            HLS,
+            "#EXTM3U\n"
+            '#EXT-X-STREAM-INF:BANDWIDTH=2560000,CODECS="avc1.64001f,mp4a.40.2"\nhigh.m3u8\n'
+            '#EXT-X-STREAM-INF:BANDWIDTH=640000,CODECS="avc1.42e00a,mp4a.40.2"\nlow.m3u8\n'
+            '#EXT-X-STREAM-INF:BANDWIDTH=300000,CODECS="avc1.42e00a"\nvideo-only.m3u8\n',
+        ),
+        "/master-audio.m3u8": (
+            HLS,
+            "#EXTM3U\n"
+            '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aud",NAME="Main",DEFAULT=YES,URI="audio.m3u8"\n'
+            '#EXT-X-STREAM-INF:BANDWIDTH=640000,CODECS="avc1.42e00a,mp4a.40.2",AUDIO="aud"\n'
+            "low.m3u8\n",
+        ),
     }
+
+
+HLS = "application/vnd.apple.mpegurl"
+
+
+def _hls_player(playlist: str) -> str:
+    return f'<html><body><video><source src="{playlist}" type="{HLS}"></video></body></html>'
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -750,6 +773,27 @@ def test_ytdlp_finds_media_url(allowed: Server, allow: AllowList) -> None:
         f"{allowed.base}/audio.html", allow=allow, deadline=Deadline(SHORT), max_bytes=LIMIT
     )
     assert found.url == f"{allowed.base}/song.wav"
+
+
+@pytest.mark.parametrize(
+    ("page", "chosen"),
+    [("/live.html", "/low.m3u8"), ("/live-audio.html", "/audio.m3u8")],
+    ids=["smallest-with-audio", "audio-only"],
+)
+def test_ytdlp_live_format_is_audio_only_else_the_smallest_with_audio(
+    allowed: Server, allow: AllowList, page: str, chosen: str
+) -> None:
+    """For a live stream (`live=True`) an HLS format may be chosen: the audio-only rendition
+    if there is one, else the lowest-bandwidth variant that carries audio; a `url=` fetch
+    (plain HTTP only) finds nothing it can download in the same page."""
+    found = find_embedded_media(
+        f"{allowed.base}{page}", allow=allow, deadline=Deadline(SHORT), max_bytes=LIMIT, live=True
+    )
+    assert found.url == f"{allowed.base}{chosen}"
+    with pytest.raises(UrlFailed, match="yields no media"):
+        find_embedded_media(
+            f"{allowed.base}{page}", allow=allow, deadline=Deadline(SHORT), max_bytes=LIMIT
+        )
 
 
 def test_fetch_media_time_limit_on_embedded_media(

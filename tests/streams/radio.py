@@ -1,6 +1,7 @@
 """Real radio for the stream tests, on loopback: Debian's Icecast, a source client that plays a
 programme in real time (PyAV's FFmpeg `icecast://` protocol, MP3), an HLS live playlist that
-grows as time passes, and a callback receiver that records what songscan POSTs.
+grows as time passes, a web server of the station's pages (which embed a stream for yt-dlp to
+find), and a callback receiver that records what songscan POSTs.
 
 A programme is a list of `Piece`s (audio at `music.RATE`, a name for the ground truth); the
 source client notes the wall-clock time each piece started to play.
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -284,6 +286,31 @@ class SourceClient:
             self.error = exc
 
 
+def serve_gets(answer: Callable[[str], tuple[bytes, str] | None]) -> QuietHTTPServer:
+    """A loopback HTTP server (in a thread) answering each GET with `answer(path)`: a body and
+    its Content-Type, or None for a 404."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            found = answer(self.path.split("?")[0])
+            if found is None:
+                self.send_error(404)
+                return
+            body, kind = found
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
 # -- HLS ----------------------------------------------------------------------------------------
 class LiveHls:
     """An HLS live stream on loopback: the programme cut into `segment_s` segments, segment k
@@ -303,34 +330,16 @@ class LiveHls:
         self.t0 = 0.0
 
     def __enter__(self) -> LiveHls:
-        hls = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                if path == "/live.m3u8":
-                    body, kind = hls.playlist().encode(), "application/vnd.apple.mpegurl"
-                elif path.startswith("/seg") and path.endswith(".ts"):
-                    k = int(path[4:-3])
-                    if k >= hls.available():
-                        self.send_error(404)
-                        return
-                    body, kind = hls.segments[k], "video/mp2t"
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = serve_gets(self._answer)
         return self
+
+    def _answer(self, path: str) -> tuple[bytes, str] | None:
+        if path == "/live.m3u8":
+            return self.playlist().encode(), "application/vnd.apple.mpegurl"
+        if path.startswith("/seg") and path.endswith(".ts"):
+            k = int(path[4:-3])
+            return (self.segments[k], "video/mp2t") if k < self.available() else None
+        return None
 
     def play(self) -> LiveHls:
         """Start the clock one segment ago: segment 0 has just played and is listed; each
@@ -365,6 +374,46 @@ class LiveHls:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/live.m3u8"
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# -- a station's web pages ----------------------------------------------------------------------
+def player_page(media_url: str, tag: str = "audio") -> str:
+    """A station's page with an HTML5 player of `media_url`: `<audio src>`, or (`tag="video"`)
+    a `<video>` with a `<source>` typed as HLS when the URL is a playlist."""
+    if tag == "audio":
+        player = f'<audio controls autoplay src="{media_url}"></audio>'
+    else:
+        kind = "application/x-mpegURL" if media_url.endswith(".m3u8") else "audio/mpeg"
+        player = f'<video controls><source src="{media_url}" type="{kind}"></video>'
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Radio Loopback</title></head>"
+        f"<body><h1>Radio Loopback, live</h1>{player}<p>Listen live.</p></body></html>"
+    )
+
+
+@dataclass
+class PageServer:
+    """Serves `pages` (a path to its HTML; changeable while it runs) on loopback and counts
+    the requests each path got."""
+
+    pages: dict[str, str] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=dict)
+
+    def __enter__(self) -> PageServer:
+        self.httpd = serve_gets(self._answer)
+        return self
+
+    def _answer(self, path: str) -> tuple[bytes, str] | None:
+        self.hits[path] = self.hits.get(path, 0) + 1
+        page = self.pages.get(path)
+        return None if page is None else (page.encode(), "text/html; charset=utf-8")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()

@@ -200,3 +200,52 @@ def test_the_sdk_drives_the_streams_methods(streams_server: StreamsServer) -> No
         client.streams.delete(11)
         client.streams.delete(12)
         assert client.streams.list() == []
+
+
+def test_streams_methods_on_root_with_method(streams_server: StreamsServer) -> None:
+    """`/?method=addStream&…` (AudD takes it as well as `/addStream/`): each streams method
+    answers on `/` as on its own path, the method named in the query string or the body."""
+    token = streams_server.new_token()
+    url = quiet_url(streams_server)
+    hook = "http://127.0.0.1:9/root-hook"
+    with streams_server.client() as client:
+
+        def root(method: str, **params: object) -> dict[str, object]:
+            query = {"method": method, **{k: str(v) for k, v in params.items()}}
+            body: dict[str, object] = client.get("/", params=query).json()
+            return body
+
+        unset = root("getCallbackUrl", api_token=token)
+        assert error_code(unset) == 19
+        assert unset["request_api_method"] == "getCallbackUrl"
+        assert root("setCallbackUrl", api_token=token, url=hook) == {
+            "status": "success",
+            "result": None,
+        }
+        assert root("getCallbackUrl", api_token=token) == {"status": "success", "result": hook}
+        added = root("addStream", api_token=token, url=url, radio_id=21)
+        assert added == {"status": "success", "result": None}
+        # the method in a POST body; its name in any case
+        form = {"method": "getstreams", "api_token": token}
+        listed = client.post("/", data=form).json()["result"]
+        assert [(s["radio_id"], s["url"], s["longpoll_category"]) for s in listed] == [
+            (21, url, category(token, 21))
+        ]
+        # the same errors as the method's own path
+        assert error_code(root("addStream", api_token=token, url=url, radio_id=21)) == 50
+        private = root("addStream", api_token=token, url="http://10.0.0.1/x.mp3", radio_id=22)
+        assert error_code(private) == 600
+        assert token not in str(private)
+        assert error_code(root("getStreams")) == 901
+        assert root("setStreamUrl", api_token=token, radio_id=21, url=f"{url}?v=3")["status"] == (
+            "success"
+        )
+        changed = streams_server.call("getStreams", token)["result"]
+        assert isinstance(changed, list) and changed[0]["url"] == f"{url}?v=3"
+        assert root("deleteStream", api_token=token, radio_id=21)["status"] == "success"
+        assert root("getStreams", api_token=token) == {"status": "success", "result": []}
+        # a method nobody has: the contract's error 50, naming the methods there are
+        unknown = client.post("/", data={"method": "addStreams", "api_token": token}).json()
+        assert error_code(unknown) == 50
+        assert "addStream" in unknown["error"]["error_message"]
+        assert "recognize" in unknown["error"]["error_message"]

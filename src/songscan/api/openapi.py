@@ -59,7 +59,11 @@ COMMON = [
 STANDARD_PARAMS = [
     *COMMON,
     ("audio", "string", "The audio as a base64 string (POST)."),
-    ("method", "string", "`recognize` (default) or `upload`."),
+    (
+        "method",
+        "string",
+        "`recognize` (default), `upload`, or a streams method (`addStream`, `getStreams`, ...).",
+    ),
 ]
 ENTERPRISE_PARAMS = [
     *COMMON,

@@ -12,6 +12,9 @@ module hands it the checked media and the account, and sends what it answers. Wi
 `async=true` the use case queues it as a long job (`songscan.jobs`; `api/jobs.py` runs it and
 serves `/enterprise/jobs`).
 
+`/` also takes AudD's streams methods by name (`method=addStream`, ...): the parameters read
+here are handed to `api/streams.py`, which answers as on `/addStream/`.
+
 Also here: `/healthz`, `/metrics` (Prometheus) and the access log (`songscan.access`, one JSON
 object per line, with the request id and the masked token). The app (`api/app.py`) mounts it.
 """
@@ -45,6 +48,7 @@ from starlette.requests import ClientDisconnect
 from songscan.accounts.plans import Entitlements
 from songscan.accounts.service import Account, Accounts
 from songscan.accounts.tokens import mask_token
+from songscan.api import streams
 from songscan.api.errors import UnexpectedError, error_reply
 from songscan.api.logs import ACCESS_LOGGER, LOGGED
 from songscan.api.openapi import ENTERPRISE_PARAMS, STANDARD_PARAMS, UPLOAD_PARAMS, operation
@@ -365,10 +369,17 @@ def _api_method(request: Request, route: str, fields: Mapping[str, str]) -> str:
         return route
     if _enterprise_root(request):
         return ENTERPRISE
-    method = (text_param(fields, "method") or RECOGNIZE).lower()
-    if method not in (RECOGNIZE, UPLOAD):
-        raise InvalidParameters(f"unknown method {method[:40]!r} (recognize or upload)")
-    return method
+    named = text_param(fields, "method") or RECOGNIZE
+    if named.lower() in (RECOGNIZE, UPLOAD):
+        return named.lower()
+    # On `/` itself: the try-it pages' forms keep to recognition.
+    stream_method = streams.method_named(named) if request.scope.get("path") == "/" else None
+    if stream_method is None:
+        raise InvalidParameters(
+            f"unknown method {named[:40]!r} (recognize, upload, or a streams method: "
+            f"{', '.join(streams.METHODS)})"
+        )
+    return stream_method
 
 
 def _enterprise_root(request: Request) -> bool:
@@ -410,17 +421,20 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
             fields = parsed.fields
             api_method = _api_method(request, route, fields)
             enterprise_echo = api_method == ENTERPRISE
-            call = Call(
-                api_method=api_method,
-                http_method=request.method,
-                fields=fields,
-                media=parsed.media,
-                media_bytes=parsed.media_bytes,
-                workdir=workdir,
-                client_addr=client_addr,
-                started=started,
-            )
-            reply = await anyio.to_thread.run_sync(service.run, call, limiter=service.limiter)
+            if api_method in streams.METHODS:
+                reply, error_code = await _streams_reply(request, api_method, fields, request_id)
+            else:
+                call = Call(
+                    api_method=api_method,
+                    http_method=request.method,
+                    fields=fields,
+                    media=parsed.media,
+                    media_bytes=parsed.media_bytes,
+                    workdir=workdir,
+                    client_addr=client_addr,
+                    started=started,
+                )
+                reply = await anyio.to_thread.run_sync(service.run, call, limiter=service.limiter)
     except ClientDisconnect:
         error_code = -1  # nobody is left to answer
         reply = Reply("", "text/plain", 400)
@@ -450,6 +464,16 @@ async def answer(request: Request, route: str, request_id: str) -> Reply:
         billed=call.billed if call else 0,
     )
     return replace(reply, fields=fields)
+
+
+async def _streams_reply(
+    request: Request, name: str, fields: Mapping[str, str], request_id: str
+) -> tuple[Reply, int]:
+    """`/` with `method=<name>`: the streams method's answer, and its error code (0: none)."""
+    body, status, headers = await streams.answer(request, name, fields, request_id)
+    error = body.get("error")
+    code = int(error["error_code"]) if isinstance(error, dict) else 0
+    return Reply(body, http_status=status, headers=headers), code
 
 
 def log_access(

@@ -32,7 +32,7 @@ from songscan.config import EngineConfig
 from songscan.errors import InvalidParameters, NotEntitled, SongscanError
 from songscan.sources import AllowList, check_url, temporary_media
 from songscan.streams.settings import StreamsSettings
-from songscan.streams.source import StreamOptions, probe_stream
+from songscan.streams.source import StreamOptions, probe_stream, stream_target
 from songscan.streams.store import NoCallbackUrl, StreamStore, longpoll_category
 from songscan.streams.supervisor import StreamSupervisor, limit_listener_arenas, supervisor
 
@@ -131,8 +131,9 @@ class StreamsApi:
         return [s.api_json() for s in self.store.of_account(account.id, token)]
 
     def _check_stream_url(self, url: str) -> None:
-        """Error 600 unless `url` is allowed and plays audio now."""
-        check_url(url, self.allow)
+        """Error 600 unless `url` (or the page a shortcut names) is allowed and plays audio
+        now."""
+        check_url(stream_target(url), self.allow)
         if self.settings.probe_s > 0:
             probe_stream(url, self.options, within_s=self.settings.probe_s)
 
@@ -167,7 +168,13 @@ METHODS: dict[str, Method] = {
         StreamsApi.add_stream,
         [
             _TOKEN,
-            ("url", "string", "The stream: Icecast/Shoutcast, HLS (.m3u8), .m3u/.pls, HTTP audio."),
+            (
+                "url",
+                "string",
+                "The stream: Icecast/Shoutcast, HLS (.m3u8), .m3u/.pls, HTTP audio, a web page"
+                " with a live stream (yt-dlp), or youtube:ID, youtube:@HANDLE,"
+                " youtube-ch:CHANNEL_ID, twitch:CHANNEL.",
+            ),
             _RADIO,
             ("callbacks", "string", "`before`: report a song when recognised, not when ended."),
         ],
@@ -182,33 +189,58 @@ METHODS: dict[str, Method] = {
 
 
 # -- routes -------------------------------------------------------------------------------------
+_BY_LOWER_NAME = {name.lower(): name for name in METHODS}
+
+
+def method_named(name: str) -> str | None:
+    """The streams method `name` names, in any case (`method=addstream` on `/`), or None."""
+    return _BY_LOWER_NAME.get(name.lower())
+
+
 async def _serve(request: Request, name: str) -> Response:
-    service: StreamsApi = request.app.state.streams
     request_id = secrets.token_hex(8)
     fields: dict[str, str] = dict(request.query_params)
-    client_addr = request.client.host if request.client else ""
     try:
         with temporary_media(request.app.state.recognition.settings.tmp_dir) as workdir:
             parsed = await read_request(request, workdir, max_body_bytes=MAX_BODY_BYTES)
         fields = parsed.fields
-        result = await anyio.to_thread.run_sync(service.run, name, fields, client_addr)
     except SongscanError as exc:
         return _error(exc, fields, name, request, request_id)
+    body, status, headers = await answer(request, name, fields, request_id)
+    return JSONResponse(body, status, headers=headers)
+
+
+async def answer(
+    request: Request, name: str, fields: Mapping[str, str], request_id: str
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The JSON body, HTTP status and headers of streams method `name` with the request's
+    parsed `fields`: what `/<name>/` answers, and `/` with `method=<name>`."""
+    service: StreamsApi = request.app.state.streams
+    client_addr = request.client.host if request.client else ""
+    try:
+        result = await anyio.to_thread.run_sync(service.run, name, fields, client_addr)
+    except SongscanError as exc:
+        return _error_reply(exc, fields, name, request, request_id)
     except Exception:
         log.exception("request %s failed", request_id)
-        return _error(UnexpectedError(request_id), fields, name, request, request_id)
-    body = {"status": "success", "result": result}
-    return JSONResponse(body, headers={"X-Request-ID": request_id})
+        return _error_reply(UnexpectedError(request_id), fields, name, request, request_id)
+    return {"status": "success", "result": result}, 200, {"X-Request-ID": request_id}
+
+
+def _error_reply(
+    exc: SongscanError, fields: Mapping[str, str], name: str, request: Request, request_id: str
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    reply = error_reply(
+        exc, params=fields, api_method=name, http_method=request.method, enterprise=False
+    )
+    return reply.body, reply.http_status, {**reply.headers, "X-Request-ID": request_id}
 
 
 def _error(
     exc: SongscanError, fields: Mapping[str, str], name: str, request: Request, request_id: str
 ) -> Response:
-    reply = error_reply(
-        exc, params=fields, api_method=name, http_method=request.method, enterprise=False
-    )
-    headers = {**reply.headers, "X-Request-ID": request_id}
-    return JSONResponse(reply.body, reply.http_status, headers=headers)
+    body, status, headers = _error_reply(exc, fields, name, request, request_id)
+    return JSONResponse(body, status, headers=headers)
 
 
 def _route(name: str, method: Method) -> None:

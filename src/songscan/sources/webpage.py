@@ -3,7 +3,9 @@
 yt-dlp only *finds* the media (`extract_info(download=False)`): HTML5 <audio>/<video>/
 <source> tags, Open Graph og:audio/og:video, Twitter cards and every player it has an
 extractor for. The chosen format is then fetched by our own `download`, so the size cap,
-time limit and address checks apply to it as to any URL.
+time limit and address checks apply to it as to any URL. With `live=True` (a live stream's
+page: `songscan.streams.source`) an HLS format may be chosen as well, which the stream
+source then reads through the same guarded client.
 
 SSRF coverage of yt-dlp's own requests: every request yt-dlp makes through
 `YoutubeDL.urlopen` (all extractor page, API and manifest requests) goes to one request
@@ -245,7 +247,15 @@ class EmbeddedMedia:
     headers: Mapping[str, str]
 
 
-def _format_selector(max_bytes: int) -> str:
+_LIVE_PROTOCOLS = (*_PLAIN_HTTP, "m3u8", "m3u8_native")
+
+
+def _format_selector(max_bytes: int, live: bool) -> str:
+    if live:
+        # The best audio-only format, else the smallest that carries audio (video is fetched
+        # with it, never decoded): plain HTTP(S) or HLS, which the stream source reads itself.
+        fetchable = f"[protocol~='^({'|'.join(_LIVE_PROTOCOLS)})$']"
+        return f"bestaudio{fetchable}/worst{fetchable}"
     plain = (
         f"[protocol^=http][protocol!*=dash][filesize<?{max_bytes}][filesize_approx<?{max_bytes}]"
     )
@@ -262,10 +272,12 @@ def _chosen(info: Mapping[str, typing.Any]) -> Iterator[Mapping[str, typing.Any]
 
 
 def find_embedded_media(
-    page_url: str, *, allow: AllowList, deadline: Deadline, max_bytes: int
+    page_url: str, *, allow: AllowList, deadline: Deadline, max_bytes: int, live: bool = False
 ) -> EmbeddedMedia:
     """The media URL that yt-dlp finds in the page at `page_url`, or UrlFailed("… yields
-    no media"). Every request yt-dlp makes is checked like any fetched URL."""
+    no media"). Every request yt-dlp makes is checked like any fetched URL, each body capped
+    at `max_bytes`. `live`: for a stream, whose media may be an HLS playlist (its URL is
+    returned) and has no size."""
     check_url(page_url, allow)
     logger = _Silent()
     with tempfile.TemporaryDirectory(prefix="songscan-ytdlp-") as scratch:
@@ -278,7 +290,7 @@ def find_embedded_media(
             "paths": {"home": scratch, "temp": scratch},
             "socket_timeout": max(deadline.remaining(), 0.001),
             "proxy": "",
-            "format": _format_selector(max_bytes),
+            "format": _format_selector(max_bytes, live),
             "playlistend": MAX_PLAYLIST_ENTRIES,
             "check_formats": False,
             "simulate": True,
@@ -293,17 +305,23 @@ def find_embedded_media(
                     raise deadline.failure() from exc
                 detail = logger.last_error.removeprefix("ERROR: ") or str(exc)
                 raise UrlFailed(f"the URL yields no media ({detail})") from exc
+            except Exception as exc:  # an extractor's own failure (its site changed): no media
+                _raise_refusal(ydl)
+                failure = type(exc).__name__
+                raise UrlFailed(f"the URL yields no media (yt-dlp failed: {failure})") from exc
             # A refused side request (an internal thumbnail, say) is harmless once the
             # media is found: the refusal already kept it from being sent.
+            protocols = _LIVE_PROTOCOLS if live else _PLAIN_HTTP
             for chosen in _chosen(info or {}):
-                if str(chosen.get("protocol", "https")) in _PLAIN_HTTP:
+                if str(chosen.get("protocol", "https")) in protocols:
                     cookie = ydl.cookiejar.get_cookie_header(chosen["url"])
                     headers = dict(chosen.get("http_headers") or {})
                     if cookie:
                         headers["Cookie"] = cookie
                     return EmbeddedMedia(str(chosen["url"]), headers)
             _raise_refusal(ydl)
-    raise UrlFailed("the URL yields no media that can be fetched over plain HTTP(S)")
+    how = "HTTP(S) or HLS" if live else "plain HTTP(S)"
+    raise UrlFailed(f"the URL yields no media that can be fetched over {how}")
 
 
 def _raise_refusal(ydl: _GuardedYoutubeDL) -> None:

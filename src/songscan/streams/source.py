@@ -1,4 +1,6 @@
-"""A live stream's audio: Icecast/Shoutcast or plain HTTP audio, HLS, `.m3u`/`.pls` playlists.
+"""A live stream's audio: Icecast/Shoutcast or plain HTTP audio, HLS, `.m3u`/`.pls` playlists,
+and web pages (and the `youtube:`, `youtube-ch:`, `twitch:` shortcuts, which name one) whose
+media yt-dlp finds.
 
 Every HTTP request goes through the guarded client of `sources.netguard` (the rules of `url=`:
 public addresses only unless `[api] url_allow` names them, each redirect hop checked again,
@@ -6,14 +8,18 @@ the address connected to is the address checked). FFmpeg never opens a URL itsel
 the bytes this module fetches (`_Pipe`), so an HLS playlist cannot point FFmpeg at a private
 address either. Decoding is PyAV's, resampled to mono float32 at the engine's rate.
 
-Not handled: web pages and `youtube:`/`twitch:` shortcuts (yt-dlp) — a page is refused with
-error 600.
+A URL that answers an HTML page, and a shortcut's page, goes to yt-dlp as a library
+(`sources.webpage`, every request of yt-dlp's through the same guards); the media URL it
+chooses (audio-only if the page has it, else the smallest format with audio; plain HTTP or
+HLS) is then read like any stream URL. It is found again on every connection, since a page's
+media URLs expire; the stream keeps the URL it was given.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ from songscan.errors import SongscanError, UrlFailed
 from songscan.sources.download import OpenedResponse, open_url
 from songscan.sources.fetch import sniff_media
 from songscan.sources.netguard import AllowList, Deadline, guarded_client
+from songscan.sources.webpage import find_embedded_media
 
 HLS_TYPES = frozenset(
     {"application/vnd.apple.mpegurl", "application/x-mpegurl", "audio/mpegurl", "audio/x-mpegurl"}
@@ -51,6 +58,27 @@ HLS_START_SEGMENTS = 1
 SMALL_READ_BYTES = 8192
 READ_PAUSE_S = 0.25
 _FOREVER_S = 10 * 365 * 86_400.0  # a stream has no end: only per-read timeouts apply
+PAGE_WITHIN_S = 30.0  # yt-dlp finds a page's media within this long (all its requests)
+MAX_PAGE_BYTES = 32 * 1024 * 1024  # the cap on each body yt-dlp reads (a page, a player script)
+PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+
+# AudD's shortcuts (`twitch:<channel>`, `youtube:<video_id>`, `youtube-ch:<channel_id>`), and
+# songscan's `youtube:@<handle>`: the page each names, by the form of what follows the colon.
+_SHORTCUTS: dict[str, list[tuple[re.Pattern[str], str]]] = {
+    "youtube": [
+        (re.compile(r"[A-Za-z0-9_-]{11}"), "https://www.youtube.com/watch?v={}"),
+        (re.compile(r"@[A-Za-z0-9._-]{3,30}"), "https://www.youtube.com/{}/live"),
+    ],
+    "youtube-ch": [
+        (re.compile(r"UC[A-Za-z0-9_-]{22}"), "https://www.youtube.com/channel/{}/live"),
+    ],
+    "twitch": [(re.compile(r"[A-Za-z0-9_]{1,25}"), "https://www.twitch.tv/{}")],
+}
+_SHORTCUT_FORMS = {
+    "youtube": "an 11-character video id or an @handle",
+    "youtube-ch": "a channel id (UC followed by 22 characters)",
+    "twitch": "a channel name (letters, digits, _)",
+}
 
 
 class StreamEnded(SongscanError):
@@ -93,18 +121,44 @@ class _Pipe(io.RawIOBase):
         return n
 
 
+def shortcut_page(url: str) -> str | None:
+    """The web page a `youtube:`, `youtube-ch:` or `twitch:` shortcut names; None for any
+    other URL. UrlFailed for a shortcut whose name has not the form its site gives names."""
+    prefix, colon, name = url.partition(":")
+    patterns = _SHORTCUTS.get(prefix.lower()) if colon else None
+    if patterns is None:
+        return None
+    for pattern, page in patterns:
+        if pattern.fullmatch(name):
+            return page.format(name)
+    form = _SHORTCUT_FORMS[prefix.lower()]
+    raise UrlFailed(f"a {prefix.lower()}: shortcut takes {form}, not {name[:40]!r}")
+
+
+def stream_target(url: str) -> str:
+    """The URL the stream's first request goes to: a shortcut's page, else `url` itself (for
+    `check_url` before anything is stored)."""
+    return shortcut_page(url) or url
+
+
 @contextlib.contextmanager
 def open_stream(
-    url: str, options: StreamOptions, stop: threading.Event
+    url: str, options: StreamOptions, stop: threading.Event, page_within_s: float = PAGE_WITHIN_S
 ) -> Iterator[Iterator[np.ndarray]]:
-    """Connect to the stream at `url`; yields an iterator of mono float32 blocks that ends
-    with StreamEnded when the stream stops, or when `stop` is set. UrlFailed / NotAStream
-    when the URL is not allowed, unreachable, or yields no audio."""
+    """Connect to the stream at `url` (a stream, a playlist, a page or a shortcut); yields an
+    iterator of mono float32 blocks that ends with StreamEnded when the stream stops, or when
+    `stop` is set. UrlFailed / NotAStream when the URL is not allowed, unreachable, or yields
+    no audio; a page's media is looked for within `page_within_s`."""
     client = guarded_client(options.allow, Deadline(_FOREVER_S))
     client.timeout = httpx.Timeout(options.read_timeout_s)
+    page = shortcut_page(url)
     with (
         client,
-        _bytes_of(client, url, options, stop, depth=0) as (chunks, fmt),
+        (
+            _page_bytes(client, page, options, stop, 0, page_within_s)
+            if page
+            else _bytes_of(client, url, options, stop, 0, page_within_s)
+        ) as (chunks, fmt),
         decoding(chunks, options.sample_rate_hz, fmt) as blocks,
     ):
         yield blocks
@@ -162,17 +216,33 @@ def _decoded(container: av.container.InputContainer, rate: int) -> Iterator[np.n
     raise StreamEnded("the stream ended")
 
 
+_Found = tuple[Iterator[bytes], str | None]  # a stream's bytes, and their FFmpeg format
+
+
 @contextlib.contextmanager
 def _bytes_of(
-    client: httpx.Client, url: str, options: StreamOptions, stop: threading.Event, depth: int
-) -> Iterator[tuple[Iterator[bytes], str | None]]:
-    """The stream's bytes and the FFmpeg format to read them with (None: FFmpeg probes)."""
+    client: httpx.Client,
+    url: str,
+    options: StreamOptions,
+    stop: threading.Event,
+    depth: int,
+    page_within_s: float | None,
+) -> Iterator[_Found]:
+    """The stream's bytes and the FFmpeg format to read them with (None: FFmpeg probes).
+    A web page's media is found within `page_within_s`; None: this URL is a page's media,
+    and a page again is no stream."""
     with _opened(client, url, options) as opened:
         kind = _kind(opened)
         if kind == "media":
             yield _until_stopped(_chain(opened.head, opened.rest), stop), None
             return
-        text = _read_text(opened)
+        text = "" if kind == "page" else _read_text(opened)
+    if kind == "page":
+        if page_within_s is None:
+            raise NotAStream("the media the web page names is a web page, not an audio stream")
+        with _page_bytes(client, opened.url, options, stop, depth, page_within_s) as found:
+            yield found
+        return
     if kind == "hls":
         yield _hls_bytes(client, opened.url, text, options, stop), None
         return
@@ -182,7 +252,33 @@ def _bytes_of(
     if entry is None:
         raise NotAStream("the URL is neither an audio stream nor a playlist of one")
     target = str(httpx.URL(opened.url).join(entry))
-    with _bytes_of(client, target, options, stop, depth + 1) as found:
+    with _bytes_of(client, target, options, stop, depth + 1, page_within_s) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def _page_bytes(
+    client: httpx.Client,
+    page_url: str,
+    options: StreamOptions,
+    stop: threading.Event,
+    depth: int,
+    within_s: float,
+) -> Iterator[_Found]:
+    """The bytes of the media yt-dlp finds in the page at `page_url` (UrlFailed when it finds
+    none), fetched with the request headers its format asks for."""
+    media = find_embedded_media(
+        page_url,
+        allow=options.allow,
+        deadline=Deadline(within_s),
+        max_bytes=MAX_PAGE_BYTES,
+        live=True,
+    )
+    # This client fetches only the media from now on (and its playlist's segments).
+    client.headers.update(
+        {k: v for k, v in media.headers.items() if k.lower() != "accept-encoding"}
+    )
+    with _bytes_of(client, media.url, options, stop, depth + 1, None) as found:
         yield found
 
 
@@ -194,7 +290,8 @@ def _opened(client: httpx.Client, url: str, options: StreamOptions) -> Iterator[
 
 
 def _kind(opened: OpenedResponse) -> str:
-    """media | hls | pls | m3u | page, by the body's first bytes and its Content-Type."""
+    """media | hls | pls | m3u | page (HTML, for yt-dlp), by the body's first bytes and its
+    Content-Type."""
     head = opened.head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if sniff_media(opened.head):
         return "media"
@@ -209,7 +306,9 @@ def _kind(opened: OpenedResponse) -> str:
         return "media"
     if head.lower().startswith((b"http://", b"https://")):
         return "m3u"
-    return "page"
+    if opened.content_type in PAGE_TYPES or head.startswith(b"<"):
+        return "page"
+    return "m3u"  # any other text: a playlist of URLs, one a line (comments skipped)
 
 
 def _peek(opened: OpenedResponse) -> bytes:
@@ -320,7 +419,7 @@ def probe_stream(url: str, options: StreamOptions, within_s: float = 15.0) -> No
     timer.daemon = True
     timer.start()
     try:
-        with open_stream(url, options, stop) as blocks:
+        with open_stream(url, options, stop, page_within_s=within_s) as blocks:
             for block in blocks:
                 if block.shape[0]:
                     return
