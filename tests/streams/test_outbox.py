@@ -160,16 +160,21 @@ def _data_dir(root: Path, database_url: str | None = None) -> Path:
 
 @contextlib.contextmanager
 def _killable_server(data: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`songscan serve` on `data` (its process and its base URL), killed at the end."""
     server, port = start_server(data, "--workers", "1")
     try:
         yield server, f"http://127.0.0.1:{port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
+        _kill(server)
 
 
-def _failing_callback(base_url: str, token: str, receiver_port: int) -> None:
+def _kill(server: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)  # its worker process too
+    server.wait(timeout=30)
+
+
+def _a_callback_waiting(base_url: str, accounts: Accounts, token: str, receiver_port: int) -> Any:
     """A stream that cannot connect (its 650 queued) and a callback URL nobody answers on:
     the outbox row, once its first attempt has failed."""
     with httpx.Client(base_url=base_url, timeout=60) as http:
@@ -182,9 +187,6 @@ def _failing_callback(base_url: str, token: str, receiver_port: int) -> None:
         fields = {"api_token": token, "url": dead, "radio_id": str(RADIO_ID)}
         added = http.post("/addStream/", data=fields).json()
         assert added["status"] == "success", added
-
-
-def _one_waiting(accounts: Accounts) -> Any:
     rows: list[Any] = []
 
     def attempted() -> bool:
@@ -218,11 +220,8 @@ def test_a_callback_survives_a_killed_server(tmp_path: Path) -> None:
     created = accounts.identity.create_account(plan="enterprise")
     receiver_port = free_port()
     try:
-        with _killable_server(data) as (server, base_url):
-            _failing_callback(base_url, created.token, receiver_port)
-            waiting = _one_waiting(accounts)
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        with _killable_server(data) as (_, base_url):  # SIGKILLed as the block ends
+            waiting = _a_callback_waiting(base_url, accounts, created.token, receiver_port)
         assert _outbox(accounts) == [waiting]  # as it was: the kill lost nothing
         StreamStore(accounts.engine).delete(created.account.id, RADIO_ID)
         with CallbackReceiver(port=receiver_port) as receiver, _killable_server(data):
@@ -250,16 +249,14 @@ def test_a_live_listener_takes_over_a_killed_one_s_callbacks(tmp_path: Path) -> 
         receiver_port = free_port()
         try:
             with _killable_server(data) as (server, base_url):
-                _failing_callback(base_url, created.token, receiver_port)
-                waiting = _one_waiting(accounts)
+                waiting = _a_callback_waiting(base_url, accounts, created.token, receiver_port)
                 (tmp_path / "b").mkdir()
                 with serve_streams(tmp_path / "b", tmp_path, {}, database_url=url) as spare:
                     sender = spare.app.state.streams.supervisor.ctx.reporter.sender
                     wait_until("the second server listens", lambda: _listeners(accounts) == 2)
                     sender.tick()  # as its supervisor's tick does: the first one is alive
                     assert [r.owner for r in _outbox(accounts)] == [waiting.owner]
-                    os.killpg(server.pid, signal.SIGKILL)
-                    server.wait(timeout=30)
+                    _kill(server)
                     with CallbackReceiver(port=receiver_port) as receiver:
                         wait_until(
                             "the callback is delivered",
