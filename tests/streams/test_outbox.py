@@ -20,9 +20,9 @@ from sqlalchemy import func, select
 from songscan.accounts.models import StreamCallback, StreamListener, utcnow
 from songscan.accounts.service import Accounts
 from songscan.streams.callbacks import CANT_CONNECT, DELIVERY_HEADER
-from songscan.streams.store import StreamStore
+from songscan.streams.store import StreamStore, longpoll_category
 from tests.servers import free_port, start_postgres
-from tests.streams.conftest import add, serve_streams
+from tests.streams.conftest import StreamsServer, add, serve_streams
 from tests.streams.radio import CallbackReceiver
 from tests.test_crash import wait_until
 from tests.test_serve import start_server
@@ -141,6 +141,64 @@ def test_a_gone_listener_s_callbacks_are_taken_over(
     streams.retry_callback("server-a", first.id, 3, utcnow())
     again = streams.next_callback("server-b", stream.account_id)
     assert again is not None and (again.id, again.attempts) == (first.id, 0)
+
+
+def _dead_stream(server: StreamsServer, token: str) -> int:
+    """A stream of the account of `token` that cannot connect (added in the store, as
+    `addStream` does without its check that the URL plays): its 650 comes within seconds.
+    The account's id."""
+    account = server.accounts.authenticate(token, "127.0.0.1")
+    api = server.app.state.streams
+    dead = f"http://127.0.0.1:{free_port()}/live.mp3"
+    category = longpoll_category(token, RADIO_ID)
+    api.store.add(account.id, RADIO_ID, dead, callbacks_before=False, category=category, slots=1)
+    api.supervisor.wake()
+    return account.id
+
+
+def _attempts(server: StreamsServer, account_id: int) -> list[int]:
+    """The attempts made so far of each of the account's callbacks waiting."""
+    with server.accounts.engine.connect() as conn:
+        waiting = select(StreamCallback.attempts).where(StreamCallback.account_id == account_id)
+        return list(conn.scalars(waiting.order_by(StreamCallback.id)).all())
+
+
+def test_a_receiver_that_fails_twice_gets_the_third_attempt(
+    streams_server: StreamsServer,
+) -> None:
+    token = streams_server.new_token()
+    with CallbackReceiver(fail_first=2) as receiver:
+        streams_server.call("setCallbackUrl", token, url=receiver.url())
+        account_id = _dead_stream(streams_server, token)
+        try:
+            assert receiver.wait_for(lambda r: r.received, timeout_s=60)
+            assert receiver.attempts == 3
+            assert receiver.notifications()[0]["notification_code"] == CANT_CONNECT
+            assert len(receiver.received[0].headers[DELIVERY_HEADER]) == 32
+            wait_until("the outbox is empty", lambda: not _attempts(streams_server, account_id))
+        finally:
+            streams_server.call("deleteStream", token, radio_id=RADIO_ID)
+
+
+def test_a_waiting_callback_goes_to_the_url_set_since(streams_server: StreamsServer) -> None:
+    """The callback URL is the account's at each attempt: a callback waiting for a receiver
+    that does not answer goes to the URL `setCallbackUrl` gives while it waits."""
+    token = streams_server.new_token()
+    with CallbackReceiver(hang=True) as hanging, CallbackReceiver() as receiver:
+        streams_server.call("setCallbackUrl", token, url=hanging.url())
+        account_id = _dead_stream(streams_server, token)
+        try:
+            wait_until(
+                "an attempt failed",
+                lambda: any(n >= 1 for n in _attempts(streams_server, account_id)),
+                timeout_s=60,
+            )
+            streams_server.call("setCallbackUrl", token, url=receiver.url())
+            assert receiver.wait_for(lambda r: r.received, timeout_s=60)
+            assert receiver.notifications()[0]["notification_code"] == CANT_CONNECT
+            assert hanging.received == []
+        finally:
+            streams_server.call("deleteStream", token, radio_id=RADIO_ID)
 
 
 def _outbox(accounts: Accounts) -> list[Any]:
