@@ -149,14 +149,14 @@ class CallbackSender:
                 daemon=True,
             )
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
+            thread.start()
 
     def tick(self) -> None:
         """The supervisor's tick: take over the callbacks of listening processes that are
         gone, and deliver every account's waiting ones (after a take-over, a restart, or a
         database failure that ended a thread)."""
-        if self.store.adopt_callbacks(self.owner):
-            log.info("took over the callbacks of a listening process that is gone")
+        if taken := self.store.adopt_callbacks(self.owner):
+            log.info("took over %d callback(s) of listening processes that are gone", taken)
         for account_id in self.store.callback_accounts(self.owner):
             self.wake(account_id)
 
