@@ -17,9 +17,10 @@ from fastapi import FastAPI
 
 from songscan.accounts.service import Accounts
 from songscan.api.app import create_app
+from songscan.streams.store import StreamStore, longpoll_category
 from tests.api.conftest import MediaServer, build_catalog
 from tests.api.music import music
-from tests.servers import UvicornThread
+from tests.servers import UvicornThread, start_postgres
 from tests.streams.radio import Icecast, encoded
 
 # Short timings, so that a drop, a retry and a reconnect happen within a test's minutes.
@@ -118,3 +119,34 @@ def streams_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Streams
 
 def quiet_url(server: StreamsServer) -> str:
     return server.media.url("/quiet.mp3")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Accounts, StreamStore]]:
+    """An accounts database (SQLite; PostgreSQL on a server of its own) and its streams store."""
+    if request.param == "sqlite":
+        accounts = Accounts(f"sqlite:///{tmp_path / 'accounts.db'}", {})
+        yield accounts, StreamStore(accounts.engine)
+        accounts.close()
+        return
+    server = start_postgres()
+    try:
+        accounts = Accounts(server.create_database(), {})
+        yield accounts, StreamStore(accounts.engine)
+        accounts.close()
+    finally:
+        server.stop()
+
+
+def add(accounts: Accounts, store: StreamStore, radio_id: int) -> int:
+    """A stream of a new enterprise account; its id."""
+    account = accounts.identity.create_account(plan="enterprise")
+    stream = store.add(
+        account.account.id,
+        radio_id,
+        "http://radio.example/live.mp3",
+        callbacks_before=False,
+        category=longpoll_category(account.token, radio_id),
+        slots=10,
+    )
+    return stream.id

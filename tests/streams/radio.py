@@ -432,10 +432,11 @@ class Received:
 @dataclass
 class CallbackReceiver:
     """Records the JSON POSTed to it. Answers 500 to the first `fail_first` requests; with
-    `hang`, never answers at all (holds every connection open)."""
+    `hang`, never answers at all (holds every connection open). On `port` (0: a free one)."""
 
     fail_first: int = 0
     hang: bool = False
+    port: int = 0
     received: list[Received] = field(default_factory=list)
     attempts: int = 0
 
@@ -466,7 +467,7 @@ class CallbackReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 

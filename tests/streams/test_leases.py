@@ -9,44 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from songscan.accounts.service import Accounts
-from songscan.streams.store import StreamStore, longpoll_category
+from songscan.streams.store import StreamStore
 from tests.api.conftest import build_catalog
 from tests.api.music import excerpt, music
-from tests.servers import start_postgres
-from tests.streams.conftest import StreamsServer, quiet_url, serve_streams
+from tests.streams.conftest import StreamsServer, add, quiet_url, serve_streams
 from tests.streams.radio import CallbackReceiver, Icecast, Piece, SourceClient
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Accounts, StreamStore]]:
-    if request.param == "sqlite":
-        accounts = Accounts(f"sqlite:///{tmp_path / 'accounts.db'}", {})
-        yield accounts, StreamStore(accounts.engine)
-        accounts.close()
-        return
-    server = start_postgres()
-    try:
-        accounts = Accounts(server.create_database(), {})
-        yield accounts, StreamStore(accounts.engine)
-        accounts.close()
-    finally:
-        server.stop()
-
-
-def add(accounts: Accounts, store: StreamStore, radio_id: int) -> int:
-    account = accounts.identity.create_account(plan="enterprise")
-    stream = store.add(
-        account.account.id,
-        radio_id,
-        "http://radio.example/live.mp3",
-        callbacks_before=False,
-        category=longpoll_category(account.token, radio_id),
-        slots=10,
-    )
-    return stream.id
 
 
 def test_a_stream_has_one_owner_until_its_lease_expires(

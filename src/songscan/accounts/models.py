@@ -294,3 +294,26 @@ class StreamEvent(Base):
     at_ms: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))  # result | notification
     body: Mapped[str] = mapped_column(Text)
+
+
+class StreamCallback(Base):
+    """A callback to deliver (the outbox): written in the same transaction as its event
+    (`StreamStore.add_event`), deleted once delivered or given up. `owner` is the listening
+    process that delivers it (its `stream_listeners` id; another one takes it over when that
+    row has expired); `attempts` and `next_at` are its retry schedule. `body` is the JSON as
+    POSTed; `delivery_id` names it to the receiver (`X-Songscan-Callback-Id`), the same on
+    every attempt. `id` orders an account's callbacks."""
+
+    __tablename__ = "stream_outbox"
+    __table_args__ = (
+        Index("ix_stream_outbox_account", "account_id", "id"),
+        {"sqlite_autoincrement": True},  # ids never reused: the order outlives an empty table
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    delivery_id: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

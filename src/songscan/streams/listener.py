@@ -56,7 +56,8 @@ CLOCKS_AGREE_S = 3.0
 
 
 class Reporter:
-    """Records a stream's event (for `/longpoll/`) and sends it to the account's callback."""
+    """Records a stream's event (for `/longpoll/`) with its callback (the outbox), and wakes
+    the sender to deliver it."""
 
     def __init__(self, store: StreamStore, sender: CallbackSender, accounts: Accounts) -> None:
         self.store = store
@@ -65,12 +66,19 @@ class Reporter:
 
     def report(self, stream: Stream, kind: str, body: dict[str, Any], owner: str) -> None:
         """`owner`: the listener's process; nothing is reported unless it holds the lease."""
-        if self.store.add_event(stream, kind, body, owner) is None:
+        recorded = self.store.add_event(stream, kind, body, owner)
+        if recorded is None:
             log.info("stream %d: an event not reported, the stream is no longer ours", stream.id)
             return
-        callback = self.store.callback(stream.account_id)
-        if callback is not None:
-            self.sender.send(stream.account_id, callback.url, callback.secret, body)
+        if recorded.dropped:
+            self.sender.failed += recorded.dropped
+            log.warning(
+                "account %d: callback queue full, the oldest %d callback(s) dropped",
+                stream.account_id,
+                recorded.dropped,
+            )
+        if recorded.callback_queued:
+            self.sender.wake(stream.account_id)
 
     def enterprise_metadata(self, account_id: int) -> bool:
         """isrc/upc in results, as on `/enterprise`: by the account's entitlement."""

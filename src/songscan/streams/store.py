@@ -1,9 +1,12 @@
-"""The streams' records in the accounts database: callback URLs, streams, leases, events.
+"""The streams' records in the accounts database: callback URLs, streams, leases, events and
+the callbacks waiting for delivery (the outbox).
 
 The API side (`api/streams.py`) adds, changes and lists an account's streams; the listener
 side (`streams.supervisor`) takes a lease on each stream it listens to, records its state and
 its events. Events stay in the database so that `/longpoll/` answers from any server process,
-whichever one listens to the stream.
+whichever one listens to the stream. Each event's callback is queued in the same transaction
+(`stream_outbox`), and `callbacks.CallbackSender` delivers it from there: an event is recorded
+if and only if its callback is queued, and a crash loses neither.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, select, update
@@ -26,16 +30,19 @@ from songscan.accounts.db import READ_ONLY
 from songscan.accounts.models import (
     AccountRow,
     CallbackUrl,
+    StreamCallback,
     StreamEvent,
     StreamLease,
     StreamListener,
     StreamRow,
+    as_utc,
     utcnow,
 )
 from songscan.accounts.store import insert_ignore
 from songscan.errors import InvalidParameters, SongscanError
 
 RESULT, NOTIFICATION = "result", "notification"
+MAX_QUEUED = 1000  # callbacks waiting per account; past it the oldest are dropped (logged)
 
 
 class NoCallbackUrl(SongscanError):
@@ -103,6 +110,29 @@ class Event:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """An event `add_event` recorded: its `at_ms`; whether its callback was queued (the
+    account has a callback URL), and how many older callbacks that dropped (a full queue)."""
+
+    at_ms: int
+    callback_queued: bool
+    dropped: int
+
+
+@dataclass(frozen=True)
+class QueuedCallback:
+    """An outbox row, with the account's callback URL as it is now (None: none is set)."""
+
+    id: int
+    delivery_id: str
+    body: bytes
+    attempts: int
+    next_at: datetime
+    url: str | None
+    secret: str | None
+
+
 def _stream(row: Any) -> Stream:
     return Stream(
         id=row.id,
@@ -119,8 +149,9 @@ def _stream(row: Any) -> Stream:
 class StreamStore:
     """Streams over the accounts database's engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, callback_queue_cap: int = MAX_QUEUED) -> None:
         self.engine = engine
+        self.callback_queue_cap = callback_queue_cap
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -376,9 +407,12 @@ class StreamStore:
                 .values(running=running, state_code=code, updated_at=utcnow())
             )
 
-    def add_event(self, stream: Stream, kind: str, body: dict[str, Any], owner: str) -> int | None:
-        """Record a result or notification of `owner`'s listener; its `at_ms` (unique and
-        increasing per category, so `since_time` never skips one). None, and nothing recorded,
+    def add_event(
+        self, stream: Stream, kind: str, body: dict[str, Any], owner: str
+    ) -> Recorded | None:
+        """Record a result or notification of `owner`'s listener, and queue its callback for
+        `owner` to deliver when the account has a callback URL. Its `at_ms` is unique and
+        increasing per category, so `since_time` never skips one. None, and nothing recorded,
         unless `owner` holds the stream's lease: a listener whose stream was taken over (its
         process stalled past the lease) or deleted must not report what the new owner will.
         The lease row stays locked until the event is in, so a take-over waits for it."""
@@ -401,7 +435,11 @@ class StreamStore:
                     body=json.dumps(body, separators=(",", ":")),
                 )
             )
-        return at_ms
+            has_url = conn.scalar(
+                select(func.count()).where(CallbackUrl.account_id == stream.account_id)
+            )
+            dropped = self._queue_callback(conn, stream.account_id, body, owner) if has_url else 0
+        return Recorded(at_ms, bool(has_url), dropped)
 
     def events_after(self, category: str, since_ms: int, limit: int = 1) -> list[Event]:
         with self._read() as conn:
@@ -442,6 +480,107 @@ class StreamStore:
         oldest = int((time.time() - keep_s) * 1000)
         with self._tx() as conn:
             return int(conn.execute(delete(StreamEvent).where(StreamEvent.at_ms < oldest)).rowcount)
+
+    # -- the callback outbox ----------------------------------------------------------------
+
+    def _queue_callback(
+        self, conn: Connection, account_id: int, body: dict[str, Any], owner: str
+    ) -> int:
+        """Queue a callback for `owner` to deliver; the number of the account's oldest ones
+        dropped to keep its queue within `callback_queue_cap`."""
+        waiting = int(
+            conn.scalar(select(func.count()).where(StreamCallback.account_id == account_id)) or 0
+        )
+        dropped = max(0, waiting - self.callback_queue_cap + 1)
+        if dropped:
+            oldest = (
+                select(StreamCallback.id)
+                .where(StreamCallback.account_id == account_id)
+                .order_by(StreamCallback.id)
+                .limit(dropped)
+            )
+            conn.execute(delete(StreamCallback).where(StreamCallback.id.in_(oldest)))
+        conn.execute(
+            insert(StreamCallback).values(
+                account_id=account_id,
+                delivery_id=secrets.token_hex(16),
+                body=json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+                owner=owner,
+                attempts=0,
+                next_at=utcnow(),
+            )
+        )
+        return dropped
+
+    def next_callback(self, owner: str, account_id: int) -> QueuedCallback | None:
+        """The account's oldest callback that `owner` delivers, with the account's callback URL
+        as it is now."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(
+                    StreamCallback.id,
+                    StreamCallback.delivery_id,
+                    StreamCallback.body,
+                    StreamCallback.attempts,
+                    StreamCallback.next_at,
+                    CallbackUrl.url,
+                    CallbackUrl.secret,
+                )
+                .select_from(StreamCallback)
+                .outerjoin(CallbackUrl, CallbackUrl.account_id == StreamCallback.account_id)
+                .where(StreamCallback.owner == owner, StreamCallback.account_id == account_id)
+                .order_by(StreamCallback.id)
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        return QueuedCallback(
+            id=int(row.id),
+            delivery_id=row.delivery_id,
+            body=row.body.encode(),
+            attempts=int(row.attempts),
+            next_at=as_utc(row.next_at),
+            url=row.url,
+            secret=row.secret,
+        )
+
+    def retry_callback(self, owner: str, callback_id: int, attempts: int, at: datetime) -> None:
+        """`attempts` made so far; the next one is due `at` (nothing if `owner` lost it)."""
+        with self._tx() as conn:
+            conn.execute(
+                update(StreamCallback)
+                .where(StreamCallback.id == callback_id, StreamCallback.owner == owner)
+                .values(attempts=attempts, next_at=at)
+            )
+
+    def forget_callback(self, owner: str, callback_id: int) -> None:
+        """Delivered, or given up: out of the outbox."""
+        with self._tx() as conn:
+            conn.execute(
+                delete(StreamCallback).where(
+                    StreamCallback.id == callback_id, StreamCallback.owner == owner
+                )
+            )
+
+    def adopt_callbacks(self, owner: str) -> int:
+        """`owner` takes over the callbacks of listening processes that are gone (their
+        `stream_listeners` row expired or was released); how many."""
+        live = select(StreamListener.id).where(StreamListener.expires_at > utcnow())
+        with self._tx() as conn:
+            moved = conn.execute(
+                update(StreamCallback)
+                .where(StreamCallback.owner != owner, StreamCallback.owner.not_in(live))
+                .values(owner=owner)
+            ).rowcount
+        return int(moved or 0)
+
+    def callback_accounts(self, owner: str) -> list[int]:
+        """The accounts with callbacks that `owner` delivers."""
+        with self._read() as conn:
+            ids = conn.scalars(
+                select(StreamCallback.account_id).where(StreamCallback.owner == owner).distinct()
+            ).all()
+        return [int(i) for i in ids]
 
 
 def _lease_held(stream_id: int, owner: str) -> Select[int]:

@@ -12,7 +12,8 @@ the worker processes of `songscan serve` (one per core), or the scan workers, sp
 between them instead of the first one to look taking them all into one process (one GIL). A
 process keeps what it holds when another one starts later; streams move only when one stops or
 dies. A process that dies stops renewing: another one takes its streams over once the lease has
-expired (within `lease_s` plus one tick). Only the lease's owner records a stream's events
+expired (within `lease_s` plus one tick), and the callbacks it had not delivered yet (the
+outbox rows it owned: `CallbackSender.tick`). Only the lease's owner records a stream's events
 (`StreamStore.add_event`), so a process that stalled past its lease and wakes up again cannot
 report what the new owner reports.
 """
@@ -104,6 +105,7 @@ class StreamSupervisor:
         room = min(settings.max_streams, self.store.fair_share()) - len(self.listeners)
         for stream in self.store.take_leases(self.owner, settings.lease_s, room):
             self._listen(stream)
+        self.ctx.reporter.sender.tick()
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
             self._pruned_at = time.monotonic()
             self.store.prune_events(settings.event_retention_s)
@@ -142,8 +144,8 @@ def supervisor(
     streams and the callbacks), a callback sender and a recognition slot per core."""
     store = StreamStore(accounts.engine)
     options = StreamOptions(allow, settings.read_timeout_s, engine.fingerprint.sample_rate_hz)
-    reporter = Reporter(store, CallbackSender(settings, allow), accounts)
     owner = f"streams-{secrets.token_hex(8)}"
+    reporter = Reporter(store, CallbackSender(store, owner, settings, allow), accounts)
     ctx = ListenerContext(data_dir, engine, settings, options, reporter, recognition_slots(), owner)
     return StreamSupervisor(store, ctx)
 
