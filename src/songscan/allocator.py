@@ -11,9 +11,10 @@ resident size then stays at the working set's peak instead of shrinking between 
 the scan and ingest worker pools. Elsewhere (musl, macOS) it does nothing.
 
 `limit_arenas` is for a process of many threads: glibc gives each new thread an arena of its
-own, up to 8 per core, and memory freed in one arena serves only the threads bound to it. The
-stream listeners (a thread per stream, each decoding and cutting windows of numpy arrays) grew
-the free memory held across 16 arenas by tens of MB a minute (BENCHMARKS.md, live streams).
+own, up to 8 per core, and memory freed in one arena serves only the threads bound to it: with
+a thread per stream the free memory is split over 16 arenas. Limiting them took the listening
+processes' growth from 46 to 20 MB a minute at 200 streams; the rest was FFmpeg's seek index
+(`streams.source.INDEX_MEMORY_BYTES`; BENCHMARKS.md, live streams).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def cores() -> int:
 
 def limit_listener_arenas() -> None:
     """A listener thread per stream: without a limit glibc gives each an arena of its own (up
-    to 8 per core), and the free memory held across them grew by tens of MB a minute at 200
+    to 8 per core), and the free memory split across them grew by tens of MB a minute at 200
     streams (BENCHMARKS.md, live streams). The listeners recognise one per core at a time
     (`recognition_slots`): as many arenas. Called before any thread of the listening process
     has taken an arena: as the app is made (housekeeping, jobs, listeners), or as a scan
