@@ -302,14 +302,36 @@ class Deadline:
 # --- guarded HTTP client ---------------------------------------------------------------
 
 
+ICY_STATUS = b"ICY "  # a SHOUTcast v1 server's status line: "ICY 200 OK", HTTP/1.0 otherwise
+HTTP_10_STATUS = b"HTTP/1.0 "
+
+
 class _DeadlineStream(httpcore.NetworkStream):
-    """A socket stream whose every read and write waits no longer than the deadline."""
+    """A socket stream whose every read and write waits no longer than the deadline.
+
+    A SHOUTcast v1 server (and SHOUTcast 2 to clients it takes for players) answers with the
+    status line `ICY 200 OK`, then headers as HTTP/1.0 does: the answer's first bytes are read
+    as `HTTP/1.0 200 OK`, as players do, so that the HTTP parser takes it."""
 
     def __init__(self, inner: httpcore.NetworkStream, deadline: Deadline) -> None:
         self._inner = inner
         self._deadline = deadline
+        self._status_line = True  # the next read starts the server's answer
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = self._read(max_bytes, timeout)
+        if self._status_line:
+            self._status_line = False
+            while data and len(data) < len(ICY_STATUS) and ICY_STATUS.startswith(data):
+                more = self._read(max_bytes, timeout)
+                if not more:
+                    break
+                data += more
+            if data.startswith(ICY_STATUS):
+                data = HTTP_10_STATUS + data[len(ICY_STATUS) :]
+        return data
+
+    def _read(self, max_bytes: int, timeout: float | None) -> bytes:
         return self._inner.read(max_bytes, self._deadline.clamp(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
