@@ -34,11 +34,12 @@ libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
 libc.fclose.argtypes = [ctypes.c_void_p]
 
 def arenas():
-    path = Path(tempfile.mkdtemp()) / "malloc.xml"
-    out = libc.fopen(str(path).encode(), b"w")
-    libc.malloc_info(0, out)
-    libc.fclose(out)
-    return path.read_text().count("<heap nr=")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "malloc.xml"
+        out = libc.fopen(str(path).encode(), b"w")
+        libc.malloc_info(0, out)
+        libc.fclose(out)
+        return path.read_text().count("<heap nr=")
 
 data_dir = Path(sys.argv[1])
 data_dir.mkdir()
